@@ -1,0 +1,31 @@
+"""statefmt: a framework-neutral, versioned file format for recurrent network state.
+
+The core needs numpy, safetensors and click only; it never imports a deep-learning
+framework. Framework adapters live in `statefmt.adapters.<framework>` and import
+their framework when first used.
+"""
+
+from .errors import StateError, StateFormatError, StateMismatchError
+from .io import FORMAT_VERSION, load, load_weights, save, validate
+from .signature import LayerSignature, StateSignature
+from .states import LayerState, StateSet
+from .weights import LayerWeights, WeightSet
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FORMAT_VERSION",
+    "LayerSignature",
+    "LayerState",
+    "LayerWeights",
+    "StateError",
+    "StateFormatError",
+    "StateMismatchError",
+    "StateSet",
+    "StateSignature",
+    "WeightSet",
+    "load",
+    "load_weights",
+    "save",
+    "validate",
+]

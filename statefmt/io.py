@@ -1,0 +1,312 @@
+"""Saving, loading and validating statefmt files: the metadata document and its agreement with the tensors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _container
+from ._dtypes import SAFETENSORS_CODES
+from .errors import StateFormatError, StateMismatchError
+from .signature import StateSignature
+from .states import STATE_NAMES, LayerState, StateSet, resolve_rows
+from .weights import GATES, LayerWeights, WeightSet
+
+FORMAT_VERSION = "1.0"
+METADATA_KEY = "statefmt"
+MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
+DESCRIPTIVE_FIELDS = ("source", "created_by", "user")
+
+
+def save(data: StateSet | WeightSet, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None,
+         durable: bool = True) -> None:
+    """Write a StateSet (or a WeightSet) to `path`, atomically.
+
+    >>> save(states, "today.statefmt", metadata={"user": {"series": "sensor-7"}})  # doctest: +SKIP
+
+    `metadata` sets descriptive fields (`source`, `created_by`, `user`) over `data.metadata`.
+    The data goes to a temporary file beside `path`, is fsynced (unless `durable=False`,
+    which leaves it to the page cache) and renamed over `path`: a crash at any point leaves
+    either the previous file or the new one, never a mix. A state holding NaN or Inf is refused.
+    """
+    from . import __version__
+
+    fields = {**data.metadata, "created_by": f"statefmt {__version__}", **(metadata or {})}
+    unknown = sorted(set(fields) - set(DESCRIPTIVE_FIELDS))
+    if unknown:
+        raise StateFormatError(f"unknown metadata fields {unknown}; free-form data belongs under 'user'")
+    if isinstance(data, StateSet):
+        document = {"content": "state", "batch_size": data.batch_size}
+        if data.stream_ids is not None:
+            document["stream_ids"] = list(data.stream_ids)
+    elif isinstance(data, WeightSet):
+        document = {"content": "weights"}
+    else:
+        raise TypeError(f"save() takes a StateSet or a WeightSet, not {type(data).__name__}")
+    document = {"format_version": FORMAT_VERSION, **document, **fields, "layers": []}
+    tensors = []
+    problems = []
+    for index, layer in enumerate(data.layers):
+        entry = _describe(layer)
+        entry["checksums"] = {}
+        for name in _tensor_names(layer):
+            array = np.ascontiguousarray(layer[name])
+            problems += _nonfinite(f"layer {index} {layer.name!r}: {name}", array)
+            entry["checksums"][name] = _container.checksum(array)
+            tensors.append((f"layers.{index}.{name}", array))
+        document["layers"].append(entry)
+    problems += _schema_problems(document)
+    if problems:
+        raise StateFormatError(problems, source=os.fspath(path))
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    _container.write(path, tensors, {METADATA_KEY: text}, durable=durable)
+
+
+def load(path: str | os.PathLike, *, streams=None, verify: bool = True) -> StateSet:
+    """Read a state file, checking it fully; `StateFormatError` names whatever is wrong.
+
+    >>> states = load("today.statefmt", streams=["sensor-7"])  # doctest: +SKIP
+
+    `streams` picks batch rows by stream id or index, reading only their bytes from disk.
+    `verify` checks each tensor's checksum (whole-tensor reads only: a row slice has none).
+    """
+    data = _read(path, streams=streams, verify=verify)
+    if not isinstance(data, StateSet):
+        raise StateFormatError("holds weights, not a state; read it with statefmt.load_weights", source=os.fspath(path))
+    return data
+
+
+def load_weights(path: str | os.PathLike, *, verify: bool = True) -> WeightSet:
+    """Read a weights file written by `save(weight_set, path)`."""
+    data = _read(path, streams=None, verify=verify)
+    if not isinstance(data, WeightSet):
+        raise StateFormatError("holds a state, not weights; read it with statefmt.load", source=os.fspath(path))
+    return data
+
+
+def validate(target: str | os.PathLike | StateSet | WeightSet, *, against: StateSignature | None = None):
+    """Check a file (or an in-memory set) and, with `against`, that it fits a model.
+
+    >>> validate("today.statefmt", against=StateSignature.from_json(text))  # doctest: +SKIP
+
+    Raises `StateFormatError` for a malformed file or NaN/Inf values, `StateMismatchError`
+    listing every layer and field that does not fit `against`. Returns the loaded set.
+    """
+    if isinstance(target, (StateSet, WeightSet)):
+        data, source = target, None
+        problems = []
+        for index, layer in enumerate(data.layers):
+            for name in _tensor_names(layer):
+                problems += _nonfinite(f"layer {index} {layer.name!r}: {name}", layer[name])
+        if problems:
+            raise StateFormatError(problems)
+    else:
+        source = os.fspath(target)
+        data = _read(source, streams=None, verify=True)
+    if against is not None:
+        if not isinstance(data, StateSet):
+            raise StateMismatchError("a signature describes a state, but this holds weights", source=source)
+        problems = against.check(data)
+        if problems:
+            raise StateMismatchError(problems, source=source)
+    return data
+
+
+def _tensor_names(layer: LayerState | LayerWeights) -> tuple[str, ...]:
+    return layer.state_names if isinstance(layer, LayerState) else layer.weight_names
+
+
+def _describe(layer: LayerState | LayerWeights) -> dict[str, Any]:
+    entry = {"name": layer.name, "kind": layer.kind, "units": layer.units, "directions": layer.directions,
+             "proj_units": layer.proj_units, "dtype": layer.dtype}
+    if isinstance(layer, LayerWeights):
+        entry.update(input_size=layer.input_size, activation=layer.activation,
+                     recurrent_activation=layer.recurrent_activation, linear_before_reset=layer.linear_before_reset)
+    return entry
+
+
+def _read(path, *, streams, verify: bool, finite: bool = True) -> StateSet | WeightSet:
+    """Read and check a file; `finite=False` lets `statefmt inspect` show a poisoned state."""
+    with _container.open_reader(path) as reader:
+        source = reader.source
+        document = _parse_document(reader.metadata, source)
+        problems = _tensor_problems(document, reader.tensors)
+        if problems:
+            raise StateFormatError(problems, source=source)
+        is_state = document["content"] == "state"
+        rows = None
+        if streams is not None:
+            if not is_state:
+                raise StateFormatError("streams= applies to state files; this one holds weights", source=source)
+            try:
+                rows = resolve_rows(streams, document["batch_size"], document.get("stream_ids"))
+            except StateMismatchError as error:
+                raise StateMismatchError(error.problems, source=source) from None
+        layers = []
+        for index, entry in enumerate(document["layers"]):
+            where = f"layer {index} {entry['name']!r}"
+            arrays = {}
+            for name, expected_sum in entry["checksums"].items():
+                key = f"layers.{index}.{name}"
+                array = reader.read(key) if rows is None else reader.read_rows(key, rows)
+                if verify and rows is None and _container.checksum(array) != expected_sum:
+                    problems.append(f"{where}: {name}: checksum mismatch, the tensor data is corrupt")
+                if finite:
+                    problems += _nonfinite(f"{where}: {name}", array)
+                arrays[name] = array
+            if not problems:
+                layers.append(_build_layer(entry, arrays))
+        if problems:
+            raise StateFormatError(problems, source=source)
+    fields = {key: document[key] for key in DESCRIPTIVE_FIELDS if key in document}
+    if not is_state:
+        return WeightSet(layers, metadata=fields)
+    stream_ids = document.get("stream_ids")
+    if stream_ids is not None and rows is not None:
+        stream_ids = [stream_ids[row] for row in rows]
+    return StateSet(layers, stream_ids=stream_ids, metadata=fields)
+
+
+def _build_layer(entry: dict[str, Any], arrays: dict[str, np.ndarray]) -> LayerState | LayerWeights:
+    if "input_size" not in entry:
+        return LayerState(entry["name"], entry["kind"], **arrays)
+    return LayerWeights(entry["name"], entry["kind"], **arrays,
+                        activation=entry.get("activation", "tanh"),
+                        recurrent_activation=entry.get("recurrent_activation", "sigmoid"),
+                        linear_before_reset=entry.get("linear_before_reset", True))
+
+
+def _parse_document(metadata: dict[str, str], source: str) -> dict[str, Any]:
+    if METADATA_KEY not in metadata:
+        raise StateFormatError(
+            f"no '{METADATA_KEY}' entry in the safetensors metadata: a plain safetensors file, not a statefmt file",
+            source=source,
+        )
+    text = metadata[METADATA_KEY]
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise StateFormatError(f"statefmt metadata of {len(text)} bytes exceeds the {MAX_DOCUMENT_BYTES}-byte cap",
+                               source=source)
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise StateFormatError(f"statefmt metadata is not valid JSON ({type(error).__name__}: {error})",
+                               source=source) from None
+    if not isinstance(document, dict):
+        raise StateFormatError(f"statefmt metadata must be a JSON object, found {type(document).__name__}",
+                               source=source)
+    version = document.get("format_version")
+    if isinstance(version, str) and re.fullmatch(r"\d+\.\d+", version) and version.split(".")[0] != "1":
+        raise StateFormatError(
+            f"format_version {version} is not supported: this statefmt reads 1.x files; upgrade statefmt",
+            source=source,
+        )
+    problems = _schema_problems(document)
+    if not problems:
+        problems = _semantic_problems(document)
+    if problems:
+        raise StateFormatError(problems, source=source)
+    return document
+
+
+@lru_cache(maxsize=1)
+def _schema_validator():
+    import jsonschema  # loaded on the first validation only
+
+    schema = json.loads((Path(__file__).parent / "statefmt.schema.json").read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _schema_problems(document: dict[str, Any]) -> list[str]:
+    problems = []
+    for error in _schema_validator().iter_errors(document):
+        path = list(error.absolute_path)
+        if len(path) >= 2 and path[0] == "layers" and isinstance(path[1], int):
+            layer = document["layers"][path[1]]
+            name = layer.get("name") if isinstance(layer, dict) else None
+            field = ".".join(map(str, path[2:])) or "entry"
+            where = f"layer {path[1]} {name!r}: {field}"
+        else:
+            where = ".".join(map(str, path)) or "metadata"
+        problems.append(f"{where}: {error.message}")
+    return sorted(problems)
+
+
+def _semantic_problems(document: dict[str, Any]) -> list[str]:
+    """What the schema cannot say: unique names, stream count, projections."""
+    problems = []
+    names = [layer["name"] for layer in document["layers"]]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        problems.append(f"duplicate layer names: {', '.join(map(repr, duplicates))}")
+    stream_ids = document.get("stream_ids")
+    if stream_ids is not None and len(stream_ids) != document["batch_size"]:
+        problems.append(f"stream_ids: expected {document['batch_size']} (batch_size), found {len(stream_ids)}")
+    for index, layer in enumerate(document["layers"]):
+        proj = layer["proj_units"]
+        if proj is not None and (layer["kind"] != "lstm" or proj >= layer["units"]):
+            problems.append(f"layer {index} {layer['name']!r}: proj_units: only an LSTM may project, to fewer "
+                            f"than its {layer['units']} units; found {proj} on a {layer['kind']}")
+        expected = set(_expected_shapes(document, layer))
+        if set(layer["checksums"]) != expected:
+            problems.append(f"layer {index} {layer['name']!r}: checksums: expected keys {sorted(expected)}, "
+                            f"found {sorted(layer['checksums'])}")
+    return problems
+
+
+def _expected_shapes(document: dict[str, Any], layer: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    directions, units, kind = layer["directions"], layer["units"], layer["kind"]
+    h_units = layer["proj_units"] or units
+    if document["content"] == "state":
+        batch = document["batch_size"]
+        shapes = {"h": (directions, batch, h_units)}
+        if kind == "lstm":
+            shapes["c"] = (directions, batch, units)
+        return shapes
+    rows = GATES[kind] * units
+    shapes = {"W": (directions, rows, layer["input_size"]), "R": (directions, rows, h_units),
+              "Wb": (directions, rows), "Rb": (directions, rows)}
+    if layer["proj_units"] is not None:
+        shapes["P"] = (directions, h_units, units)
+    return shapes
+
+
+def _tensor_problems(document: dict[str, Any], tensors: dict[str, tuple[str, list[int]]]) -> list[str]:
+    """Every disagreement between the metadata and the tensors the header holds."""
+    problems = []
+    expected_keys = set()
+    for index, layer in enumerate(document["layers"]):
+        code = SAFETENSORS_CODES[layer["dtype"]]
+        for name, shape in _expected_shapes(document, layer).items():
+            key = f"layers.{index}.{name}"
+            expected_keys.add(key)
+            where = f"layer {index} {layer['name']!r}: {name}"
+            if key not in tensors:
+                problems.append(f"{where}: tensor `{key}` is missing")
+                continue
+            found_code, found_shape = tensors[key]
+            if found_code != code or tuple(found_shape) != shape:
+                problems.append(f"{where}: metadata says {list(shape)} {layer['dtype']}, "
+                                f"tensor `{key}` is {found_shape} {_dtype_label(found_code)}")
+    extra = sorted(set(tensors) - expected_keys)
+    if extra:
+        problems.append(f"tensors not described by the metadata: {', '.join(extra)}")
+    return problems
+
+
+def _dtype_label(code: str) -> str:
+    names = {code: name for name, code in SAFETENSORS_CODES.items()}
+    return names.get(code, code)
+
+
+def _nonfinite(where: str, array: np.ndarray) -> list[str]:
+    if np.isfinite(array).all():
+        return []
+    count = int(array.size - np.count_nonzero(np.isfinite(array)))
+    return [f"{where}: {count} non-finite values (NaN or Inf); such a state would poison every later prediction"]
+

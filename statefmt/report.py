@@ -1,0 +1,65 @@
+"""What `statefmt inspect` and `statefmt diff` report, as plain data a pipeline can use too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .io import _tensor_names
+from .states import StateSet
+from .weights import WeightSet
+
+
+def describe(data: StateSet | WeightSet) -> dict[str, Any]:
+    """Layers, shapes, dtypes and per-tensor statistics (min, max, mean, std, non-finite count)."""
+    layers = []
+    for layer in data.layers:
+        tensors = {}
+        for name in _tensor_names(layer):
+            array = np.asarray(layer[name], dtype=np.float64)
+            finite = array[np.isfinite(array)]
+            stats = {"shape": list(array.shape), "nonfinite": int(array.size - finite.size)}
+            for stat in ("min", "max", "mean", "std"):
+                stats[stat] = float(getattr(finite, stat)()) if finite.size else None
+            tensors[name] = stats
+        entry = {"name": layer.name, "kind": layer.kind, "units": layer.units, "directions": layer.directions,
+                 "proj_units": layer.proj_units, "dtype": layer.dtype, "tensors": tensors}
+        if isinstance(data, WeightSet):
+            entry["input_size"] = layer.input_size
+        layers.append(entry)
+    summary: dict[str, Any] = {"content": "state" if isinstance(data, StateSet) else "weights"}
+    if isinstance(data, StateSet):
+        summary.update(batch_size=data.batch_size, stream_ids=list(data.stream_ids) if data.stream_ids else None)
+    summary.update(metadata=data.metadata, layers=layers)
+    return summary
+
+
+def compare(a: StateSet | WeightSet, b: StateSet | WeightSet, *, atol: float = 0.0) -> list[str]:
+    """Every structural difference, and every tensor whose values differ by more than `atol`."""
+    if type(a) is not type(b):
+        return [f"content: {describe(a)['content']} vs {describe(b)['content']}"]
+    differences = []
+    if isinstance(a, StateSet):
+        if a.batch_size != b.batch_size:
+            differences.append(f"batch size: {a.batch_size} vs {b.batch_size}")
+        if a.stream_ids != b.stream_ids:
+            differences.append("stream_ids differ")
+    if len(a.layers) != len(b.layers):
+        differences.append(f"layer count: {len(a.layers)} vs {len(b.layers)}")
+    fields = ("name", "kind", "units", "directions", "proj_units", "dtype")
+    for index, (x, y) in enumerate(zip(a.layers, b.layers)):
+        where = f"layer {index} {x.name!r}"
+        structural = [f"{where}: {f}: {getattr(x, f)} vs {getattr(y, f)}" for f in fields if getattr(x, f) != getattr(y, f)]
+        differences += structural
+        if structural or (isinstance(a, StateSet) and a.batch_size != b.batch_size):
+            continue
+        for name in _tensor_names(x):
+            left, right = np.asarray(x[name], np.float64), np.asarray(y[name], np.float64)
+            if left.shape != right.shape:
+                differences.append(f"{where}: {name}: shape {list(left.shape)} vs {list(right.shape)}")
+                continue
+            gap = float(np.max(np.abs(left - right), initial=0.0))
+            if gap > atol:
+                differences.append(f"{where}: {name}: max abs difference {gap:.6g} > atol {atol:g}")
+    return differences

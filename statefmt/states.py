@@ -1,0 +1,211 @@
+"""In-memory recurrent state: `LayerState` per layer, `StateSet` per model.
+
+Arrays follow ONNX's layout, `[directions, batch, units]`, whatever framework they came from;
+they are kept by reference, never copied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._dtypes import dtype_name
+from .errors import StateFormatError, StateMismatchError
+
+STATE_NAMES = {"lstm": ("h", "c"), "gru": ("h",), "rnn": ("h",)}
+KINDS = tuple(STATE_NAMES)
+
+
+class LayerState:
+    """The state of one recurrent layer.
+
+    >>> layer = LayerState("encoder", "lstm", h=np.zeros((1, 4, 8), "float32"), c=np.zeros((1, 4, 8), "float32"))
+    >>> layer.units, layer.directions, layer.batch_size, layer.state_names
+    (8, 1, 4, ('h', 'c'))
+
+    An LSTM whose h is projected (PyTorch `proj_size`) has an `h` narrower than `c`.
+    """
+
+    __slots__ = ("name", "kind", "_arrays")
+
+    def __init__(self, name: str, kind: str, h: Any, c: Any = None):
+        where = f"layer {name!r}"
+        if not isinstance(name, str) or not name:
+            raise StateFormatError(f"layer name must be a non-empty string, found {name!r}")
+        if kind not in STATE_NAMES:
+            raise StateFormatError(f"{where}: kind: expected one of {', '.join(KINDS)}, found {kind!r}")
+        if (kind == "lstm") != (c is not None):
+            expected = "an LSTM needs both h and c" if kind == "lstm" else f"a {kind.upper()} has h only, no c"
+            raise StateFormatError(f"{where}: {expected}")
+        arrays = {"h": np.asarray(h)} if c is None else {"h": np.asarray(h), "c": np.asarray(c)}
+        for state, array in arrays.items():
+            if array.ndim != 3 or array.shape[0] not in (1, 2):
+                raise StateFormatError(
+                    f"{where}: {state}: expected shape [directions (1 or 2), batch, units], found {list(array.shape)}"
+                )
+            dtype_name(array.dtype)  # refuses anything but the four float dtypes
+        if c is not None:
+            h_, c_ = arrays["h"], arrays["c"]
+            if h_.shape[:2] != c_.shape[:2] or h_.dtype != c_.dtype:
+                raise StateFormatError(
+                    f"{where}: h and c disagree: h {list(h_.shape)} {h_.dtype}, c {list(c_.shape)} {c_.dtype}"
+                )
+            if h_.shape[2] > c_.shape[2]:
+                raise StateFormatError(
+                    f"{where}: h is wider than c ({h_.shape[2]} > {c_.shape[2]}); only a projection narrows h"
+                )
+        self.name = name
+        self.kind = kind
+        self._arrays = arrays
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return STATE_NAMES[self.kind]
+
+    @property
+    def units(self) -> int:
+        return self._arrays["c" if self.kind == "lstm" else "h"].shape[2]
+
+    @property
+    def proj_units(self) -> int | None:
+        width = self._arrays["h"].shape[2]
+        return width if width != self.units else None
+
+    @property
+    def directions(self) -> int:
+        return self._arrays["h"].shape[0]
+
+    @property
+    def batch_size(self) -> int:
+        return self._arrays["h"].shape[1]
+
+    @property
+    def dtype(self) -> str:
+        return dtype_name(self._arrays["h"].dtype)
+
+    def __getitem__(self, state: str) -> np.ndarray:
+        try:
+            return self._arrays[state]
+        except KeyError:
+            raise KeyError(f"layer {self.name!r} ({self.kind}) has states {self.state_names}, not {state!r}") from None
+
+    def with_arrays(self, **arrays: np.ndarray) -> LayerState:
+        """The same layer with other arrays, e.g. a batch slice or a cast."""
+        return LayerState(self.name, self.kind, **arrays)
+
+    def __repr__(self) -> str:
+        proj = f", proj_units={self.proj_units}" if self.proj_units else ""
+        return (
+            f"LayerState({self.name!r}, {self.kind}, units={self.units}{proj}, directions={self.directions}, "
+            f"batch={self.batch_size}, dtype={self.dtype})"
+        )
+
+
+class StateSet:
+    """The recurrent state of a model: its layers in order from input to output, one batch for all.
+
+    >>> h = np.zeros((1, 2, 3), "float32")
+    >>> states = StateSet([LayerState("gru", "gru", h=h)], stream_ids=["a", "b"])
+    >>> states.rows(["b"]).batch_size
+    1
+
+    `metadata` holds the optional descriptive fields of the file: `source`, `created_by`, `user`.
+    """
+
+    def __init__(
+        self,
+        layers: Iterable[LayerState],
+        *,
+        stream_ids: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ):
+        self.layers = tuple(layers)
+        if not self.layers:
+            raise StateFormatError("a StateSet needs at least one layer")
+        names = [layer.name for layer in self.layers]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise StateFormatError(f"duplicate layer names: {', '.join(map(repr, duplicates))}; names must be unique")
+        batches = {layer.batch_size for layer in self.layers}
+        if len(batches) > 1:
+            found = ", ".join(f"{layer.name!r} {layer.batch_size}" for layer in self.layers)
+            raise StateFormatError(f"layers disagree on batch size: {found}")
+        if stream_ids is not None:
+            stream_ids = tuple(stream_ids)
+            if len(stream_ids) != self.batch_size or len(set(stream_ids)) != len(stream_ids):
+                raise StateFormatError(
+                    f"stream_ids: expected {self.batch_size} unique strings, found {len(stream_ids)} "
+                    f"({len(set(stream_ids))} unique)"
+                )
+            if not all(isinstance(i, str) for i in stream_ids):
+                raise StateFormatError("stream_ids: every stream id must be a string")
+        self.stream_ids: tuple[str, ...] | None = stream_ids
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    @property
+    def batch_size(self) -> int:
+        return self.layers[0].batch_size
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, key: str | int) -> LayerState:
+        return self.layers[self._layer_index(key)]
+
+    def select(self, names_or_indices: str | int | Iterable[str | int]) -> StateSet:
+        """The layers named (or at the positions given), in the order given.
+
+        Use it when a target model holds fewer recurrent layers than the file.
+        """
+        keys = [names_or_indices] if isinstance(names_or_indices, (str, int)) else list(names_or_indices)
+        return StateSet([self.layers[self._layer_index(key)] for key in keys], stream_ids=self.stream_ids,
+                        metadata=self.metadata)
+
+    def rows(self, ids_or_indices: str | int | Iterable[str | int]) -> StateSet:
+        """The batch rows given by stream id or by index, in the order given."""
+        rows = resolve_rows(ids_or_indices, self.batch_size, self.stream_ids)
+        stream_ids = None if self.stream_ids is None else [self.stream_ids[row] for row in rows]
+        layers = [layer.with_arrays(**{s: layer[s][:, rows] for s in layer.state_names}) for layer in self.layers]
+        return StateSet(layers, stream_ids=stream_ids, metadata=self.metadata)
+
+    def _layer_index(self, key: str | int) -> int:
+        if isinstance(key, str):
+            for index, layer in enumerate(self.layers):
+                if layer.name == key:
+                    return index
+            names = ", ".join(repr(layer.name) for layer in self.layers)
+            raise StateMismatchError(f"no layer named {key!r}; the layers are {names}")
+        if isinstance(key, (int, np.integer)) and -len(self.layers) <= key < len(self.layers):
+            return int(key) % len(self.layers)
+        raise StateMismatchError(f"no layer at position {key!r}; there are {len(self.layers)} layers")
+
+    def __repr__(self) -> str:
+        body = ", ".join(repr(layer) for layer in self.layers)
+        return f"StateSet(batch={self.batch_size}, layers=[{body}])"
+
+
+def resolve_rows(ids_or_indices, batch_size: int, stream_ids: Sequence[str] | None) -> list[int]:
+    """Batch row indices for stream ids or indices; refuses unknown ids, out-of-range and repeated rows."""
+    keys = [ids_or_indices] if isinstance(ids_or_indices, (str, int, np.integer)) else list(ids_or_indices)
+    rows = []
+    position = None
+    for key in keys:
+        if isinstance(key, str):
+            if stream_ids is None:
+                raise StateMismatchError(f"stream {key!r} asked for by id, but the state has no stream_ids")
+            position = position or {stream: row for row, stream in enumerate(stream_ids)}
+            if key not in position:
+                raise StateMismatchError(f"no stream with id {key!r}")
+            rows.append(position[key])
+        elif isinstance(key, (int, np.integer)) and -batch_size <= key < batch_size:
+            rows.append(int(key) % batch_size)
+        else:
+            raise StateMismatchError(f"stream row {key!r} out of range for batch size {batch_size}")
+    if len(set(rows)) != len(rows):
+        raise StateMismatchError(f"streams asked for more than once: {keys}")
+    return rows

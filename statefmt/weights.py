@@ -1,0 +1,156 @@
+"""Recurrent weights in one neutral layout, so a model can be ported between frameworks exactly.
+
+Per layer, all directions stacked on axis 0 (ONNX's layout, PyTorch's gate order):
+
+    W   [directions, gates*units, input_size]   input kernel
+    R   [directions, gates*units, h_units]      recurrent kernel (h_units = proj_units or units)
+    Wb  [directions, gates*units]               input bias
+    Rb  [directions, gates*units]               recurrent bias
+    P   [directions, proj_units, units]         projection of h (an LSTM with proj_units only)
+
+Gate blocks: LSTM i, f, g, o; GRU r, z, n; simple RNN one block. A framework with one
+bias per gate puts it in Wb and zeros in Rb. The GRU candidate is
+`n = tanh(W_n x + Wb_n + r * (R_n h + Rb_n))` when `linear_before_reset` (PyTorch, Keras
+`reset_after=True`, Flax), else `n = tanh(W_n x + Wb_n + R_n (r * h) + Rb_n)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ._dtypes import dtype_name
+from .errors import StateFormatError, StateMismatchError
+from .states import KINDS
+
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+GATE_ORDER = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n"), "rnn": ("h",)}
+
+
+class LayerWeights:
+    """The weights of one recurrent layer in the neutral layout (see the module docstring)."""
+
+    __slots__ = ("name", "kind", "activation", "recurrent_activation", "linear_before_reset", "_arrays")
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        W: Any,
+        R: Any,
+        Wb: Any,
+        Rb: Any,
+        P: Any = None,
+        *,
+        activation: str = "tanh",
+        recurrent_activation: str = "sigmoid",
+        linear_before_reset: bool = True,
+    ):
+        where = f"layer {name!r}"
+        if not isinstance(name, str) or not name:
+            raise StateFormatError(f"layer name must be a non-empty string, found {name!r}")
+        if kind not in GATES:
+            raise StateFormatError(f"{where}: kind: expected one of {', '.join(KINDS)}, found {kind!r}")
+        arrays = {"W": np.asarray(W), "R": np.asarray(R), "Wb": np.asarray(Wb), "Rb": np.asarray(Rb)}
+        if P is not None:
+            arrays["P"] = np.asarray(P)
+        W_ = arrays["W"]
+        if W_.ndim != 3 or W_.shape[0] not in (1, 2) or W_.shape[1] % GATES[kind]:
+            raise StateFormatError(
+                f"{where}: W: expected [directions, {GATES[kind]}*units, input_size], found {list(W_.shape)}"
+            )
+        directions, rows, _ = W_.shape
+        units = rows // GATES[kind]
+        h_units = arrays["P"].shape[1] if P is not None else units
+        expected = {"R": (directions, rows, h_units), "Wb": (directions, rows), "Rb": (directions, rows)}
+        if P is not None:
+            if kind != "lstm":
+                raise StateFormatError(f"{where}: only an LSTM may have a projection P")
+            expected["P"] = (directions, h_units, units)
+        for key, shape in expected.items():
+            if arrays[key].shape != shape:
+                raise StateFormatError(f"{where}: {key}: expected shape {list(shape)}, found {list(arrays[key].shape)}")
+        dtypes = {dtype_name(array.dtype) for array in arrays.values()}
+        if len(dtypes) > 1:
+            raise StateFormatError(f"{where}: tensors disagree on dtype: {', '.join(sorted(dtypes))}")
+        self.name = name
+        self.kind = kind
+        self.activation = activation
+        self.recurrent_activation = recurrent_activation
+        self.linear_before_reset = bool(linear_before_reset)
+        self._arrays = arrays
+
+    @property
+    def weight_names(self) -> tuple[str, ...]:
+        return tuple(self._arrays)
+
+    @property
+    def units(self) -> int:
+        return self._arrays["W"].shape[1] // GATES[self.kind]
+
+    @property
+    def input_size(self) -> int:
+        return self._arrays["W"].shape[2]
+
+    @property
+    def directions(self) -> int:
+        return self._arrays["W"].shape[0]
+
+    @property
+    def proj_units(self) -> int | None:
+        return self._arrays["P"].shape[1] if "P" in self._arrays else None
+
+    @property
+    def dtype(self) -> str:
+        return dtype_name(self._arrays["W"].dtype)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        try:
+            return self._arrays[key]
+        except KeyError:
+            raise KeyError(f"layer {self.name!r} has weights {self.weight_names}, not {key!r}") from None
+
+    def gate(self, key: str, gate: str, direction: int = 0) -> np.ndarray:
+        """One gate's block of W, R, Wb or Rb, e.g. `layer.gate("R", "n")`."""
+        index = GATE_ORDER[self.kind].index(gate)
+        return self[key][direction, index * self.units:(index + 1) * self.units]
+
+    def __repr__(self) -> str:
+        proj = f", proj_units={self.proj_units}" if self.proj_units else ""
+        return (
+            f"LayerWeights({self.name!r}, {self.kind}, units={self.units}, input_size={self.input_size}{proj}, "
+            f"directions={self.directions}, dtype={self.dtype})"
+        )
+
+
+class WeightSet:
+    """The recurrent weights of a model, layers in order from input to output."""
+
+    def __init__(self, layers: Iterable[LayerWeights], *, metadata: Mapping[str, Any] | None = None):
+        self.layers = tuple(layers)
+        if not self.layers:
+            raise StateFormatError("a WeightSet needs at least one layer")
+        names = [layer.name for layer in self.layers]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise StateFormatError(f"duplicate layer names: {', '.join(map(repr, duplicates))}; names must be unique")
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, key: str | int) -> LayerWeights:
+        if isinstance(key, str):
+            for layer in self.layers:
+                if layer.name == key:
+                    return layer
+            raise StateMismatchError(f"no layer named {key!r}")
+        return self.layers[key]
+
+    def __repr__(self) -> str:
+        return f"WeightSet(layers=[{', '.join(repr(layer) for layer in self.layers)}])"
