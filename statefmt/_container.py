@@ -21,7 +21,7 @@ import numpy as np
 import xxhash
 from safetensors import SafetensorError, safe_open
 
-from ._dtypes import SAFETENSORS_CODES, dtype_name
+from ._dtypes import SAFETENSORS_CODES, dtype_name, numpy_dtype
 from .errors import StateFormatError
 
 CHECKSUM_PREFIX = "xxh3_64:"
@@ -136,6 +136,8 @@ class Reader:
         for key in handle.keys():
             part = handle.get_slice(key)
             self.tensors[key] = (part.get_dtype(), part.get_shape())
+        if any(code == "BF16" for code, _ in self.tensors.values()):
+            numpy_dtype("bfloat16")  # safetensors finds numpy's bfloat16 only once ml_dtypes is imported
 
     def read(self, key: str) -> np.ndarray:
         return self._handle.get_tensor(key)
@@ -143,7 +145,7 @@ class Reader:
     def read_rows(self, key: str, rows: list[int]) -> np.ndarray:
         """Rows of axis 1, reading only their bytes: one slice per run of consecutive rows."""
         part = self._handle.get_slice(key)
-        pieces = [part[:, start:stop] for start, stop in _runs(rows)]
+        pieces = [part[:, start:stop] for start, stop in _runs(rows)] or [part[:, 0:0]]
         if len(pieces) == 1:
             return pieces[0]
         return np.concatenate(pieces, axis=1)
@@ -166,6 +168,8 @@ def open_reader(path: str | os.PathLike) -> Iterator[Reader]:
 
 
 def _runs(rows: list[int]) -> Iterator[tuple[int, int]]:
+    if not rows:
+        return
     start = previous = rows[0]
     for row in rows[1:]:
         if row != previous + 1:

@@ -1,0 +1,153 @@
+"""The `statefmt` command: verdicts, exit codes, and that it loads no ML framework."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import statefmt
+from statefmt import LayerSignature, StateSignature
+from statefmt.cli import main
+from test_core import make_states, make_weights
+
+FRAMEWORKS = ("tensorflow", "torch", "jax", "keras", "flax")
+
+
+@pytest.fixture
+def state_file(tmp_path):
+    path = tmp_path / "s.statefmt"
+    statefmt.save(make_states(), path)
+    return str(path)
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_validate_valid(state_file):
+    result = run("validate", state_file)
+    assert result.exit_code == 0 and result.output == f"{state_file}: valid\n"
+
+
+def test_validate_json(state_file):
+    result = run("validate", state_file, "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.output) == {"file": state_file, "valid": True, "problems": []}
+
+
+def test_validate_against_a_signature(state_file, tmp_path):
+    signature = tmp_path / "sig.json"
+    signature.write_text(StateSignature([LayerSignature("gru", 5)], batch_size=4).to_json())
+    result = run("validate", state_file, "--against", str(signature))
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"{state_file}: layer count: expected 1, found 3 (StateSet.select picks the layers a target holds)",
+        f"{state_file}: layer 0 'enc': kind: expected gru, found lstm",
+        f"{state_file}: layer 0 'enc': directions: expected 1, found 2",
+        f"{state_file}: layer 0 'enc': proj_units: expected None, found 3",
+    ]
+    as_json = json.loads(run("validate", state_file, "--against", str(signature), "--json").output)
+    assert as_json["valid"] is False and len(as_json["problems"]) == 4
+    signature.write_text(StateSignature.of(make_states()).to_json())
+    assert run("validate", state_file, "--against", str(signature)).exit_code == 0
+
+
+def test_validate_bad_signature_file(state_file, tmp_path):
+    signature = tmp_path / "sig.json"
+    signature.write_text("{")
+    result = run("validate", state_file, "--against", str(signature))
+    assert result.exit_code == 1 and result.stderr.startswith(f"{signature}: not a statefmt signature")
+
+
+@pytest.mark.parametrize("args", [["validate"], ["validate", "missing.statefmt"], ["frobnicate"],
+                                  ["diff", "--atol", "-1", "a", "b"]])
+def test_usage_errors_exit_2(args):
+    assert run(*args).exit_code == 2
+
+
+def test_inspect_text(state_file):
+    result = run("inspect", state_file)
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert lines[0] == f"{state_file}: state, 3 layer(s), batch 4"
+    assert lines[1] == "streams: stream-0, stream-1, stream-2, stream-3"
+    assert "  [0] 'enc' lstm units=5 proj_units=3 directions=2 float32" in lines
+    assert any(line.strip().startswith("c  [2, 4, 5]") for line in lines)
+
+
+def test_inspect_json_statistics(state_file):
+    summary = json.loads(run("inspect", state_file, "--json").output)
+    h = make_states()["enc"]["h"]
+    stats = summary["layers"][0]["tensors"]["h"]
+    assert stats["shape"] == [2, 4, 3] and stats["nonfinite"] == 0
+    assert stats["min"] == pytest.approx(float(h.min())) and stats["std"] == pytest.approx(float(h.std()), rel=1e-6)
+    assert summary["batch_size"] == 4 and summary["metadata"]["created_by"].startswith("statefmt ")
+
+
+def test_inspect_shows_a_poisoned_state_and_fails():
+    path = "spec/vectors/nan.statefmt"
+    result = run("inspect", path)
+    assert result.exit_code == 1
+    assert "non-finite 1" in result.output
+    assert result.stderr == f"{path}: layer 0 'encoder': h: 1 non-finite values (NaN or Inf)\n"
+
+
+def test_inspect_weights(tmp_path):
+    path = tmp_path / "w.statefmt"
+    statefmt.save(make_weights(), path)
+    result = run("inspect", str(path))
+    assert result.exit_code == 0 and "[1] 'gru' gru units=3 input_size=4 directions=1 float32" in result.output
+
+
+def test_diff(tmp_path, state_file):
+    other = tmp_path / "other.statefmt"
+    states = make_states()
+    states["head"]["h"][0, 1, 1] += 0.25
+    statefmt.save(states, other)
+    same = run("diff", state_file, state_file)
+    assert same.exit_code == 0 and same.output == "equal (atol 0)\n"
+    different = run("diff", state_file, str(other))
+    assert different.exit_code == 1
+    assert different.output == "layer 2 'head': h: max abs difference 0.25 > atol 0\n"
+    assert run("diff", state_file, str(other), "--atol", "0.3").exit_code == 0
+
+
+def test_diff_structure(tmp_path, state_file):
+    other = tmp_path / "other.statefmt"
+    statefmt.save(make_states(batch=2).select([0, 1]), other)
+    result = run("diff", state_file, str(other))
+    assert result.exit_code == 1
+    assert result.output.splitlines() == ["batch size: 4 vs 2", "stream_ids differ", "layer count: 3 vs 2"]
+
+
+def test_diff_unreadable_file_exits_2(state_file):
+    result = run("diff", state_file, "spec/vectors/truncated.statefmt")
+    assert result.exit_code == 2 and "not a valid safetensors file" in result.stderr
+
+
+def test_debug_shows_the_traceback():
+    result = run("--debug", "validate", "spec/vectors/empty.statefmt")
+    assert result.exit_code == 1 and isinstance(result.exception, statefmt.StateFormatError)
+
+
+def test_importing_statefmt_loads_no_framework():
+    code = f"import sys, statefmt; print([m for m in {FRAMEWORKS!r} if m in sys.modules])"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_cli_validate_loads_no_framework(state_file):
+    code = (
+        "import sys\nfrom statefmt.cli import main\n"
+        f"try:\n    main(['validate', {state_file!r}])\nexcept SystemExit as done:\n    assert done.code == 0\n"
+        f"print([m for m in {FRAMEWORKS!r} if m in sys.modules])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_console_script_is_installed(state_file):
+    script = f"{sys.prefix}/bin/statefmt"
+    result = subprocess.run([script, "validate", state_file], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

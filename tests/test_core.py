@@ -1,0 +1,238 @@
+"""The numpy core: building, saving, loading, selecting and validating states and weights."""
+
+import json
+import os
+import stat
+
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import statefmt
+from statefmt import LayerSignature, LayerState, LayerWeights, StateSet, StateSignature, WeightSet
+
+DTYPES = ["float16", "bfloat16", "float32", "float64"]
+
+
+def _dtype(name):
+    return ml_dtypes.bfloat16 if name == "bfloat16" else np.dtype(name)
+
+
+def make_states(dtype="float32", batch=4, stream_ids=True):
+    rng = np.random.default_rng(1)
+    f = lambda *shape: rng.standard_normal(shape).astype(_dtype(dtype))  # noqa: E731
+    layers = [
+        LayerState("enc", "lstm", h=f(2, batch, 3), c=f(2, batch, 5)),
+        LayerState("dec/gru 1", "gru", h=f(1, batch, 6)),
+        LayerState("head", "rnn", h=f(1, batch, 2)),
+    ]
+    ids = [f"stream-{i}" for i in range(batch)] if stream_ids else None
+    return StateSet(layers, stream_ids=ids)
+
+
+def assert_same(a: StateSet, b: StateSet):
+    assert [(l.name, l.kind, l.units, l.proj_units, l.directions, l.dtype) for l in a.layers] == \
+           [(l.name, l.kind, l.units, l.proj_units, l.directions, l.dtype) for l in b.layers]
+    assert a.stream_ids == b.stream_ids
+    for x, y in zip(a.layers, b.layers):
+        for name in x.state_names:
+            assert x[name].dtype == y[name].dtype
+            np.testing.assert_array_equal(x[name], y[name])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_save_load_round_trip(tmp_path, dtype):
+    states = make_states(dtype)
+    statefmt.save(states, tmp_path / "s.statefmt", metadata={"user": {"run": 7}, "source": {"framework": "numpy"}})
+    back = statefmt.load(tmp_path / "s.statefmt")
+    assert_same(states, back)
+    assert back.metadata["user"] == {"run": 7} and back.metadata["source"] == {"framework": "numpy"}
+    assert back.metadata["created_by"] == f"statefmt {statefmt.__version__}"
+
+
+def test_layer_properties():
+    layer = make_states()["enc"]
+    assert (layer.kind, layer.units, layer.proj_units, layer.directions, layer.batch_size, layer.state_names) == \
+           ("lstm", 5, 3, 2, 4, ("h", "c"))
+    assert make_states()["head"].proj_units is None and make_states()["head"].state_names == ("h",)
+    with pytest.raises(KeyError, match="has states"):
+        make_states()["head"]["c"]
+
+
+def test_plain_safetensors_readers_read_the_file(tmp_path):
+    states = make_states()
+    statefmt.save(states, tmp_path / "s.statefmt")
+    tensors = load_file(tmp_path / "s.statefmt")
+    assert sorted(tensors) == ["layers.0.c", "layers.0.h", "layers.1.h", "layers.2.h"]
+    np.testing.assert_array_equal(tensors["layers.1.h"], states["dec/gru 1"]["h"])
+
+
+def test_same_state_same_bytes(tmp_path):
+    statefmt.save(make_states(), tmp_path / "a.statefmt")
+    statefmt.save(make_states(), tmp_path / "b.statefmt")
+    assert (tmp_path / "a.statefmt").read_bytes() == (tmp_path / "b.statefmt").read_bytes()
+
+
+@pytest.mark.parametrize("streams, rows", [(["stream-2"], [2]), ([3, 0], [3, 0]), (["stream-1", 2, -1], [1, 2, 3]),
+                                           ([], [])])
+def test_load_selected_streams(tmp_path, streams, rows):
+    states = make_states()
+    statefmt.save(states, tmp_path / "s.statefmt")
+    part = statefmt.load(tmp_path / "s.statefmt", streams=streams)
+    assert part.stream_ids == tuple(f"stream-{r}" for r in rows)
+    assert_same(states.rows(rows), part)
+
+
+@pytest.mark.parametrize("streams, message", [(["nope"], "no stream with id 'nope'"), ([4], "out of range"),
+                                              ([1, 1], "more than once")])
+def test_load_bad_streams(tmp_path, streams, message):
+    statefmt.save(make_states(), tmp_path / "s.statefmt")
+    with pytest.raises(statefmt.StateMismatchError, match=message):
+        statefmt.load(tmp_path / "s.statefmt", streams=streams)
+
+
+def test_streams_by_id_need_ids(tmp_path):
+    statefmt.save(make_states(stream_ids=False), tmp_path / "s.statefmt")
+    with pytest.raises(statefmt.StateMismatchError, match="no stream_ids"):
+        statefmt.load(tmp_path / "s.statefmt", streams=["a"])
+
+
+def test_select_layers():
+    states = make_states()
+    picked = states.select(["head", 0])
+    assert [l.name for l in picked.layers] == ["head", "enc"] and picked.stream_ids == states.stream_ids
+    assert states.select("dec/gru 1").layers == (states["dec/gru 1"],)
+    with pytest.raises(statefmt.StateMismatchError, match="no layer named 'x'; the layers are 'enc'"):
+        states.select(["x"])
+    with pytest.raises(statefmt.StateMismatchError, match="no layer at position 5"):
+        states.select([5])
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda h: LayerState("a", "lstm", h=h), "an LSTM needs both h and c"),
+    (lambda h: LayerState("a", "gru", h=h, c=h), "a GRU has h only"),
+    (lambda h: LayerState("a", "mlp", h=h), "kind: expected one of lstm, gru, rnn, found 'mlp'"),
+    (lambda h: LayerState("a", "rnn", h=h[0]), r"expected shape \[directions \(1 or 2\), batch, units\], found \[2, 3\]"),
+    (lambda h: LayerState("a", "rnn", h=h.astype("int32")), "unsupported dtype int32"),
+    (lambda h: LayerState("", "rnn", h=h), "non-empty string"),
+    (lambda h: LayerState("a", "lstm", h=np.zeros((1, 2, 4), "float32"), c=h), "h is wider than c"),
+    (lambda h: StateSet([LayerState("a", "rnn", h=h), LayerState("a", "rnn", h=h)]), "duplicate layer names: 'a'"),
+    (lambda h: StateSet([LayerState("a", "rnn", h=h), LayerState("b", "rnn", h=h[:, :1])]), "disagree on batch size"),
+    (lambda h: StateSet([LayerState("a", "rnn", h=h)], stream_ids=["x", "x"]), "2 unique strings, found 2 \\(1 unique\\)"),
+    (lambda h: StateSet([]), "at least one layer"),
+])
+def test_malformed_in_memory_states(build, message):
+    with pytest.raises(statefmt.StateFormatError, match=message):
+        build(np.zeros((1, 2, 3), "float32"))
+
+
+def test_nonfinite_state_is_never_written(tmp_path):
+    path = tmp_path / "s.statefmt"
+    statefmt.save(make_states(), path)
+    before = path.read_bytes()
+    poisoned = make_states()
+    poisoned["enc"]["c"][1, 2, 0] = np.nan
+    with pytest.raises(statefmt.StateFormatError, match=r"layer 0 'enc': c: 1 non-finite values"):
+        statefmt.save(poisoned, path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["s.statefmt"]  # no temporary left behind
+    with pytest.raises(statefmt.StateFormatError, match="non-finite"):
+        statefmt.validate(poisoned)
+
+
+def test_unknown_metadata_field_is_refused(tmp_path):
+    with pytest.raises(statefmt.StateFormatError, match="unknown metadata fields \\['owner'\\]; free-form data belongs under 'user'"):
+        statefmt.save(make_states(), tmp_path / "s.statefmt", metadata={"owner": "me"})
+
+
+def test_save_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    path = tmp_path / "s.statefmt"
+    statefmt.save(make_states(), path)
+    os.chmod(path, 0o640)
+    statefmt.save(make_states(), path, durable=False)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+
+
+def test_validate_against_signature_reports_every_mismatch(tmp_path):
+    path = tmp_path / "s.statefmt"
+    statefmt.save(make_states(), path)
+    signature = StateSignature([LayerSignature("lstm", 5, directions=1), LayerSignature("lstm", 6)],
+                               batch_size=8, dtype="float64")
+    with pytest.raises(statefmt.StateMismatchError) as error:
+        statefmt.validate(path, against=signature)
+    assert error.value.problems == [
+        "layer count: expected 2, found 3 (StateSet.select picks the layers a target holds)",
+        "layer 0 'enc': directions: expected 1, found 2",
+        "layer 0 'enc': proj_units: expected None, found 3",
+        "layer 0 'enc': dtype: expected float64, found float32",
+        "layer 1 'dec/gru 1': kind: expected lstm, found gru",
+        "layer 1 'dec/gru 1': dtype: expected float64, found float32",
+        "batch size: expected 8, found 4",
+    ]
+    assert str(error.value).startswith(f"{path}: 7 problems: layer count")
+    assert statefmt.validate(path, against=StateSignature.of(make_states())).batch_size == 4
+
+
+def test_broadcast_accepts_a_batch_of_one():
+    signature = StateSignature.of(make_states(batch=8))
+    one = make_states(batch=1)
+    assert signature.check(one) == ["batch size: expected 8, found 1 (broadcast=True starts every stream from it)"]
+    assert signature.check(one, broadcast=True) == []
+    assert signature.check(make_states(batch=2), broadcast=True) == ["batch size: expected 8, found 2"]
+
+
+def test_signature_json_round_trip():
+    signature = StateSignature.of(make_states(), dtype=True)
+    assert StateSignature.from_json(signature.to_json()) == signature
+    assert json.loads(signature.to_json())["statefmt_signature"] == "1.0"
+    with pytest.raises(statefmt.StateFormatError, match="not a statefmt signature"):
+        StateSignature.from_json("[1, 2]")
+    with pytest.raises(statefmt.StateFormatError, match="expected a 1.x version, found '2.0'"):
+        StateSignature.from_json('{"statefmt_signature": "2.0", "layers": []}')
+
+
+def make_weights():
+    rng = np.random.default_rng(2)
+    f = lambda *shape: rng.standard_normal(shape, "float32")  # noqa: E731
+    return WeightSet([
+        LayerWeights("lstm", "lstm", W=f(2, 16, 3), R=f(2, 16, 2), Wb=f(2, 16), Rb=f(2, 16), P=f(2, 2, 4)),
+        LayerWeights("gru", "gru", W=f(1, 9, 4), R=f(1, 9, 3), Wb=f(1, 9), Rb=f(1, 9), linear_before_reset=False),
+        LayerWeights("rnn", "rnn", W=f(1, 2, 3), R=f(1, 2, 2), Wb=f(1, 2), Rb=f(1, 2), activation="relu"),
+    ])
+
+
+def test_weights_round_trip(tmp_path):
+    weights = make_weights()
+    statefmt.save(weights, tmp_path / "w.statefmt")
+    back = statefmt.load_weights(tmp_path / "w.statefmt")
+    for x, y in zip(weights.layers, back.layers):
+        assert (x.name, x.kind, x.units, x.input_size, x.proj_units, x.directions, x.activation,
+                x.recurrent_activation, x.linear_before_reset) == \
+               (y.name, y.kind, y.units, y.input_size, y.proj_units, y.directions, y.activation,
+                y.recurrent_activation, y.linear_before_reset)
+        for name in x.weight_names:
+            np.testing.assert_array_equal(x[name], y[name])
+    assert back["gru"].gate("R", "n").shape == (3, 3)
+    np.testing.assert_array_equal(back["gru"].gate("Wb", "z"), weights["gru"]["Wb"][0, 3:6])
+
+
+def test_state_and_weights_files_are_told_apart(tmp_path):
+    statefmt.save(make_weights(), tmp_path / "w.statefmt")
+    statefmt.save(make_states(), tmp_path / "s.statefmt")
+    with pytest.raises(statefmt.StateFormatError, match="holds weights, not a state; read it with statefmt.load_weights"):
+        statefmt.load(tmp_path / "w.statefmt")
+    with pytest.raises(statefmt.StateFormatError, match="holds a state, not weights"):
+        statefmt.load_weights(tmp_path / "s.statefmt")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(W=np.zeros((1, 7, 3))), r"W: expected \[directions, 4\*units, input_size\]"),
+    (dict(R=np.zeros((1, 8, 3))), r"R: expected shape \[1, 8, 2\], found \[1, 8, 3\]"),
+    (dict(P=np.zeros((1, 1, 2))), r"R: expected shape \[1, 8, 1\], found \[1, 8, 2\]"),
+    (dict(Rb=np.zeros((1, 8), "float16")), "tensors disagree on dtype: float16, float64"),
+])
+def test_malformed_weights(kwargs, message):
+    arrays = dict(W=np.zeros((1, 8, 3)), R=np.zeros((1, 8, 2)), Wb=np.zeros((1, 8)), Rb=np.zeros((1, 8)))
+    with pytest.raises(statefmt.StateFormatError, match=message):
+        LayerWeights("l", "lstm", **{**arrays, **kwargs})
