@@ -1,0 +1,417 @@
+"""Flax adapter (linen and NNX): carries and recurrent weights to and from the neutral layout.
+
+Flax keeps no state inside its modules: a run returns its carry, and the next run takes it
+as `initial_carry=`. An LSTM carry is `(c, h)` (c first, unlike PyTorch and Keras), a GRU or
+simple-RNN carry is `h`, a `Bidirectional` carry is `(carry_fwd, carry_bwd)`. Flax has no
+multi-layer RNN: a list of RNNs (or cells) is a stack, with a list of carries.
+
+A target is a cell (`LSTMCell`, `OptimizedLSTMCell`, `GRUCell`, `SimpleCell`), an `RNN` of
+one, a `Bidirectional` of two RNNs, or a list of these, from `flax.linen` or `flax.nnx`.
+Flax itself is imported on first use, never when this module is imported.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from functools import lru_cache
+
+from statefmt import (LayerSignature, LayerState, LayerWeights, StateError, StateMismatchError, StateSet,
+                      StateSignature, WeightSet)
+
+from ._common import fit, require
+
+_SUPPORTED = "LSTMCell, OptimizedLSTMCell, GRUCell or SimpleCell in an RNN, a Bidirectional, or a list of these"
+
+
+def signature(target) -> StateSignature:
+    """What `target` expects: its layers in order; no batch size (Flax fixes none); its param dtype.
+
+    >>> signature(nn.RNN(nn.LSTMCell(64))).layers  # doctest: +SKIP
+    (LayerSignature(kind='lstm', units=64, directions=1, proj_units=None, name='lstm_0'),)
+    """
+    layers = _layers(target)
+    dtypes = {layer.dtype for layer in layers}
+    return StateSignature([LayerSignature(l.kind, l.units, l.directions, None, l.name) for l in layers],
+                          dtype=dtypes.pop() if len(dtypes) == 1 else None)
+
+
+def export(source, state=None) -> StateSet:
+    """The carry of `source` (a carry, or a list of carries for a stack) as a StateSet.
+
+    >>> carry, y = rnn(x, return_carry=True)  # doctest: +SKIP
+    >>> statefmt.save(export(rnn, carry), "today.statefmt")  # doctest: +SKIP
+
+    Flax modules hold no state, so `state` is required. Flax's `(c, h)` goes to statefmt's
+    "c" and "h"; each array is copied to the host once.
+    """
+    if state is None:
+        raise StateError("Flax modules keep no carry: pass the carry a run returned, "
+                         "e.g. export(rnn, carry) after `carry, y = rnn(x, return_carry=True)`")
+    layers = _layers(source)
+    carries = _per_layer(source, state, "carry", "carries")
+    problems = []
+    for index, (layer, carry) in enumerate(zip(layers, carries)):
+        problems += layer.check_carry(carry)
+    if problems:
+        raise StateMismatchError(problems)
+    return StateSet([layer.export(carry) for layer, carry in zip(layers, carries)])
+
+
+def initial_state(states: StateSet, target, *, strict: bool = False, device=None, broadcast: bool | int = False):
+    """The carry `target` takes as `initial_carry=` (a list of carries for a stack), from `states`.
+
+    >>> carry = initial_state(statefmt.load("today.statefmt"), rnn)  # doctest: +SKIP
+    >>> carry, y = rnn(x2, initial_carry=carry, return_carry=True)  # doctest: +SKIP
+
+    Arrays are cast to the target's `param_dtype` (`strict=True` refuses any other dtype) and
+    placed with `jax.device_put(x, device)`. Flax fixes no batch size: `broadcast=N` starts
+    N streams from a batch-1 state.
+    """
+    jax = require("jax", "flax")
+    layers = _layers(target)
+    states = fit(states, signature(target), strict=strict, broadcast=broadcast)
+
+    def put(array, dtype):
+        return jax.device_put(array, device).astype(dtype)
+
+    carries = [layer.carry(state, put) for layer, state in zip(layers, states.layers)]
+    return carries if isinstance(target, (list, tuple)) else carries[0]
+
+
+def export_weights(source, variables=None):
+    """The recurrent weights of `source` in the neutral layout (statefmt.weights).
+
+    >>> weights = export_weights(rnn, variables)  # linen: modules hold no params  # doctest: +SKIP
+    >>> weights = export_weights(rnn)             # NNX: modules hold their params  # doctest: +SKIP
+
+    `variables` is what linen's `module.init` returns (a list of them for a stack). Flax's
+    one bias per gate goes to Wb (Rb zero); a GRU candidate keeps `in` in Wb_n and `hn` in Rb_n.
+    """
+    layers = _layers(source)
+    trees = _param_trees(layers, source, variables)
+    problems = [problem for layer in layers for problem in layer.check_exportable()]
+    if problems:
+        raise StateMismatchError(problems)
+    return WeightSet([layer.export_weights(tree) for layer, tree in zip(layers, trees)])
+
+
+def load_weights(weights, target, variables=None):
+    """Load neutral weights into `target`, refusing (all at once) whatever does not map exactly.
+
+    >>> variables = load_weights(weights, rnn, variables)  # linen: returns new variables  # doctest: +SKIP
+    >>> load_weights(weights, rnn)                         # NNX: sets the params in place  # doctest: +SKIP
+
+    Checks layer count, kind, units, input size, directions, activations and every weight
+    Flax cannot hold (a projection P; a GRU without linear_before_reset; a non-zero Rb_n
+    for an NNX GRUCell, which has no recurrent candidate bias). Values are cast to each
+    param's dtype. Returns the new linen variables (a list for a stack), or None for NNX.
+    """
+    layers = _layers(target)
+    trees = _param_trees(layers, target, variables, copy=True)
+    problems = []
+    if len(weights.layers) != len(layers):
+        problems.append(f"layer count: expected {len(layers)}, found {len(weights.layers)}")
+    for index, (layer, tree, source) in enumerate(zip(layers, trees, weights.layers)):
+        problems += layer.check_loadable(index, source, tree)
+    if problems:
+        raise StateMismatchError(problems)
+    for layer, tree, source in zip(layers, trees, weights.layers):
+        layer.load_weights(source, tree)
+    if layers[0].api == "nnx":
+        return None
+    return trees if isinstance(target, (list, tuple)) else trees[0]
+
+
+# --- the layers of a target -------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def _cell_table():
+    """Flax cell class -> (kind, input Dense names, recurrent Dense names), names in PyTorch gate order."""
+    nn = require("flax.linen", "flax")
+    nnx = require("flax.nnx", "flax")
+    lstm = (("ii", "if", "ig", "io"), ("hi", "hf", "hg", "ho"))
+    fused = (("dense_i",), ("dense_h",))
+    return {
+        nn.LSTMCell: ("lstm", *lstm), nn.OptimizedLSTMCell: ("lstm", *lstm),
+        nn.GRUCell: ("gru", ("ir", "iz", "in"), ("hr", "hz", "hn")), nn.SimpleCell: ("rnn", ("i",), ("h",)),
+        nnx.LSTMCell: ("lstm", ("ii", "if_", "ig", "io"), lstm[1]), nnx.OptimizedLSTMCell: ("lstm", *fused),
+        nnx.GRUCell: ("gru", *fused), nnx.SimpleCell: ("rnn", *fused),
+    }
+
+
+def _layers(target) -> list[_Layer]:
+    modules = list(target) if isinstance(target, (list, tuple)) else [target]
+    if not modules:
+        raise StateMismatchError("an empty list is not a stack; pass at least one RNN")
+    layers = [_Layer.of(index, module) for index, module in enumerate(modules)]
+    if len({layer.api for layer in layers}) > 1:
+        raise StateMismatchError("a stack mixes flax.linen and flax.nnx modules; build it from one API")
+    return layers
+
+
+def _per_layer(target, values, singular: str, plural: str) -> list:
+    """One value per layer: `values` itself for one module, its items for a stack."""
+    if not isinstance(target, (list, tuple)):
+        return [values]
+    if not isinstance(values, (list, tuple)) or len(values) != len(target):
+        found = f"{len(values)} items" if isinstance(values, (list, tuple)) else type(values).__name__
+        raise StateMismatchError(f"{plural}: a stack of {len(target)} layers takes a list of {len(target)} "
+                                 f"{plural} (one {singular} per layer), found {found}")
+    return list(values)
+
+
+def _param_trees(layers, target, variables, *, copy: bool = False) -> list:
+    """Per layer, where its params live: the NNX module itself, or linen's `variables["params"]`."""
+    if layers[0].api == "nnx":
+        if variables is not None:
+            raise StateError("NNX modules hold their params: call without `variables`")
+        return [None] * len(layers)
+    if variables is None:
+        raise StateError("linen modules hold no params: pass the variables `module.init` returned, "
+                         "e.g. export_weights(rnn, variables)")
+    core = require("flax.core", "flax")
+    trees = _per_layer(target, variables, "variables dict", "variables")
+    if not all(hasattr(tree, "keys") and "params" in tree for tree in trees):
+        raise StateError("variables: expected what linen's `module.init` returns, a dict with a 'params' "
+                         "collection; for bare params pass {'params': params}")
+    return [core.unfreeze(tree) if copy else tree for tree in trees]
+
+
+class _Layer:
+    """One layer of a target: its cells (one per direction) and where each keeps its params."""
+
+    def __init__(self, index, api, kind, cells, paths, names, reverse):
+        self.index, self.api, self.kind, self.cells, self.paths, self.reverse = index, api, kind, cells, paths, reverse
+        self.input_names, self.hidden_names = names
+        self.name = f"{kind}_{index}"
+        cell = cells[0]
+        self.units = cell.hidden_features if api == "nnx" else cell.features
+        self.dtype = np.dtype(cell.param_dtype).name
+        self.directions = len(cells)
+
+    @classmethod
+    def of(cls, index: int, module) -> _Layer:
+        nn = require("flax.linen", "flax")
+        nnx = require("flax.nnx", "flax")
+        api = "nnx" if isinstance(module, nnx.Module) else "linen"
+        if isinstance(module, (nn.Bidirectional, nnx.Bidirectional)):
+            rnns, paths = (module.forward_rnn, module.backward_rnn), (("forward_rnn", "cell"), ("backward_rnn", "cell"))
+        elif isinstance(module, (nn.RNN, nnx.RNN)):
+            rnns, paths = (module,), (("cell",),)
+        else:
+            rnns, paths = (None,), ((),)
+        cells = tuple(module if rnn is None else getattr(rnn, "cell", None) for rnn in rnns)
+        table = _cell_table()
+        found = [next((table[k] for k in type(cell).__mro__ if k in table), None) for cell in cells]
+        if None in found or len(set(found)) > 1:
+            names = " and ".join(type(cell).__name__ for cell in cells)
+            raise StateMismatchError(f"layer {index}: {type(module).__name__} of {names} has no neutral layout; "
+                                     f"statefmt maps a {_SUPPORTED}, with the same cell both ways")
+        kind, *names = found[0]
+        reverse = rnns[0] is not None and len(rnns) == 1 and bool(rnns[0].reverse)
+        return cls(index, api, kind, cells, paths, names, reverse)
+
+    # states
+
+    def check_carry(self, carry) -> list[str]:
+        where = f"layer {self.index} {self.name!r}: carry"
+        parts = carry if self.directions == 2 else (carry,)
+        if self.directions == 2 and (not isinstance(carry, (tuple, list)) or len(carry) != 2):
+            return [f"{where}: a Bidirectional carry is (carry_fwd, carry_bwd), found {_describe(carry)}"]
+        problems = []
+        for part in parts:
+            if self.kind == "lstm" and (not isinstance(part, (tuple, list)) or len(part) != 2):
+                return [f"{where}: an LSTM carry is (c, h), found {_describe(part)}"]
+            arrays = part if self.kind == "lstm" else (part,)
+            for array in arrays:
+                shape = tuple(getattr(array, "shape", ()))
+                if len(shape) != 2 or shape[1] != self.units:
+                    problems.append(f"{where}: expected arrays of shape (batch, {self.units}), found {shape} "
+                                    "(an unbatched carry takes carry[None])")
+        return problems
+
+    def export(self, carry) -> LayerState:
+        parts = carry if self.directions == 2 else (carry,)
+        names = ("c", "h") if self.kind == "lstm" else ("h",)
+        arrays = {}
+        for position, name in enumerate(names):
+            pieces = [part[position] if self.kind == "lstm" else part for part in parts]
+            if len(pieces) == 1:
+                arrays[name] = np.asarray(pieces[0])[None]
+            else:
+                arrays[name] = np.asarray(_stack(pieces))
+        return LayerState(self.name, self.kind, **arrays)
+
+    def carry(self, state: LayerState, put):
+        dtype = self.cells[0].param_dtype
+
+        def one(direction):
+            if self.kind == "lstm":
+                return put(state["c"][direction], dtype), put(state["h"][direction], dtype)
+            return put(state["h"][direction], dtype)
+
+        return (one(0), one(1)) if self.directions == 2 else one(0)
+
+    # weights
+
+    def check_exportable(self) -> list[str]:
+        where = f"layer {self.index} {self.name!r}"
+        problems = []
+        if self.reverse:
+            problems.append(f"{where}: reverse=True: a backward-only RNN has no neutral layout (direction 0 runs "
+                            "forward); wrap it with a forward RNN in a Bidirectional, or use reverse=False")
+        for setting, function in self._functions(self.cells[0]):
+            if _activation_name(function) is None:
+                problems.append(f"{where}: {setting}: {_function_name(function)} has no neutral name; "
+                                "the neutral layout knows sigmoid, tanh and relu (jax.nn.sigmoid, jnp.tanh, jax.nn.relu)")
+        return problems
+
+    def export_weights(self, tree) -> LayerWeights:
+        arrays = {"W": [], "R": [], "Wb": [], "Rb": []}
+        for direction, cell in enumerate(self.cells):
+            params = self._params(tree, direction)
+            kernel_i, bias_i = _fused([params[name] for name in self.input_names])
+            kernel_h, bias_h = _fused([params[name] for name in self.hidden_names])
+            if getattr(cell, "residual", False):
+                kernel_h = kernel_h + np.eye(self.units, dtype=kernel_h.dtype)  # h' = act(... + W_h h + h)
+            wb, rb = bias_i + bias_h, np.zeros_like(bias_i)
+            if self.kind == "gru":  # the candidate's recurrent bias sits inside r * (...): it stays apart
+                n = slice(2 * self.units, None)
+                wb[n], rb[n] = bias_i[n], bias_h[n]
+            for key, value in zip(("W", "R", "Wb", "Rb"), (kernel_i.T, kernel_h.T, wb, rb)):
+                arrays[key].append(value)
+        functions = dict(self._functions(self.cells[0]))
+        return LayerWeights(self.name, self.kind, **{k: np.stack(v) for k, v in arrays.items()},
+                            activation=_activation_name(functions["activation_fn"]),
+                            recurrent_activation=_activation_name(functions.get("gate_fn")) or "sigmoid")
+
+    def check_loadable(self, index: int, weights: LayerWeights, tree) -> list[str]:
+        where = f"layer {index} {weights.name!r}"
+        input_size = int(np.shape(self._params(tree, 0)[self.input_names[0]][0])[0])
+        problems = [f"{where}: {field}: expected {want}, found {found}"
+                    for field, want, found in (("kind", self.kind, weights.kind), ("units", self.units, weights.units),
+                                               ("input_size", input_size, weights.input_size),
+                                               ("directions", self.directions, weights.directions))
+                    if want != found]
+        if self.reverse:
+            problems.append(f"{where}: the target RNN has reverse=True, which no neutral layer describes; "
+                            "load into an RNN with reverse=False, or a Bidirectional")
+        if weights.proj_units is not None:
+            problems.append(f"{where}: P: Flax cells have no projection of h (proj_units={weights.proj_units}); "
+                            "load into a PyTorch LSTM with proj_size, or weights without P")
+        if weights.kind != self.kind:
+            return problems
+        for setting, function in self._functions(self.cells[0]):
+            want = weights.activation if setting == "activation_fn" else weights.recurrent_activation
+            if _activation_name(function) != want:
+                problems.append(f"{where}: {setting}: the weights use {want}, the target cell uses "
+                                f"{_function_name(function)}; build the cell with {setting}={_JAX_NAMES.get(want, want)}")
+        if self.kind == "gru" and not weights.linear_before_reset:
+            problems.append(f"{where}: linear_before_reset: Flax GRU cells apply r after the recurrent matmul "
+                            "(linear_before_reset=True); weights with linear_before_reset=False do not map exactly: "
+                            "load them into Keras GRU(reset_after=False)")
+        if self.kind == "gru" and self.hidden_names == ("dense_h",) and not problems:
+            for direction in range(weights.directions):
+                if np.any(weights.gate("Rb", "n", direction) != 0):
+                    problems.append(
+                        f"{where}: Rb candidate gate n (direction {direction}) is non-zero, and flax.nnx GRUCell has "
+                        "no recurrent candidate bias (n = tanh(W_n x + b_n + r * (R_n h))), so it cannot be mapped "
+                        "exactly; use a target with a recurrent candidate bias (flax.linen GRUCell, PyTorch GRU, "
+                        "Keras GRU(reset_after=True)), or weights whose Rb_n is zero")
+        return problems
+
+    def load_weights(self, weights: LayerWeights, tree) -> None:
+        for direction, cell in enumerate(self.cells):
+            params = self._params(tree, direction)
+            kernel_h = weights["R"][direction].T
+            if getattr(cell, "residual", False):
+                kernel_h = kernel_h - np.eye(self.units, dtype=kernel_h.dtype)
+            wb, rb = weights["Wb"][direction], weights["Rb"][direction]
+            bias_i, bias_h = wb + rb, wb + rb  # one bias per gate: the merged one, wherever the Dense has it
+            if self.kind == "gru":
+                n = slice(2 * self.units, None)
+                bias_i[n], bias_h[n] = wb[n], rb[n]
+            for names, kernel, bias in ((self.input_names, weights["W"][direction].T, bias_i),
+                                        (self.hidden_names, kernel_h, bias_h)):
+                start = 0
+                for name in names:
+                    width = int(np.shape(params[name][0])[1])
+                    params[name] = (kernel[:, start:start + width], bias[start:start + width])
+                    start += width
+            self._store(tree, direction, params)
+
+    # parameters: linen keeps them in a nested dict, NNX on the modules
+
+    def _params(self, tree, direction) -> dict[str, tuple]:
+        """Dense name -> (kernel, bias or None), as numpy views of the params."""
+        names = self.input_names + self.hidden_names
+        if self.api == "nnx":
+            denses = {name: getattr(self.cells[direction], name) for name in names}
+            return {name: (np.asarray(d.kernel.get_value()),
+                           None if d.bias is None else np.asarray(d.bias.get_value())) for name, d in denses.items()}
+        node = self._linen_node(tree, direction)
+        return {name: (np.asarray(node[name]["kernel"]),
+                       np.asarray(node[name]["bias"]) if "bias" in node[name] else None) for name in names}
+
+    def _store(self, tree, direction, params) -> None:
+        jnp = require("jax.numpy", "flax")
+        for name, (kernel, bias) in params.items():
+            if self.api == "nnx":
+                dense = getattr(self.cells[direction], name)
+                slots = [(dense.kernel, kernel)] + ([(dense.bias, bias)] if dense.bias is not None else [])
+                for variable, value in slots:
+                    variable.set_value(jnp.asarray(value, variable.get_value().dtype))
+            else:
+                entry = self._linen_node(tree, direction)[name]
+                entry["kernel"] = jnp.asarray(kernel, entry["kernel"].dtype)
+                if "bias" in entry:
+                    entry["bias"] = jnp.asarray(bias, entry["bias"].dtype)
+
+    def _linen_node(self, tree, direction):
+        node = tree["params"]
+        for key in self.paths[direction]:
+            node = node[key]
+        return node
+
+    def _functions(self, cell) -> list[tuple[str, Any]]:
+        return [(setting, getattr(cell, setting)) for setting in ("activation_fn", "gate_fn") if hasattr(cell, setting)]
+
+
+def _fused(params):
+    """One (in, G*units) kernel and its (G*units,) bias, zeros where a Dense has no bias."""
+    kernel = np.concatenate([k for k, _ in params], axis=1)
+    bias = np.concatenate([np.zeros(k.shape[1], k.dtype) if b is None else b for k, b in params])
+    return kernel, bias
+
+
+def _stack(pieces):
+    jnp = require("jax.numpy", "flax")
+    return jnp.stack(pieces)  # on the device: the host copy stays the only one
+
+
+_JAX_NAMES = {"sigmoid": "jax.nn.sigmoid", "tanh": "jax.numpy.tanh", "relu": "jax.nn.relu"}
+
+
+def _activation_name(function) -> str | None:
+    if function is None:
+        return None
+    jax = require("jax", "flax")
+    known = {jax.nn.sigmoid: "sigmoid", jax.numpy.tanh: "tanh", jax.nn.relu: "relu"}
+    try:
+        return known.get(function)
+    except TypeError:  # an unhashable callable
+        return None
+
+
+def _function_name(function) -> str:
+    return _activation_name(function) or getattr(function, "__name__", repr(function))
+
+
+def _describe(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"{type(value).__name__} of shape {tuple(getattr(value, 'shape', ()))}"
+

@@ -1,0 +1,467 @@
+"""The Flax adapter, linen and NNX: carries through files, weights against the numpy reference, refusals."""
+
+import functools
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import reference
+import statefmt
+from statefmt import LayerState, LayerWeights, StateError, StateMismatchError, StateSet, WeightSet
+from statefmt.cli import main as cli
+from statefmt.states import STATE_NAMES
+
+jax = pytest.importorskip("jax")
+nn = pytest.importorskip("flax.linen")
+nnx = pytest.importorskip("flax.nnx")
+jnp = jax.numpy
+fa = pytest.importorskip("statefmt.adapters.flax")
+
+BATCH, INPUT, UNITS, UNITS2, STEPS, SPLIT = 3, 5, 4, 6, 8, 5
+APIS = ("linen", "nnx")
+CELLS = ("lstm", "lstm_opt", "gru", "rnn")
+LAYOUTS = ("cell", "rnn", "stack", "bidir")
+CELL_CLASSES = {"lstm": "LSTMCell", "lstm_opt": "OptimizedLSTMCell", "gru": "GRUCell", "rnn": "SimpleCell",
+                "rnn_res": "SimpleCell", "lstm_relu": "LSTMCell", "gru_tanh_gates": "GRUCell"}
+CELL_OPTIONS = {"rnn_res": {"residual": True}, "lstm_relu": {"activation_fn": jax.nn.relu},
+                "gru_tanh_gates": {"gate_fn": jax.numpy.tanh}}
+
+
+def make_cell(api, cell, in_features, units, dtype, seed, **options):
+    options = {"param_dtype": dtype, "dtype": dtype, "bias_init": nn.initializers.normal(0.5),
+               "recurrent_kernel_init": nn.initializers.lecun_normal(),  # orthogonal has no float16 on CPU
+               **CELL_OPTIONS.get(cell, {}), **options}
+    if api == "linen":
+        return getattr(nn, CELL_CLASSES[cell])(units, **options)
+    return getattr(nnx, CELL_CLASSES[cell])(in_features, units, rngs=nnx.Rngs(seed), **options)
+
+
+class Model:
+    """A Flax target (a cell, an RNN, a stack of two RNNs or a Bidirectional), its linen variables, a run."""
+
+    def __init__(self, api, cell, layout, dtype="float32", seed=0, **options):
+        self.api, self.layout = api, layout
+        lib = nn if api == "linen" else nnx
+
+        def rnn(in_features, units, offset=0):
+            return lib.RNN(make_cell(api, cell, in_features, units, dtype, seed + offset, **options))
+
+        if layout == "cell":
+            self.target = make_cell(api, cell, INPUT, UNITS, dtype, seed, **options)
+        elif layout == "rnn":
+            self.target = rnn(INPUT, UNITS)
+        elif layout == "stack":
+            self.target = [rnn(INPUT, UNITS), rnn(UNITS, UNITS2, 1)]
+        else:
+            self.target = lib.Bidirectional(rnn(INPUT, UNITS), rnn(INPUT, UNITS, 1))
+        self.variables = None
+        if api == "linen":
+            key, x = jax.random.key(seed), jnp.zeros((BATCH, STEPS, INPUT), dtype)
+            if layout == "cell":
+                carry = self.target.initialize_carry(key, x[:, 0].shape)
+                self.variables = self.target.init(key, carry, x[:, 0])
+            elif layout == "stack":
+                self.variables = [self.target[0].init(key, x),
+                                  self.target[1].init(jax.random.key(seed + 1), jnp.zeros((BATCH, STEPS, UNITS), dtype))]
+            else:
+                self.variables = self.target.init(key, x)
+
+    def run(self, x, carry):
+        """(final carry, output sequence) from `carry`."""
+        x = jnp.asarray(x)
+        if self.layout != "stack":
+            return self._apply(self.target, self.variables, x, carry)
+        carries = []
+        for index, module in enumerate(self.target):
+            variables = None if self.variables is None else self.variables[index]
+            final, x = self._apply(module, variables, x, carry[index])
+            carries.append(final)
+        return carries, x
+
+    def _apply(self, module, variables, x, carry):
+        if self.layout == "cell":
+            outputs = []
+            for t in range(x.shape[1]):
+                step = module.apply(variables, carry, x[:, t]) if self.api == "linen" else module(carry, x[:, t])
+                carry, y = step
+                outputs.append(y)
+            return carry, jnp.stack(outputs, axis=1)
+        if self.api == "linen":
+            return module.apply(variables, x, initial_carry=carry, return_carry=True)
+        return module(x, initial_carry=carry, return_carry=True)
+
+
+@functools.cache
+def model(api, cell, layout, dtype="float32", seed=0):
+    """Built once per test module; tests that load weights into a model build their own."""
+    return Model(api, cell, layout, dtype, seed)
+
+
+def random_states(target, *, dtype="float32", batch=BATCH, seed=1):
+    """A non-zero state that fits `target`."""
+    rng = np.random.default_rng(seed)
+    layers = []
+    for layer in fa.signature(target).layers:
+        arrays = {name: (0.5 * rng.normal(size=(layer.directions, batch, layer.units))).astype(jnp.dtype(dtype))
+                  for name in STATE_NAMES[layer.kind]}
+        layers.append(LayerState(layer.name, layer.kind, **arrays))
+    return StateSet(layers)
+
+
+def inputs(dtype="float32", seed=2):
+    return np.random.default_rng(seed).normal(size=(BATCH, STEPS, INPUT)).astype(jnp.dtype(dtype))
+
+
+def through_file(states, tmp_path):
+    path = tmp_path / "state.statefmt"
+    statefmt.save(states, path)
+    return statefmt.load(path)
+
+
+def assert_same_carry(found, expected):
+    assert jax.tree_util.tree_structure(found) == jax.tree_util.tree_structure(expected)
+    for a, b in zip(jax.tree_util.tree_leaves(found), jax.tree_util.tree_leaves(expected)):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def largest_difference(a, b):
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+               for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+# 1. export -> save -> load -> initial_state gives back the carry exactly
+
+ROUNDTRIP = [(api, cell, layout, "float32") for api in APIS for cell in CELLS for layout in LAYOUTS]
+ROUNDTRIP += [(api, cell, "rnn", dtype) for api in APIS for cell in CELLS for dtype in ("float16", "bfloat16")]
+
+
+@pytest.mark.parametrize("api, cell, layout, dtype", ROUNDTRIP)
+def test_roundtrip_through_a_file_is_exact(api, cell, layout, dtype, tmp_path):
+    m = model(api, cell, layout, dtype)
+    carry, _ = m.run(inputs(dtype), fa.initial_state(random_states(m.target, dtype=dtype), m.target))
+    states = fa.export(m.target, carry)
+    assert {layer.dtype for layer in states} == {dtype}
+    assert_same_carry(fa.initial_state(through_file(states, tmp_path), m.target, strict=True), carry)
+
+
+# 2. a run in two chunks, the state handed over through a file, equals one run
+
+@pytest.mark.parametrize("layout", ("cell", "rnn", "stack"))
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("api", APIS)
+def test_continuation_through_a_file(api, cell, layout, tmp_path):
+    m = model(api, cell, layout)
+    x, start = inputs(), fa.initial_state(random_states(m.target), m.target)
+    full_carry, full_y = m.run(x, start)
+    carry, _ = m.run(x[:, :SPLIT], start)
+    resumed = fa.initial_state(through_file(fa.export(m.target, carry), tmp_path), m.target)
+    end_carry, end_y = m.run(x[:, SPLIT:], resumed)
+    np.testing.assert_allclose(np.asarray(end_y), np.asarray(full_y)[:, SPLIT:], atol=1e-5, rtol=0)
+    assert largest_difference(end_carry, full_carry) < 1e-5
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, resumed)
+    _, zero_y = m.run(x[:, SPLIT:], zeros)
+    assert largest_difference(zero_y, full_y[:, SPLIT:]) > 1e-3
+
+
+@pytest.mark.parametrize("cell", ("lstm", "lstm_opt"))
+@pytest.mark.parametrize("api", APIS)
+def test_lstm_carry_is_c_then_h(api, cell, tmp_path):
+    m = model(api, cell, "rnn")
+    x = inputs()
+    carry, y = m.run(x[:, :SPLIT], fa.initial_state(random_states(m.target), m.target))
+    states = fa.export(m.target, carry)
+    np.testing.assert_array_equal(states[0]["c"][0], np.asarray(carry[0]))
+    np.testing.assert_array_equal(states[0]["h"][0], np.asarray(carry[1]))
+    np.testing.assert_array_equal(states[0]["h"][0], np.asarray(y)[:, -1])  # h is what the LSTM outputs
+    assert largest_difference(carry[0], carry[1]) > 1e-3  # so that a swap would show
+    back = fa.initial_state(through_file(states, tmp_path), m.target)
+    np.testing.assert_array_equal(np.asarray(back[0]), states[0]["c"][0])
+    _, right = m.run(x[:, SPLIT:], back)
+    _, swapped = m.run(x[:, SPLIT:], (back[1], back[0]))
+    assert largest_difference(right, swapped) > 1e-3
+
+
+def test_initial_state_casts_broadcasts_and_places():
+    m = model("nnx", "lstm", "rnn")
+    half = random_states(m.target, dtype="float16", batch=1)
+    device = jax.devices("cpu")[0]
+    c, h = fa.initial_state(half, m.target, broadcast=4, device=device)
+    assert c.dtype == jnp.float32 and c.shape == (4, UNITS) and c.devices() == {device}
+    np.testing.assert_array_equal(np.asarray(h), np.repeat(half[0]["h"][0].astype("float32"), 4, axis=0))
+
+
+# 3. weights: the neutral layout run by the numpy reference agrees with Flax
+
+WEIGHT_CELLS = CELLS + ("rnn_res", "lstm_relu", "gru_tanh_gates")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("cell", WEIGHT_CELLS)
+@pytest.mark.parametrize("api", APIS)
+def test_weights_run_like_the_reference(api, cell, layout):
+    m = model(api, cell, layout)
+    start, x = random_states(m.target), inputs()
+    carry, y = m.run(x, fa.initial_state(start, m.target))
+    weights = fa.export_weights(m.target, m.variables)
+    expected_y, expected_states = reference.run(weights, x, start)
+    np.testing.assert_allclose(np.asarray(y), expected_y, atol=1e-5, rtol=0)
+    for found, expected in zip(fa.export(m.target, carry), expected_states):
+        for name in found.state_names:
+            np.testing.assert_allclose(found[name], expected[name], atol=1e-5, rtol=0)
+    zero_y, _ = reference.run(weights, x)
+    assert np.max(np.abs(zero_y - expected_y)) > 1e-3
+
+
+@pytest.mark.parametrize("layout", ("rnn", "stack", "bidir"))
+@pytest.mark.parametrize("cell", CELLS + ("rnn_res",))
+@pytest.mark.parametrize("api", APIS)
+def test_weights_through_a_file_into_a_fresh_model(api, cell, layout, tmp_path):
+    m, fresh = model(api, cell, layout), Model(api, cell, layout, seed=7)
+    start = fa.initial_state(random_states(m.target), m.target)
+    _, y = m.run(inputs(), start)
+    _, before = fresh.run(inputs(), start)
+    assert largest_difference(before, y) > 1e-3
+    statefmt.save(fa.export_weights(m.target, m.variables), tmp_path / "w.statefmt")
+    loaded = fa.load_weights(statefmt.load_weights(tmp_path / "w.statefmt"), fresh.target, fresh.variables)
+    fresh.variables = loaded
+    _, after = fresh.run(inputs(), start)
+    if cell == "rnn_res":  # R + I on export, R - I on load: equal up to one rounding
+        np.testing.assert_allclose(np.asarray(after), np.asarray(y), atol=1e-6, rtol=0)
+    else:
+        np.testing.assert_array_equal(np.asarray(after), np.asarray(y))
+
+
+CROSS = [("linen", "nnx", cell) for cell in ("lstm", "lstm_opt", "rnn", "rnn_res")]
+CROSS += [("nnx", "linen", cell) for cell in CELLS]
+
+
+@pytest.mark.parametrize("source_api, target_api, cell", CROSS)
+def test_weights_between_linen_and_nnx(source_api, target_api, cell):
+    source, target = model(source_api, cell, "bidir"), Model(target_api, cell, "bidir", seed=7)
+    start = random_states(source.target)
+    _, y = source.run(inputs(), fa.initial_state(start, source.target))
+    loaded = fa.load_weights(fa.export_weights(source.target, source.variables), target.target, target.variables)
+    target.variables = loaded
+    _, found = target.run(inputs(), fa.initial_state(start, target.target))
+    np.testing.assert_allclose(np.asarray(found), np.asarray(y), atol=1e-5, rtol=0)
+
+
+# 4. every mismatch names its layer and field, in initial_state and in `statefmt validate --against`
+
+def mismatch_target(api):
+    lib = nn if api == "linen" else nnx
+    rnn = lib.RNN(make_cell(api, "lstm", INPUT, UNITS, "float32", 0))
+    bidir = lib.Bidirectional(*(lib.RNN(make_cell(api, "gru", UNITS, UNITS2, "float32", s)) for s in (1, 2)))
+    return [rnn, bidir]
+
+
+def replace_layer(states, index, layer):
+    layers = list(states.layers)
+    layers[index] = layer
+    return StateSet(layers)
+
+
+def narrow_h(states):
+    c = states[0]["c"]
+    return replace_layer(states, 0, LayerState("lstm_0", "lstm", h=c[:, :, :2].copy(), c=c))
+
+
+MISMATCHES = {
+    "layer count": (lambda s: s.select([0]), {},
+                    ["layer count: expected 2, found 1 (StateSet.select picks the layers a target holds)"]),
+    "kind": (lambda s: replace_layer(s, 0, LayerState("gru_0", "gru", h=s[0]["h"])), {},
+             ["layer 0 'gru_0': kind: expected lstm, found gru"]),
+    "units": (lambda s: replace_layer(s, 1, LayerState("gru_1", "gru", h=s[1]["h"][:, :, :5])), {},
+              ["layer 1 'gru_1': units: expected 6, found 5"]),
+    "directions": (lambda s: replace_layer(s, 1, LayerState("gru_1", "gru", h=s[1]["h"][:1])), {},
+                   ["layer 1 'gru_1': directions: expected 2, found 1"]),
+    "proj_units": (narrow_h, {}, ["layer 0 'lstm_0': proj_units: expected None, found 2"]),
+    "batch size": (lambda s: s, {"broadcast": 5}, ["batch size: expected 5, found 3"]),
+    "dtype": (lambda s: StateSet([l.with_arrays(**{n: l[n].astype("float16") for n in l.state_names}) for l in s]),
+              {"strict": True}, ["layer 0 'lstm_0': dtype: expected float32, found float16",
+                                 "layer 1 'gru_1': dtype: expected float32, found float16"]),
+}
+
+
+@pytest.mark.parametrize("case", MISMATCHES)
+@pytest.mark.parametrize("api", APIS)
+def test_mismatch_names_layer_and_field(api, case):
+    target = mismatch_target(api)
+    change, options, expected = MISMATCHES[case]
+    with pytest.raises(StateMismatchError) as error:
+        fa.initial_state(change(random_states(target)), target, **options)
+    assert error.value.problems == expected
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_all_mismatches_at_once_and_in_the_cli(api, tmp_path):
+    target = mismatch_target(api)
+    states = random_states(target)
+    states = replace_layer(narrow_h(states), 1, LayerState("gru_1", "gru", h=states[1]["h"][:1, :, :5]))
+    with pytest.raises(StateMismatchError) as error:
+        fa.initial_state(states, target, strict=True)
+    assert error.value.problems == ["layer 0 'lstm_0': proj_units: expected None, found 2",
+                                    "layer 1 'gru_1': units: expected 6, found 5",
+                                    "layer 1 'gru_1': directions: expected 2, found 1"]
+    statefmt.save(states, tmp_path / "s.statefmt")
+    (tmp_path / "sig.json").write_text(fa.signature(target).to_json())
+    result = CliRunner().invoke(cli, ["validate", str(tmp_path / "s.statefmt"), "--against", str(tmp_path / "sig.json")])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [f"{tmp_path / 's.statefmt'}: {p}" for p in error.value.problems]
+
+
+EXPORT_MISTAKES = {
+    "no carry": (lambda m, c: None, StateError, "Flax modules keep no carry: pass the carry a run returned"),
+    "wrong units": (lambda m, c: (c[0][:, :3], c[1][:, :3]), StateMismatchError,
+                    "layer 0 'lstm_0': carry: expected arrays of shape (batch, 4), found (3, 3)"),
+    "h only": (lambda m, c: c[1], StateMismatchError, "layer 0 'lstm_0': carry: an LSTM carry is (c, h)"),
+    "stack of one": (lambda m, c: c, StateMismatchError, "carries: a stack of 1 layers takes a list of 1 carries"),
+}
+
+
+@pytest.mark.parametrize("case", EXPORT_MISTAKES)
+@pytest.mark.parametrize("api", APIS)
+def test_export_refuses_a_carry_that_is_not_the_sources(api, case):
+    m = model(api, "lstm", "rnn")
+    carry = fa.initial_state(random_states(m.target), m.target)
+    wrong, error_type, message = EXPORT_MISTAKES[case]
+    source = [m.target] if case == "stack of one" else m.target
+    with pytest.raises(error_type, match=None) as error:
+        fa.export(source, wrong(m, carry))
+    assert message in str(error.value)
+
+
+# 5. weights that cannot be mapped exactly are refused, with the reason and what would work
+
+def projected_lstm():
+    rng = np.random.default_rng(3)
+    rows, proj = 4 * UNITS, 2
+    arrays = [rng.normal(size=shape).astype("float32") for shape in
+              ((1, rows, INPUT), (1, rows, proj), (1, rows), (1, rows), (1, proj, UNITS))]
+    return WeightSet([LayerWeights("lstm_0", "lstm", *arrays)])
+
+
+def relabel(weights, **fields):
+    layer = weights.layers[0]
+    options = {"activation": layer.activation, "recurrent_activation": layer.recurrent_activation,
+               "linear_before_reset": layer.linear_before_reset, **fields}
+    return WeightSet([LayerWeights(layer.name, layer.kind, *(layer[k] for k in layer.weight_names), **options)])
+
+
+def exported(api, cell, layout="rnn"):
+    m = model(api, cell, layout)
+    return fa.export_weights(m.target, m.variables)
+
+
+LOAD_REFUSALS = {
+    "nnx gru recurrent candidate bias": (
+        lambda: exported("linen", "gru"), ("nnx", "gru"),
+        ["layer 0 'gru_0': Rb candidate gate n (direction 0) is non-zero, and flax.nnx GRUCell has no recurrent "
+         "candidate bias (n = tanh(W_n x + b_n + r * (R_n h))), so it cannot be mapped exactly; use a target with "
+         "a recurrent candidate bias (flax.linen GRUCell, PyTorch GRU, Keras GRU(reset_after=True)), or weights "
+         "whose Rb_n is zero"]),
+    "projection": (
+        projected_lstm, ("linen", "lstm"),
+        ["layer 0 'lstm_0': P: Flax cells have no projection of h (proj_units=2); load into a PyTorch LSTM with "
+         "proj_size, or weights without P"]),
+    "reset before the matmul": (
+        lambda: relabel(exported("nnx", "gru"), linear_before_reset=False), ("linen", "gru"),
+        ["layer 0 'gru_0': linear_before_reset: Flax GRU cells apply r after the recurrent matmul "
+         "(linear_before_reset=True); weights with linear_before_reset=False do not map exactly: load them into "
+         "Keras GRU(reset_after=False)"]),
+    "activation": (
+        lambda: exported("linen", "lstm_relu"), ("nnx", "lstm"),
+        ["layer 0 'lstm_0': activation_fn: the weights use relu, the target cell uses tanh; build the cell with "
+         "activation_fn=jax.nn.relu"]),
+    "shapes": (
+        lambda: exported("nnx", "gru", "stack"), ("linen", "gru", "bidir"),
+        ["layer count: expected 1, found 2", "layer 0 'gru_0': directions: expected 2, found 1"]),
+    "kind and sizes": (
+        lambda: exported("nnx", "rnn", "stack"), ("nnx", "lstm", "stack"),
+        ["layer 0 'rnn_0': kind: expected lstm, found rnn", "layer 1 'rnn_1': kind: expected lstm, found rnn"]),
+}
+
+
+@pytest.mark.parametrize("case", LOAD_REFUSALS)
+def test_load_weights_refuses(case):
+    weights, (api, cell, *layout), expected = LOAD_REFUSALS[case]
+    target = Model(api, cell, layout[0] if layout else "rnn", seed=7)
+    with pytest.raises(StateMismatchError) as error:
+        fa.load_weights(weights(), target.target, target.variables)
+    assert error.value.problems == expected
+
+
+def test_load_weights_checks_units_and_input_size():
+    weights = exported("linen", "lstm")
+    target = Model("nnx", "lstm", "rnn", seed=7)
+    target.target.cell = make_cell("nnx", "lstm", 3, UNITS2, "float32", 7)
+    with pytest.raises(StateMismatchError) as error:
+        fa.load_weights(weights, target.target)
+    assert error.value.problems == ["layer 0 'lstm_0': units: expected 6, found 4",
+                                    "layer 0 'lstm_0': input_size: expected 3, found 5"]
+
+
+EXPORT_REFUSALS = {
+    "unknown activation": (
+        lambda api: Model(api, "lstm", "rnn", activation_fn=jax.nn.gelu).target,
+        "layer 0 'lstm_0': activation_fn: gelu has no neutral name; the neutral layout knows sigmoid, tanh and relu"),
+    "backward-only rnn": (
+        lambda api: (nn if api == "linen" else nnx).RNN(make_cell(api, "gru", INPUT, UNITS, "float32", 0),
+                                                         reverse=True),
+        "layer 0 'gru_0': reverse=True: a backward-only RNN has no neutral layout (direction 0 runs forward); "
+        "wrap it with a forward RNN in a Bidirectional, or use reverse=False"),
+}
+
+
+@pytest.mark.parametrize("case", EXPORT_REFUSALS)
+@pytest.mark.parametrize("api", APIS)
+def test_export_weights_refuses(api, case):
+    build, expected = EXPORT_REFUSALS[case]
+    target = build(api)
+    variables = None
+    if api == "linen":
+        variables = target.init(jax.random.key(0), jnp.zeros((BATCH, STEPS, INPUT)))
+    with pytest.raises(StateMismatchError) as error:
+        fa.export_weights(target, variables)
+    assert str(error.value).startswith(expected)
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_cell_without_neutral_layout_is_refused(api):
+    cell = nn.MGUCell(UNITS) if api == "linen" else nnx.RNN(nnx.LSTMCell(INPUT, UNITS, rngs=nnx.Rngs(0)))
+    if api == "nnx":  # NNX has no MGUCell here: a Bidirectional of different cells has no layout either
+        cell = nnx.Bidirectional(cell, nnx.RNN(nnx.GRUCell(INPUT, UNITS, rngs=nnx.Rngs(1))))
+    with pytest.raises(StateMismatchError, match="layer 0: .* has no neutral layout; statefmt maps a LSTMCell"):
+        fa.signature(cell)
+
+
+def test_linen_needs_variables_and_nnx_refuses_them():
+    linen, nnx_model = model("linen", "gru", "rnn"), model("nnx", "gru", "rnn")
+    with pytest.raises(StateError, match="linen modules hold no params: pass the variables"):
+        fa.export_weights(linen.target)
+    with pytest.raises(StateError, match="NNX modules hold their params: call without `variables`"):
+        fa.export_weights(nnx_model.target, linen.variables)
+
+
+# 6. importing the adapter imports no framework; a missing framework names the extra
+
+def run_python(code):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_importing_the_adapter_loads_no_framework():
+    result = run_python("import sys, statefmt.adapters.flax\n"
+                        "print(sorted(m for m in ('flax', 'flax.linen', 'flax.nnx', 'jax') if m in sys.modules))")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_a_missing_framework_names_the_extra():
+    result = run_python("import sys\nsys.modules['flax'] = None\nfrom statefmt.adapters import flax\n"
+                        "try:\n    flax.signature(object())\nexcept ImportError as error:\n    print(error)")
+    assert result.returncode == 0, result.stderr
+    assert 'pip install "statefmt[flax]"' in result.stdout
