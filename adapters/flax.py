@@ -12,11 +12,10 @@ Flax itself is imported on first use, never when this module is imported.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
-
-from functools import lru_cache
 
 from statefmt import (LayerSignature, LayerState, LayerWeights, StateError, StateMismatchError, StateSet,
                       StateSignature, WeightSet)
@@ -52,9 +51,7 @@ def export(source, state=None) -> StateSet:
                          "e.g. export(rnn, carry) after `carry, y = rnn(x, return_carry=True)`")
     layers = _layers(source)
     carries = _per_layer(source, state, "carry", "carries")
-    problems = []
-    for index, (layer, carry) in enumerate(zip(layers, carries)):
-        problems += layer.check_carry(carry)
+    problems = [problem for layer, carry in zip(layers, carries) for problem in layer.check_carry(carry)]
     if problems:
         raise StateMismatchError(problems)
     return StateSet([layer.export(carry) for layer, carry in zip(layers, carries)])
@@ -114,8 +111,8 @@ def load_weights(weights, target, variables=None):
     problems = []
     if len(weights.layers) != len(layers):
         problems.append(f"layer count: expected {len(layers)}, found {len(weights.layers)}")
-    for index, (layer, tree, source) in enumerate(zip(layers, trees, weights.layers)):
-        problems += layer.check_loadable(index, source, tree)
+    for layer, tree, source in zip(layers, trees, weights.layers):
+        problems += layer.check_loadable(source, tree)
     if problems:
         raise StateMismatchError(problems)
     for layer, tree, source in zip(layers, trees, weights.layers):
@@ -210,6 +207,11 @@ class _Layer:
             names = " and ".join(type(cell).__name__ for cell in cells)
             raise StateMismatchError(f"layer {index}: {type(module).__name__} of {names} has no neutral layout; "
                                      f"statefmt maps a {_SUPPORTED}, with the same cell both ways")
+        units = {cell.hidden_features if api == "nnx" else cell.features for cell in cells}
+        if len(units) > 1:
+            raise StateMismatchError(f"layer {index}: the forward and backward cells differ in units "
+                                     f"({' vs '.join(map(str, sorted(units)))}); the neutral layout stacks the "
+                                     "directions of a layer, so build both with the same units")
         kind, *names = found[0]
         reverse = rnns[0] is not None and len(rnns) == 1 and bool(rnns[0].reverse)
         return cls(index, api, kind, cells, paths, names, reverse)
@@ -288,8 +290,8 @@ class _Layer:
                             activation=_activation_name(functions["activation_fn"]),
                             recurrent_activation=_activation_name(functions.get("gate_fn")) or "sigmoid")
 
-    def check_loadable(self, index: int, weights: LayerWeights, tree) -> list[str]:
-        where = f"layer {index} {weights.name!r}"
+    def check_loadable(self, weights: LayerWeights, tree) -> list[str]:
+        where = f"layer {self.index} {weights.name!r}"
         input_size = int(np.shape(self._params(tree, 0)[self.input_names[0]][0])[0])
         problems = [f"{where}: {field}: expected {want}, found {found}"
                     for field, want, found in (("kind", self.kind, weights.kind), ("units", self.units, weights.units),
@@ -313,7 +315,7 @@ class _Layer:
             problems.append(f"{where}: linear_before_reset: Flax GRU cells apply r after the recurrent matmul "
                             "(linear_before_reset=True); weights with linear_before_reset=False do not map exactly: "
                             "load them into Keras GRU(reset_after=False)")
-        if self.kind == "gru" and self.hidden_names == ("dense_h",) and not problems:
+        if self.kind == "gru" and self.hidden_names == ("dense_h",):
             for direction in range(weights.directions):
                 if np.any(weights.gate("Rb", "n", direction) != 0):
                     problems.append(
@@ -396,14 +398,9 @@ _JAX_NAMES = {"sigmoid": "jax.nn.sigmoid", "tanh": "jax.numpy.tanh", "relu": "ja
 
 
 def _activation_name(function) -> str | None:
-    if function is None:
-        return None
     jax = require("jax", "flax")
-    known = {jax.nn.sigmoid: "sigmoid", jax.numpy.tanh: "tanh", jax.nn.relu: "relu"}
-    try:
-        return known.get(function)
-    except TypeError:  # an unhashable callable
-        return None
+    known = ((jax.nn.sigmoid, "sigmoid"), (jax.numpy.tanh, "tanh"), (jax.nn.relu, "relu"))
+    return next((name for known_function, name in known if function is known_function), None)
 
 
 def _function_name(function) -> str:

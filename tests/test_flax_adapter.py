@@ -439,6 +439,16 @@ def test_a_cell_without_neutral_layout_is_refused(api):
         fa.signature(cell)
 
 
+@pytest.mark.parametrize("api", APIS)
+def test_a_bidirectional_with_unequal_directions_is_refused(api):
+    lib = nn if api == "linen" else nnx
+    rnns = [lib.RNN(make_cell(api, "gru", INPUT, units, "float32", 0)) for units in (UNITS, UNITS2)]
+    with pytest.raises(StateMismatchError) as error:
+        fa.signature(lib.Bidirectional(*rnns))
+    assert str(error.value) == ("layer 0: the forward and backward cells differ in units (4 vs 6); the neutral "
+                                "layout stacks the directions of a layer, so build both with the same units")
+
+
 def test_linen_needs_variables_and_nnx_refuses_them():
     linen, nnx_model = model("linen", "gru", "rnn"), model("nnx", "gru", "rnn")
     with pytest.raises(StateError, match="linen modules hold no params: pass the variables"):
@@ -465,3 +475,4 @@ def test_a_missing_framework_names_the_extra():
                         "try:\n    flax.signature(object())\nexcept ImportError as error:\n    print(error)")
     assert result.returncode == 0, result.stderr
     assert 'pip install "statefmt[flax]"' in result.stdout
+
