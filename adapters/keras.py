@@ -1,0 +1,385 @@
+"""Keras 3 adapter: recurrent state and weights to and from the neutral layout, on any Keras backend.
+
+Keras keeps one recurrent layer per `LSTM`, `GRU` or `SimpleRNN` (or `RNN` over their cells),
+and `Bidirectional` wraps two of them. A run with `return_state=True` returns `[output, h, c]`
+(`[output, fwd_h, fwd_c, bwd_h, bwd_c]` for a Bidirectional) and `initial_state=` takes the
+states in that order. A `stateful=True` layer keeps its states in the variables `layer.states`,
+which `model.save()` does not persist: `export` reads them, `load_into` assigns them.
+
+A target is one of those layers or a model; a model's recurrent layers are found in order,
+nested models included (named "outer/inner"). Only `keras.ops` is used, so every backend
+works; Keras itself is imported on first use, never when this module is imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from statefmt import (LayerSignature, LayerState, LayerWeights, StateError, StateMismatchError, StateSet,
+                      StateSignature, WeightSet)
+from statefmt.states import STATE_NAMES
+
+from ._common import fit, require
+
+_SUPPORTED = "LSTM, GRU or SimpleRNN (or RNN of an LSTMCell, GRUCell or SimpleRNNCell), or a Bidirectional of one"
+
+
+def signature(target) -> StateSignature:
+    """What `target` expects: its recurrent layers in order, the batch size its stateful layers fix, its dtype.
+
+    >>> signature(model).to_json()  # doctest: +SKIP
+    """
+    layers = _layers(target)
+    batches = {layer.batch_size for layer in layers if layer.batch_size is not None}
+    dtypes = {layer.dtype for layer in layers}
+    return StateSignature([LayerSignature(l.kind, l.units, l.directions, None, l.name) for l in layers],
+                          batch_size=batches.pop() if len(batches) == 1 else None,
+                          dtype=dtypes.pop() if len(dtypes) == 1 else None)
+
+
+def export(source, state=None) -> StateSet:
+    """The state of `source` (a recurrent layer or a model) as a StateSet of numpy arrays.
+
+    >>> statefmt.save(export(model), "today.statefmt")          # stateful layers: read layer.states  # doctest: +SKIP
+    >>> out, h, c = lstm(x)  # lstm = keras.layers.LSTM(64, return_state=True)  # doctest: +SKIP
+    >>> statefmt.save(export(lstm, [h, c]), "today.statefmt")    # doctest: +SKIP
+
+    `state` is what `return_state=True` returns after the output (h, or h, c; forward states
+    then backward for a Bidirectional); for a model, a list with one such entry per recurrent
+    layer. Without it, every layer must be stateful and built. Each array is copied to the host once.
+    """
+    layers = _layers(source)
+    if state is None:
+        problems = [problem for layer in layers for problem in layer.check_stateful(
+            "pass the states a return_state=True run returned: export(source, state)")]
+        if problems:
+            raise StateError(problems)
+        tensors = [[variable.value for variable in layer.variables()] for layer in layers]
+    elif _is_model(source):
+        if not isinstance(state, (list, tuple)) or len(state) != len(layers):
+            found = f"{len(state)} entries" if isinstance(state, (list, tuple)) else type(state).__name__
+            raise StateMismatchError(f"state: the model has {len(layers)} recurrent layers and takes a list of "
+                                     f"{len(layers)} entries (one layer's return_state tensors each), found {found}")
+        tensors = list(state)
+    else:
+        tensors = [state]
+    tensors = [list(entry) if isinstance(entry, (list, tuple)) else [entry] for entry in tensors]
+    problems = [problem for layer, entry in zip(layers, tensors) for problem in layer.check_tensors(entry)]
+    if problems:
+        raise StateMismatchError(problems)
+    return StateSet([layer.export(entry) for layer, entry in zip(layers, tensors)])
+
+
+def initial_state(states: StateSet, target, *, strict: bool = False, device=None, broadcast: bool | int = False):
+    """What `target` takes as `initial_state=`: for a layer, its list of tensors; for a model, one list per layer.
+
+    >>> y = lstm(x2, initial_state=initial_state(statefmt.load("today.statefmt"), lstm))  # doctest: +SKIP
+
+    Tensors are cast to the layer's dtype (`strict=True` refuses any other dtype) and made
+    under `keras.device(device)` when a device is given. `broadcast=True` starts the batch a
+    stateful target fixes from a batch-1 state; `broadcast=N` starts N streams.
+    """
+    keras = require("keras", "keras")
+    layers = _layers(target)
+    states = fit(states, signature(target), strict=strict, broadcast=broadcast)
+    with keras.device(device) if device is not None else contextlib.nullcontext():
+        lists = [[keras.ops.convert_to_tensor(array, dtype=layer.dtype) for array in layer.arrays(state)]
+                 for layer, state in zip(layers, states.layers)]
+    return lists if _is_model(target) else lists[0]
+
+
+def load_into(states: StateSet, target, *, strict: bool = False, broadcast: bool | int = False) -> None:
+    """Assign `states` to the states of a stateful model (or layer): resume tomorrow where it stopped today.
+
+    >>> load_into(statefmt.load("today.statefmt"), model)  # doctest: +SKIP
+    >>> model(chunk2)  # continues from the saved state  # doctest: +SKIP
+
+    Every recurrent layer must be stateful and built (`keras.Input(batch_shape=...)`). Nothing
+    is assigned unless the whole state fits; values are cast to each state variable's dtype.
+    """
+    keras = require("keras", "keras")
+    layers = _layers(target)
+    problems = [problem for layer in layers for problem in layer.check_stateful(
+        "pass initial_state(states, layer) to its initial_state= instead")]
+    if problems:
+        raise StateMismatchError(problems)
+    states = fit(states, signature(target), strict=strict, broadcast=broadcast)
+    for layer, state in zip(layers, states.layers):
+        for variable, array in zip(layer.variables(), layer.arrays(state)):
+            variable.assign(keras.ops.convert_to_tensor(array, dtype=variable.dtype))
+
+
+def export_weights(source) -> WeightSet:
+    """The recurrent weights of `source` (a layer or a model) in the neutral layout (statefmt.weights).
+
+    >>> statefmt.save(export_weights(model), "weights.statefmt")  # doctest: +SKIP
+
+    Kernels are transposed, GRU gates reordered z, r, h -> r, z, n; an LSTM's or simple RNN's
+    one bias goes to Wb (Rb zero); a GRU `reset_after=True` bias `[input; recurrent]` to Wb and
+    Rb, a `reset_after=False` one to Wb with `linear_before_reset=False`. No bias: zeros.
+    """
+    layers = _layers(source)
+    problems = [problem for layer in layers for problem in layer.check_weights()]
+    if problems:
+        raise StateMismatchError(problems)
+    return WeightSet([layer.export_weights() for layer in layers])
+
+
+def load_weights(weights: WeightSet, target) -> None:
+    """Assign neutral weights to `target`'s recurrent layers, refusing (all at once) whatever does not map exactly.
+
+    >>> load_weights(statefmt.load_weights("weights.statefmt"), model)  # doctest: +SKIP
+
+    Checks layer count, kind, units, input size, directions, activations, a projection P
+    (Keras has none), biases into `use_bias=False`, and the GRU candidate convention
+    (`linear_before_reset` against `reset_after`). Values are cast to each variable's dtype.
+    """
+    layers = _layers(target)
+    problems = []
+    if len(weights.layers) != len(layers):
+        problems.append(f"layer count: expected {len(layers)}, found {len(weights.layers)}")
+    for layer, source in zip(layers, weights.layers):
+        problems += layer.check_loadable(source)
+    if problems:
+        raise StateMismatchError(problems)
+    for layer, source in zip(layers, weights.layers):
+        layer.load_weights(source)
+
+
+# --- the recurrent layers of a target ------------------------------------------------------------
+
+def _is_model(target) -> bool:
+    return isinstance(target, require("keras", "keras").Model)
+
+
+def _layers(target) -> list[_Layer]:
+    keras = require("keras", "keras")
+    recurrent = (keras.layers.RNN, keras.layers.Bidirectional)
+    found = []
+
+    def visit(layer, name):
+        if isinstance(layer, recurrent):
+            found.append(_Layer.of(len(found), name, layer))
+        elif isinstance(layer, keras.Model):  # Sequential, functional or subclassed: its layers in order
+            for inner in layer.layers:
+                visit(inner, f"{name}/{inner.name}" if name else inner.name)
+        elif any(isinstance(inner, recurrent) for inner in layer._flatten_layers(include_self=False)):
+            raise StateMismatchError(f"layer {name!r} ({type(layer).__name__}) holds recurrent layers inside a "
+                                     "custom layer, whose order statefmt cannot know; pass those layers themselves")
+
+    if isinstance(target, recurrent):
+        visit(target, target.name)
+    elif isinstance(target, keras.Model):
+        visit(target, "")
+    else:
+        raise StateMismatchError(f"target: expected a Keras model or a recurrent layer ({_SUPPORTED}), "
+                                 f"found {type(target).__name__}")
+    if not found:
+        raise StateMismatchError(f"model {target.name!r} has no recurrent layer ({_SUPPORTED})")
+    return found
+
+
+class _Layer:
+    """One recurrent layer of a target: its RNNs (forward, then backward for a Bidirectional)."""
+
+    def __init__(self, index, name, kind, rnns):
+        self.index, self.name, self.kind, self.rnns = index, name, kind, rnns
+        self.where = f"layer {index} {name!r}"
+        self.cells = [rnn.cell for rnn in rnns]
+        self.units = self.cells[0].units
+        self.directions = len(rnns)
+        self.stateful = rnns[0].stateful
+        built = self.stateful and rnns[0].states is not None
+        self.batch_size = int(rnns[0].states[0].shape[0]) if built else None
+        # the dtype the layer keeps its state in: its state variables', else its compute dtype (a name)
+        self.dtype = rnns[0].states[0].dtype if built else rnns[0].compute_dtype
+
+    @classmethod
+    def of(cls, index, name, layer) -> _Layer:
+        keras = require("keras", "keras")
+        kinds = {keras.layers.LSTMCell: "lstm", keras.layers.GRUCell: "gru", keras.layers.SimpleRNNCell: "rnn"}
+        bidirectional = isinstance(layer, keras.layers.Bidirectional)
+        rnns = (layer.forward_layer, layer.backward_layer) if bidirectional else (layer,)
+        found = [next((kind for k, kind in kinds.items() if isinstance(getattr(rnn, "cell", None), k)), None)
+                 for rnn in rnns]
+        where = f"layer {index} {name!r}"
+        if None in found or len(set(found)) > 1:
+            cells = " and ".join(type(getattr(rnn, "cell", rnn)).__name__ for rnn in rnns)
+            raise StateMismatchError(f"{where}: {type(layer).__name__} of {cells} has no neutral layout; statefmt "
+                                     f"maps an {_SUPPORTED}, with the same cell both ways")
+        if bidirectional and len({rnn.cell.units for rnn in rnns}) > 1:
+            raise StateMismatchError(f"{where}: the forward and backward layers differ in units "
+                                     f"({rnns[0].cell.units} vs {rnns[1].cell.units}); the neutral layout stacks "
+                                     "the directions of a layer, so build both with the same units")
+        return cls(index, name, found[0], rnns)
+
+    @property
+    def _names(self) -> tuple[str, ...]:
+        return STATE_NAMES[self.kind]
+
+    # states
+
+    def variables(self) -> list:
+        """The state variables, forward then backward, in `return_state` order."""
+        return [variable for rnn in self.rnns for variable in rnn.states]
+
+    def check_stateful(self, otherwise: str) -> list[str]:
+        if not self.stateful:
+            return [f"{self.where}: not stateful, so it keeps no states; {otherwise}"]
+        if self.batch_size is None:
+            return [f"{self.where}: stateful but not built, so it has no states yet; "
+                    "build the model with keras.Input(batch_shape=...) first"]
+        return []
+
+    def check_tensors(self, tensors) -> list[str]:
+        expected = [f"{prefix}{name}" for prefix in (("fwd_", "bwd_") if self.directions == 2 else ("",))
+                    for name in self._names]
+        if len(tensors) != len(expected):
+            return [f"{self.where}: state: takes [{', '.join(expected)}] (return_state outputs after the output), "
+                    f"found {len(tensors)} tensors"]
+        problems = []
+        for label, tensor in zip(expected, tensors):
+            shape = tuple(getattr(tensor, "shape", ()))
+            if len(shape) != 2 or shape[1] != self.units:
+                problems.append(f"{self.where}: {label}: expected shape (batch, {self.units}), found {shape}")
+        return problems
+
+    def export(self, tensors) -> LayerState:
+        ops = require("keras", "keras").ops
+        arrays = {}
+        for position, name in enumerate(self._names):
+            pieces = tensors[position::len(self._names)]
+            if len(pieces) == 1:
+                arrays[name] = ops.convert_to_numpy(pieces[0])[None]
+            else:  # stacked on the device, so the host copy stays the only one
+                arrays[name] = ops.convert_to_numpy(ops.stack(pieces))
+        return LayerState(self.name, self.kind, **arrays)
+
+    def arrays(self, state: LayerState) -> list[np.ndarray]:
+        """The state's arrays in `initial_state=` order: per direction, h then c."""
+        return [state[name][direction] for direction in range(self.directions) for name in self._names]
+
+    # weights
+
+    def check_weights(self) -> list[str]:
+        problems = self._check_directions(self.where)
+        if not all(cell.built for cell in self.cells):
+            problems.append(f"{self.where}: not built, so it has no weights yet; call the model once or build it")
+        return problems
+
+    def _check_directions(self, where) -> list[str]:
+        if self.rnns[0].go_backwards or (self.directions == 2 and not self.rnns[1].go_backwards):
+            return [f"{where}: go_backwards: direction 0 of the neutral layout runs forward and direction 1 "
+                    "backward; use go_backwards=False, or a Bidirectional for both directions"]
+        return []
+
+    def _order(self) -> np.ndarray:
+        """Keras gate columns in neutral order; a swap, so the same index maps back."""
+        u = self.units
+        if self.kind == "gru":  # Keras z, r, h -> neutral r, z, n
+            return np.r_[u:2 * u, 0:u, 2 * u:3 * u]
+        return np.arange({"lstm": 4, "rnn": 1}[self.kind] * u)
+
+    def export_weights(self) -> LayerWeights:
+        ops = require("keras", "keras").ops
+        order = self._order()
+        arrays = {"W": [], "R": [], "Wb": [], "Rb": []}
+        for cell in self.cells:
+            kernel = ops.convert_to_numpy(cell.kernel)
+            zeros = np.zeros(kernel.shape[1], kernel.dtype)
+            bias = None if cell.bias is None else ops.convert_to_numpy(cell.bias)
+            if bias is None:
+                wb, rb = zeros, zeros
+            elif bias.ndim == 2:  # GRU reset_after=True: [input; recurrent]
+                wb, rb = bias[0], bias[1]
+            else:
+                wb, rb = bias, zeros
+            values = (kernel.T[order], ops.convert_to_numpy(cell.recurrent_kernel).T[order], wb[order], rb[order])
+            for key, value in zip(arrays, values):
+                arrays[key].append(value)
+        cell = self.cells[0]
+        functions = dict(self._functions())
+        return LayerWeights(self.name, self.kind, **{key: np.stack(value) for key, value in arrays.items()},
+                            activation=functions["activation"],
+                            recurrent_activation=functions.get("recurrent_activation", "sigmoid"),
+                            linear_before_reset=getattr(cell, "reset_after", True))
+
+    def check_loadable(self, weights: LayerWeights) -> list[str]:
+        where = f"layer {self.index} {weights.name!r}"
+        if not all(cell.built for cell in self.cells):
+            return [f"{where}: the target layer {self.name!r} is not built; call the model once or build it first"]
+        input_size = int(self.cells[0].kernel.shape[0])
+        problems = [f"{where}: {field}: expected {want}, found {found}"
+                    for field, want, found in (("kind", self.kind, weights.kind), ("units", self.units, weights.units),
+                                               ("input_size", input_size, weights.input_size),
+                                               ("directions", self.directions, weights.directions))
+                    if want != found]
+        problems += self._check_directions(where)
+        if weights.proj_units is not None:
+            problems.append(f"{where}: P: Keras layers have no projection of h (proj_units={weights.proj_units}); "
+                            "load into a PyTorch LSTM with proj_size, or use weights without P")
+        if weights.kind != self.kind:
+            return problems
+        for setting, name in self._functions():
+            want = getattr(weights, setting)
+            if name != want:
+                problems.append(f"{where}: {setting}: the weights use {want}, the target layer uses {name}; "
+                                f"build the layer with {setting}={want!r}")
+        cell = self.cells[0]
+        if not cell.use_bias and any(np.any(weights[key] != 0) for key in ("Wb", "Rb")):
+            problems.append(f"{where}: Wb, Rb: the weights have non-zero biases and the target layer has "
+                            "use_bias=False, so they cannot be mapped; build the layer with use_bias=True")
+        if self.kind == "gru":
+            problems += self._check_gru_convention(where, weights)
+        return problems
+
+    def _check_gru_convention(self, where, weights: LayerWeights) -> list[str]:
+        if self.cells[0].reset_after:
+            if weights.linear_before_reset:
+                return []
+            return [f"{where}: linear_before_reset: the weights apply r before the recurrent matmul "
+                    "(linear_before_reset=False), the target GRU(reset_after=True) after it; they do not map "
+                    "exactly: build the GRU with reset_after=False"]
+        if not weights.linear_before_reset:
+            return []
+        problems = []
+        for direction in range(weights.directions):
+            R_n, Rb_n = weights.gate("R", "n", direction), weights.gate("Rb", "n", direction)
+            if np.any(R_n - np.diag(np.diag(R_n)) != 0) or np.any(Rb_n != 0):
+                problems.append(
+                    f"{where}: linear_before_reset: the weights apply r after the recurrent matmul "
+                    f"(n = tanh(W_n x + Wb_n + r * (R_n h + Rb_n))), the target GRU(reset_after=False) before it; "
+                    f"that is exact only when R_n is diagonal and Rb_n zero, not so in direction {direction}: "
+                    "build the GRU with reset_after=True (the Keras default)")
+        return problems
+
+    def load_weights(self, weights: LayerWeights) -> None:
+        ops = require("keras", "keras").ops
+        order = self._order()
+        for direction, cell in enumerate(self.cells):
+            wb, rb = weights["Wb"][direction], weights["Rb"][direction]
+            values = [(cell.kernel, weights["W"][direction][order].T),
+                      (cell.recurrent_kernel, weights["R"][direction][order].T)]
+            if cell.bias is not None:
+                two = getattr(cell, "reset_after", False)  # GRU reset_after=True keeps [input; recurrent]
+                values.append((cell.bias, np.stack([wb[order], rb[order]]) if two else (wb + rb)[order]))
+            for variable, value in values:
+                variable.assign(ops.convert_to_tensor(value, dtype=variable.dtype))
+
+    def _functions(self) -> list[tuple[str, str]]:
+        settings = ("activation",) if self.kind == "rnn" else ("activation", "recurrent_activation")
+        return [(setting, _activation_name(getattr(self.cells[0], setting))) for setting in settings]
+
+
+def _activation_name(function) -> str:
+    """Keras's registered name ("tanh", "hard_sigmoid", ...); "module.name" for a function Keras does not know."""
+    keras = require("keras", "keras")
+    try:
+        name = keras.activations.serialize(function)
+    except (ValueError, TypeError, OSError):
+        name = None
+    if isinstance(name, str):
+        return name
+    return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', repr(function))}"
