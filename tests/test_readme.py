@@ -1,0 +1,24 @@
+"""The README's runnable examples run as written (each in a fresh process, in a scratch folder)."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = (Path(__file__).parents[1] / "README.md").read_text()
+BLOCKS = [block for block in re.findall(r"```python\n(.*?)```", README, re.S) if "import statefmt" in block
+          or ", statefmt" in block]
+
+
+@pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
+def test_readme_example_runs(code, tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_every_self_contained_example_is_checked():
+    assert len(BLOCKS) >= 4
