@@ -1,8 +1,6 @@
 """The Flax adapter, linen and NNX: carries through files, weights against the numpy reference, refusals."""
 
 import functools
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -457,22 +455,4 @@ def test_linen_needs_variables_and_nnx_refuses_them():
         fa.export_weights(nnx_model.target, linen.variables)
 
 
-# 6. importing the adapter imports no framework; a missing framework names the extra
-
-def run_python(code):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-
-
-def test_importing_the_adapter_loads_no_framework():
-    result = run_python("import sys, statefmt.adapters.flax\n"
-                        "print(sorted(m for m in ('flax', 'flax.linen', 'flax.nnx', 'jax') if m in sys.modules))")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
-
-
-def test_a_missing_framework_names_the_extra():
-    result = run_python("import sys\nsys.modules['flax'] = None\nfrom statefmt.adapters import flax\n"
-                        "try:\n    flax.signature(object())\nexcept ImportError as error:\n    print(error)")
-    assert result.returncode == 0, result.stderr
-    assert 'pip install "statefmt[flax]"' in result.stdout
-
+# 6. importing the adapter, and a missing framework: tests/test_adapter_imports.py

@@ -545,25 +545,11 @@ def test_load_into_needs_stateful_built_layers():
         ka.load_into(random_states(target.model), target.model)
 
 
-# 6. no framework at import; a missing framework names the extra; another backend works
+# 6. another backend works (imports and a missing framework: tests/test_adapter_imports.py)
 
 def run_python(code, **env):
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
-
-
-def test_importing_the_adapter_loads_no_framework():
-    result = run_python("import sys, statefmt.adapters.keras\n"
-                        "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
-
-
-def test_a_missing_framework_names_the_extra():
-    result = run_python("import sys\nsys.modules['keras'] = None\nfrom statefmt.adapters import keras\n"
-                        "try:\n    keras.signature(object())\nexcept ImportError as error:\n    print(error)")
-    assert result.returncode == 0, result.stderr
-    assert 'pip install "statefmt[keras]"' in result.stdout
 
 
 def test_the_jax_backend_exports_and_continues(tmp_path):

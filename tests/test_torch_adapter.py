@@ -1,8 +1,6 @@
 """The PyTorch adapter: states through files, weights against the numpy reference, mismatches and refusals."""
 
 import functools
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -473,20 +471,4 @@ def test_a_module_without_neutral_layout_is_refused():
                                 "e.g. model.lstm")
 
 
-# 6. importing the adapter imports no framework; a missing framework names the extra
-
-def run_python(code):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-
-
-def test_importing_the_adapter_loads_no_framework():
-    result = run_python("import sys, statefmt.adapters.torch\nprint('torch' in sys.modules)")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
-
-
-def test_a_missing_framework_names_the_extra():
-    result = run_python("import sys\nsys.modules['torch'] = None\nfrom statefmt.adapters import torch\n"
-                        "try:\n    torch.signature(object())\nexcept ImportError as error:\n    print(error)")
-    assert result.returncode == 0, result.stderr
-    assert 'pip install "statefmt[torch]"' in result.stdout
+# 6. importing the adapter, and a missing framework: tests/test_adapter_imports.py
