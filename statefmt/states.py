@@ -6,6 +6,7 @@ they are kept by reference, never copied.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -124,10 +125,7 @@ class StateSet:
         self.layers = tuple(layers)
         if not self.layers:
             raise StateFormatError("a StateSet needs at least one layer")
-        names = [layer.name for layer in self.layers]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise StateFormatError(f"duplicate layer names: {', '.join(map(repr, duplicates))}; names must be unique")
+        refuse_duplicate_names(self.layers)
         batches = {layer.batch_size for layer in self.layers}
         if len(batches) > 1:
             found = ", ".join(f"{layer.name!r} {layer.batch_size}" for layer in self.layers)
@@ -187,6 +185,13 @@ class StateSet:
     def __repr__(self) -> str:
         body = ", ".join(repr(layer) for layer in self.layers)
         return f"StateSet(batch={self.batch_size}, layers=[{body}])"
+
+
+def refuse_duplicate_names(layers) -> None:
+    counts = Counter(layer.name for layer in layers)  # not list.count: quadratic in thousands of layers
+    duplicates = sorted(name for name, count in counts.items() if count > 1)
+    if duplicates:
+        raise StateFormatError(f"duplicate layer names: {', '.join(map(repr, duplicates))}; names must be unique")
 
 
 def resolve_rows(ids_or_indices, batch_size: int, stream_ids: Sequence[str] | None) -> list[int]:

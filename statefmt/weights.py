@@ -23,7 +23,7 @@ import numpy as np
 
 from ._dtypes import dtype_name
 from .errors import StateFormatError, StateMismatchError
-from .states import KINDS
+from .states import KINDS, refuse_duplicate_names
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 GATE_ORDER = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n"), "rnn": ("h",)}
@@ -132,10 +132,7 @@ class WeightSet:
         self.layers = tuple(layers)
         if not self.layers:
             raise StateFormatError("a WeightSet needs at least one layer")
-        names = [layer.name for layer in self.layers]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise StateFormatError(f"duplicate layer names: {', '.join(map(repr, duplicates))}; names must be unique")
+        refuse_duplicate_names(self.layers)
         self.metadata: dict[str, Any] = dict(metadata or {})
 
     def __len__(self) -> int:
