@@ -21,5 +21,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
+fuzz: $(STAMP)
+	$(PY) -m fuzz
+
 clean:
 	rm -rf $(VENV) build *.egg-info

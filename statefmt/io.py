@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -161,7 +162,7 @@ def _read(path, *, streams, verify: bool, finite: bool = True) -> StateSet | Wei
                     problems += _nonfinite(f"{where}: {name}", array)
                 arrays[name] = array
             if not problems:
-                layers.append(_build_layer(entry, arrays))
+                layers.append(_build_layer(entry, arrays, is_state))
         if problems:
             raise StateFormatError(problems, source=source)
     fields = {key: document[key] for key in DESCRIPTIVE_FIELDS if key in document}
@@ -173,8 +174,8 @@ def _read(path, *, streams, verify: bool, finite: bool = True) -> StateSet | Wei
     return StateSet(layers, stream_ids=stream_ids, metadata=fields)
 
 
-def _build_layer(entry: dict[str, Any], arrays: dict[str, np.ndarray]) -> LayerState | LayerWeights:
-    if "input_size" not in entry:
+def _build_layer(entry: dict[str, Any], arrays: dict[str, np.ndarray], is_state: bool) -> LayerState | LayerWeights:
+    if is_state:  # by `content`, not by the keys present: a state layer may carry unknown keys
         return LayerState(entry["name"], entry["kind"], **arrays)
     return LayerWeights(entry["name"], entry["kind"], **arrays,
                         activation=entry.get("activation", "tanh"),
@@ -206,6 +207,12 @@ def _parse_document(metadata: dict[str, str], source: str) -> dict[str, Any]:
             f"format_version {version} is not supported: this statefmt reads 1.x files; upgrade statefmt",
             source=source,
         )
+    stream_ids = document.get("stream_ids")
+    if isinstance(stream_ids, list) and not all(isinstance(i, str) for i in stream_ids):
+        # jsonschema's uniqueItems compares mixed-type items pairwise: a crafted list would take hours
+        index = next(i for i, item in enumerate(stream_ids) if not isinstance(item, str))
+        raise StateFormatError(f"stream_ids.{index}: every stream id must be a string, found "
+                               f"{type(stream_ids[index]).__name__}", source=source)
     problems = _schema_problems(document)
     if not problems:
         problems = _semantic_problems(document)
@@ -240,8 +247,8 @@ def _schema_problems(document: dict[str, Any]) -> list[str]:
 def _semantic_problems(document: dict[str, Any]) -> list[str]:
     """What the schema cannot say: unique names, stream count, projections."""
     problems = []
-    names = [layer["name"] for layer in document["layers"]]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    counts = Counter(layer["name"] for layer in document["layers"])  # not list.count: quadratic in 65,536 layers
+    duplicates = sorted(name for name, count in counts.items() if count > 1)
     if duplicates:
         problems.append(f"duplicate layer names: {', '.join(map(repr, duplicates))}")
     stream_ids = document.get("stream_ids")
