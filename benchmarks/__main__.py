@@ -60,6 +60,23 @@ def machine() -> str:
             f"safetensors {safetensors.__version__}, torch {torch.__version__}, statefmt {statefmt.__version__}")
 
 
+def raw_write(arrays, path: str) -> None:
+    """The floor for any writer: the bytes into the page cache with os.write, nothing else."""
+    with open(path, "wb", buffering=0) as file:
+        file.writelines(array.reshape(-1).view(np.uint8) for array in arrays.values())
+
+
+def raw_read(arrays, path: str, *, keep: bool = True) -> None:
+    """The floor for any reader: the bytes out of the page cache with readinto, into new arrays
+    (`keep`) or through one reused 1 MiB buffer."""
+    buffer = np.empty(MiB, np.uint8)
+    with open(path, "rb", buffering=0) as file:
+        for array in arrays.values():
+            target = np.empty(array.nbytes, np.uint8) if keep else None
+            for start in range(0, array.nbytes, MiB):
+                file.readinto(target[start:start + MiB] if keep else buffer)
+
+
 def saves(directory: str, arrays, states, nbytes: int) -> None:
     tensors = {key: torch.from_numpy(array) for key, array in arrays.items()}
     writers = {
@@ -67,6 +84,7 @@ def saves(directory: str, arrays, states, nbytes: int) -> None:
         "safetensors.numpy.save_file": lambda path: safetensors.numpy.save_file(arrays, path),
         "torch.save": lambda path: torch.save(tensors, path),
         "np.savez": lambda path: np.savez(path, **arrays),
+        "floor: os.write of the bytes, no checks": lambda path: raw_write(arrays, path),
     }
     for title, over in (("save to a new path (page cache)", False), ("save over an existing file (page cache)", True)):
         print(title)
@@ -78,7 +96,7 @@ def saves(directory: str, arrays, states, nbytes: int) -> None:
             times[label] = best(lambda write=write, path=path: write(path),
                                 before=None if over else lambda path=path: unlink(path))
             unlink(path)
-        peer = min(t for label, t in times.items() if not label.startswith("statefmt"))
+        peer = min(t for label, t in times.items() if not label.startswith(("statefmt", "floor")))
         for label, seconds in times.items():
             row(label, seconds, nbytes=nbytes, peer=None if label.startswith("statefmt") else peer)
         row("statefmt / fastest peer", times["statefmt.save(durable=False)"], peer=peer, note="target <= 1.00x")
@@ -109,14 +127,17 @@ def loads(directory: str, arrays, states, nbytes: int) -> dict[str, str]:
         "safetensors.numpy.load_file": best(lambda: safetensors.numpy.load_file(files["safetensors"])),
         "torch.load(weights_only=True)": best(lambda: torch.load(files["torch"], weights_only=True)),
         "np.load(npz) into a dict": best(lambda: dict(np.load(files["numpy"]))),
+        "floor: readinto new arrays, no checks": best(lambda: raw_read(arrays, files["statefmt"])),
     }
-    peer = min(t for label, t in times.items() if not label.startswith("statefmt"))
+    peer = min(t for label, t in times.items() if not label.startswith(("statefmt", "floor")))
     for label, seconds in times.items():
         row(label, seconds, nbytes=nbytes, peer=None if label.startswith("statefmt") else peer)
     row("statefmt / fastest peer", times["statefmt.load"], peer=peer, note="target <= 1.00x")
     validate = best(lambda: statefmt.validate(files["statefmt"]))
     row("statefmt.validate (checksums, finiteness)", validate, nbytes=nbytes, peer=times["statefmt.load"],
         note="vs statefmt.load, target <= 0.50x")
+    row("floor: readinto one 1 MiB buffer, no checks", best(lambda: raw_read(arrays, files["statefmt"], keep=False)),
+        nbytes=nbytes, peer=times["statefmt.load"])
     return files
 
 
@@ -140,6 +161,13 @@ def one_stream(directory: str, big: str) -> None:
     row("from the 512 MiB file, 65,536 ids", big_time, peer=small_time, note="vs 1 MiB file with 128 ids")
     row("from the 1 MiB file, 128 ids", small_time)
     unlink(ids_big)
+
+
+def exports() -> None:
+    print("export from JAX (Flax) and Keras: host copies, one LSTM layer (in a process of their own)")
+    result = subprocess.run([sys.executable, "-m", "benchmarks._exports"], capture_output=True, text=True, cwd=REPO,
+                            check=False)  # a framework missing here should not stop the other figures
+    print(result.stdout, end="" if result.returncode == 0 else f"  failed: {result.stderr.strip()[-300:]}\n")
 
 
 def memory(directory: str, files: dict[str, str], nbytes: int) -> None:
@@ -202,6 +230,7 @@ def main() -> None:
         one_stream(directory, files["statefmt"])
         reinjection(states, nbytes)
         del arrays, states
+        exports()
         memory(directory, files, nbytes)
         cold_start(directory)
     finally:

@@ -324,13 +324,13 @@ def _keyword_holds(value: Any, keyword: str, rule: Any, schema: dict[str, Any], 
         known = schema.get("properties", {})
         return all(_conforms(item, rule, root) for key, item in value.items() if key not in known)
     if isinstance(value, list) and keyword in ("items", "minItems", "maxItems", "uniqueItems"):
-        if keyword == "items" and rule == {"type": "string"}:  # stream_ids: 65,536 of them at 20 ns each
-            return all(type(item) is str for item in value)
+        if keyword == "items" and rule == {"type": "string"}:  # stream_ids: 65,536 of them, at C speed
+            return set(map(type, value)) <= {str}
         if keyword == "items":
             return all(_conforms(item, rule, root) for item in value)
         if keyword != "uniqueItems":
             return len(value) >= rule if keyword == "minItems" else len(value) <= rule
-        if rule and not all(type(item) is str for item in value):
+        if rule and not set(map(type, value)) <= {str}:
             raise _Undecided(keyword)
         return not rule or len(set(value)) == len(value)
     if isinstance(value, str) and keyword in ("minLength", "pattern"):
