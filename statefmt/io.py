@@ -268,7 +268,8 @@ def _schema_problems(document: dict[str, Any]) -> list[str]:
             where = f"layer {path[1]} {name!r}: {field}"
         else:
             where = ".".join(map(str, path)) or "metadata"
-        problems.append(f"{where}: {error.message}")
+        message = error.message if len(error.message) <= 200 else error.message[:200] + " … (cut)"
+        problems.append(f"{where}: {message}")  # jsonschema quotes the whole bad value: keep a line short
     return sorted(problems)
 
 

@@ -236,3 +236,13 @@ def test_malformed_weights(kwargs, message):
     arrays = dict(W=np.zeros((1, 8, 3)), R=np.zeros((1, 8, 2)), Wb=np.zeros((1, 8)), Rb=np.zeros((1, 8)))
     with pytest.raises(statefmt.StateFormatError, match=message):
         LayerWeights("l", "lstm", **{**arrays, **kwargs})
+
+
+def test_a_huge_bad_value_gives_a_short_problem_line(tmp_path):
+    from test_vectors import generate  # the conformance vectors' way of writing a file that breaks a rule
+
+    path = tmp_path / "s.statefmt"
+    generate._edited(path, lambda document, tensors: document.update(user=["x" * 100_000]))
+    with pytest.raises(statefmt.StateFormatError) as error:
+        statefmt.load(path)
+    assert error.value.problems[0].startswith("user: [") and len(error.value.problems[0]) < 300
