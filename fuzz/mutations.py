@@ -17,6 +17,7 @@ import numpy as np
 
 import statefmt
 from statefmt import LayerState, StateFormatError, StateSet
+from statefmt.io import metadata_entries
 
 ODD_SCALARS = [None, True, False, 0, -1, 1, 2, 3, 2**31, 2**53 + 1, 2**63, 2**64, 10**30, -(10**30), 0.5, 1e308,
                float("nan"), float("inf"), "", "0", "h", "lstm", "float32", "xxh3_64:" + "0" * 16, "é🧠\x00\n", "1.0", "2.0"]
@@ -142,8 +143,15 @@ def edit_document(data: bytes, rnd: random.Random) -> bytes:
         container[rnd.choice(["extra", "batch_size", "stream_ids", "c", "P", "input_size"])] = _odd_value(rnd)
     else:
         container.append(_odd_value(rnd) if rnd.random() < 0.5 else container[key])
-    header["__metadata__"]["statefmt"] = dumps(document) if rnd.random() < 0.95 else "[" * 100_000
+    _set_document(header, dumps(document) if rnd.random() < 0.95 else "[" * 100_000, rnd)
     return join(header, body, rnd)
+
+
+def _set_document(header: dict, text: str, rnd: random.Random) -> None:
+    """Put an edited document in, mostly with its checksum updated so the checks behind that one run too."""
+    header["__metadata__"]["statefmt"] = text
+    if rnd.random() < 0.9:
+        header["__metadata__"].update(metadata_entries(text))
 
 
 def edit_header(data: bytes, rnd: random.Random) -> bytes:
@@ -189,7 +197,7 @@ def huge_json(data: bytes, rnd: random.Random) -> bytes:
     else:
         for i in range(min(count, 10_000)):
             header[f"extra.{i}"] = {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
-    header["__metadata__"]["statefmt"] = dumps(document)
+    _set_document(header, dumps(document), rnd)
     return join(header, body, rnd)
 
 

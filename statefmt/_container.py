@@ -40,6 +40,11 @@ def checksum(array: np.ndarray) -> str:
     return scan(array)[0]
 
 
+def text_checksum(text: str) -> str:
+    """The checksum of a metadata document: xxh3-64 of its UTF-8 bytes."""
+    return CHECKSUM_PREFIX + xxhash.xxh3_64_hexdigest(text.encode())
+
+
 def scan(array: np.ndarray, sink: Callable[[np.ndarray], None] | None = None) -> tuple[str, int]:
     """The checksum of an array (xxh3-64 of its little-endian bytes) and its number of
     non-finite values, in one pass; each chunk's bytes then go to `sink`, if given.

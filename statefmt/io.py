@@ -21,6 +21,7 @@ from .weights import GATES, LayerWeights, WeightSet
 
 FORMAT_VERSION = "1.0"
 METADATA_KEY = "statefmt"
+CHECKSUM_KEY = "statefmt_checksum"  # beside the document: a checksum cannot sit inside what it covers
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
 DESCRIPTIVE_FIELDS = ("source", "created_by", "user")
 
@@ -71,7 +72,7 @@ def save(data: StateSet | WeightSet, path: str | os.PathLike, *, metadata: dict[
             problems += _nonfinite_problem(where, nonfinite)
         if problems:
             raise StateFormatError(problems, source=os.fspath(path))
-        return {METADATA_KEY: json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)}
+        return metadata_entries(json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
 
     _container.write(path, tensors, finished, durable=durable)
 
@@ -202,6 +203,11 @@ def _build_layer(entry: dict[str, Any], arrays: dict[str, np.ndarray], is_state:
                         linear_before_reset=entry.get("linear_before_reset", True))
 
 
+def metadata_entries(text: str) -> dict[str, str]:
+    """The safetensors `__metadata__` of a file whose metadata document is `text`: it and its checksum."""
+    return {METADATA_KEY: text, CHECKSUM_KEY: _container.text_checksum(text)}
+
+
 def _parse_document(metadata: dict[str, str], source: str) -> dict[str, Any]:
     if METADATA_KEY not in metadata:
         raise StateFormatError(
@@ -226,6 +232,10 @@ def _parse_document(metadata: dict[str, str], source: str) -> dict[str, Any]:
             f"format_version {version} is not supported: this statefmt reads 1.x files; upgrade statefmt",
             source=source,
         )
+    if metadata.get(CHECKSUM_KEY) != _container.text_checksum(text):
+        found = "is missing" if CHECKSUM_KEY not in metadata else "does not match"
+        raise StateFormatError(f"the metadata checksum ('{CHECKSUM_KEY}') {found}: the metadata is corrupt "
+                               "or was edited by hand", source=source)
     stream_ids = document.get("stream_ids")
     if isinstance(stream_ids, list) and not all(isinstance(i, str) for i in stream_ids):
         # jsonschema's uniqueItems compares mixed-type items pairwise: a crafted list would take hours

@@ -20,7 +20,7 @@ import numpy as np
 
 import statefmt
 from statefmt import LayerState, LayerWeights, StateSet, WeightSet, _container
-from statefmt.io import METADATA_KEY
+from statefmt.io import METADATA_KEY, metadata_entries
 
 HERE = Path(__file__).parent
 
@@ -71,7 +71,7 @@ def _document(states: StateSet) -> tuple[dict, list[tuple[str, np.ndarray]]]:
 
 def _write(path: Path, document, tensors) -> None:
     text = document if isinstance(document, str) else json.dumps(document, sort_keys=True, separators=(",", ":"))
-    _container.write(path, tensors, {METADATA_KEY: text}, durable=False)
+    _container.write(path, tensors, metadata_entries(text), durable=False)
 
 
 def _edited(path: Path, edit) -> None:
@@ -112,6 +112,14 @@ def generate(out: Path) -> list[dict]:
         pickle.dumps({"h": [1.0, 2.0]}, protocol=4))
     _container.write(vector("plain.safetensors", "a plain safetensors file without statefmt metadata",
                             "not a statefmt file"), [("h", np.zeros((1, 2, 3), "float32"))], {}, durable=False)
+    document, tensors = _document(_lstm_state())
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    _container.write(vector("metadata_checksum.statefmt", "a layer name changed after the metadata checksum "
+                            "was taken", "the metadata checksum ('statefmt_checksum') does not match"), tensors,
+                     {**metadata_entries(text), METADATA_KEY: text.replace("encoder", "encodes")}, durable=False)
+    _container.write(vector("metadata_no_checksum.statefmt", "no metadata checksum",
+                            "the metadata checksum ('statefmt_checksum') is missing"), tensors,
+                     {METADATA_KEY: text}, durable=False)
     _edited(vector("future_major.statefmt", "format_version 2.0", "format_version 2.0 is not supported"),
             lambda d, t: d.update(format_version="2.0"))
     _write(vector("metadata_not_json.statefmt", "statefmt metadata that is not JSON",
