@@ -142,6 +142,21 @@ def _fork(work) -> int:
     return pid
 
 
+def _exit_code(pid: int, timeout: float = 60.0) -> int:
+    """A forked writer's exit code. Forking after JAX or TensorFlow started threads can deadlock a
+    child in principle: one stuck past `timeout` is killed and fails the test instead of hanging the run."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"forked writer {pid} did not finish in {timeout:.0f} s")
+        time.sleep(0.01)
+
+
 def test_sigkill_during_save_leaves_the_old_or_the_new_state(tmp_path):
     """40 saves of a 4 MiB state over an existing file, each killed at a random moment."""
     old, new = states_of(1, batch=1024, units=512), states_of(2, batch=1024, units=512)
@@ -389,7 +404,7 @@ def _run_writers(jobs) -> list[tuple[int, float]]:
         pids.append(_fork(job))
     os.close(write)
     for pid in pids:
-        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        assert _exit_code(pid) == 0
     with os.fdopen(read, "rb") as pipe:
         data = pipe.read()
     return sorted((struct.unpack_from("<id", data, i) for i in range(0, len(data), 12)), key=lambda r: r[1])
