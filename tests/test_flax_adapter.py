@@ -4,12 +4,11 @@ import functools
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import reference
+from cli_check import validate_against
 import statefmt
 from statefmt import LayerState, LayerWeights, StateError, StateMismatchError, StateSet, WeightSet
-from statefmt.cli import main as cli
 from statefmt.states import STATE_NAMES
 
 jax = pytest.importorskip("jax")
@@ -305,11 +304,9 @@ def test_all_mismatches_at_once_and_in_the_cli(api, tmp_path):
     assert error.value.problems == ["layer 0 'lstm_0': proj_units: expected None, found 2",
                                     "layer 1 'gru_1': units: expected 6, found 5",
                                     "layer 1 'gru_1': directions: expected 2, found 1"]
-    statefmt.save(states, tmp_path / "s.statefmt")
-    (tmp_path / "sig.json").write_text(fa.signature(target).to_json())
-    result = CliRunner().invoke(cli, ["validate", str(tmp_path / "s.statefmt"), "--against", str(tmp_path / "sig.json")])
+    path, result = validate_against(states, fa.signature(target), tmp_path)
     assert result.exit_code == 1
-    assert result.stderr.splitlines() == [f"{tmp_path / 's.statefmt'}: {p}" for p in error.value.problems]
+    assert result.stderr.splitlines() == [f"{path}: {p}" for p in error.value.problems]
 
 
 EXPORT_MISTAKES = {

@@ -7,19 +7,17 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import functools  # noqa: E402
-import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import textwrap  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
 
-import reference  # noqa: E402
+import reference
+from cli_check import validate_against  # noqa: E402
 import statefmt  # noqa: E402
 from statefmt import LayerState, LayerWeights, StateError, StateMismatchError, StateSet, WeightSet  # noqa: E402
-from statefmt.cli import main as cli  # noqa: E402
 from statefmt.states import STATE_NAMES  # noqa: E402
 
 keras = pytest.importorskip("keras")
@@ -383,21 +381,15 @@ def test_a_mismatch_names_layer_and_field(case, verb):
 
 @pytest.mark.parametrize("case", MISMATCHES)
 def test_cli_validate_against_the_signature_prints_the_same_problems(case, tmp_path):
-    path, sig = tmp_path / "state.statefmt", tmp_path / "sig.json"
-    statefmt.save(mismatched(case), path)
-    sig.write_text(ka.signature(mismatch_target()).to_json())
-    result = CliRunner().invoke(cli, ["validate", str(path), "--against", str(sig)])
+    path, result = validate_against(mismatched(case), ka.signature(mismatch_target()), tmp_path)
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [f"{path}: {problem}" for problem in MISMATCHES[case]]
 
 
 def test_cli_accepts_a_state_exported_from_the_model(tmp_path):
     model = mismatch_target()
-    path, sig = tmp_path / "state.statefmt", tmp_path / "sig.json"
-    statefmt.save(ka.export(model), path)
-    sig.write_text(ka.signature(model).to_json())
-    assert json.loads(sig.read_text())["batch_size"] == BATCH
-    result = CliRunner().invoke(cli, ["validate", str(path), "--against", str(sig)])
+    assert ka.signature(model).batch_size == BATCH
+    path, result = validate_against(ka.export(model), ka.signature(model), tmp_path)
     assert (result.exit_code, result.stdout) == (0, f"{path}: valid\n")
 
 

@@ -4,12 +4,11 @@ import functools
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import reference
+from cli_check import validate_against
 import statefmt
 from statefmt import LayerState, LayerWeights, StateError, StateMismatchError, StateSet, WeightSet
-from statefmt.cli import main as cli
 
 torch = pytest.importorskip("torch")
 ta = pytest.importorskip("statefmt.adapters.torch")
@@ -344,10 +343,7 @@ def test_all_mismatches_at_once_and_in_the_cli(tmp_path):
     assert error.value.problems == ["layer 0 'l0': proj_units: expected 2, found None",
                                     "layer 1 'l1': units: expected 6, found 5",
                                     "layer 1 'l1': directions: expected 2, found 1"]
-    statefmt.save(states, tmp_path / "s.statefmt")
-    (tmp_path / "sig.json").write_text(ta.signature(MISMATCH_TARGET).to_json())
-    path, against = str(tmp_path / "s.statefmt"), str(tmp_path / "sig.json")
-    result = CliRunner().invoke(cli, ["validate", path, "--against", against])
+    path, result = validate_against(states, ta.signature(MISMATCH_TARGET), tmp_path)
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [f"{path}: {p}" for p in error.value.problems]
 
