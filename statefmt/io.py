@@ -237,7 +237,7 @@ def _parse_document(metadata: dict[str, str], source: str) -> dict[str, Any]:
         raise StateFormatError(f"the metadata checksum ('{CHECKSUM_KEY}') {found}: the metadata is corrupt "
                                "or was edited by hand", source=source)
     stream_ids = document.get("stream_ids")
-    if isinstance(stream_ids, list) and not all(isinstance(i, str) for i in stream_ids):
+    if isinstance(stream_ids, list) and not set(map(type, stream_ids)) <= {str}:  # at C speed: 65,536 ids
         # jsonschema's uniqueItems compares mixed-type items pairwise: a crafted list would take hours
         index = next(i for i, item in enumerate(stream_ids) if not isinstance(item, str))
         raise StateFormatError(f"stream_ids.{index}: every stream id must be a string, found "

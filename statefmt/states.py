@@ -203,10 +203,12 @@ def resolve_rows(ids_or_indices, batch_size: int, stream_ids: Sequence[str] | No
         if isinstance(key, str):
             if stream_ids is None:
                 raise StateMismatchError(f"stream {key!r} asked for by id, but the state has no stream_ids")
-            position = position or {stream: row for row, stream in enumerate(stream_ids)}
-            if key not in position:
-                raise StateMismatchError(f"no stream with id {key!r}")
-            rows.append(position[key])
+            if position is None:  # a few ids: a scan at C speed each; many: one lookup table
+                position = stream_ids.index if len(keys) <= 16 else {s: i for i, s in enumerate(stream_ids)}.__getitem__
+            try:
+                rows.append(position(key))
+            except (ValueError, KeyError):
+                raise StateMismatchError(f"no stream with id {key!r}") from None
         elif isinstance(key, (int, np.integer)) and -batch_size <= key < batch_size:
             rows.append(int(key) % batch_size)
         else:
