@@ -20,6 +20,11 @@ def require(module: str, extra: str):
         ) from error
 
 
+def source_metadata(framework: str, extra: str, model: str) -> dict[str, str]:
+    """The `source` metadata of an export: which framework, at which version, produced it from what model."""
+    return {"framework": framework, "version": require(framework, extra).__version__, "model": model}
+
+
 def fit(states: StateSet, signature: StateSignature, *, strict: bool = False,
         broadcast: bool | int = False) -> StateSet:
     """Check `states` against what the target expects, then broadcast its batch if asked.

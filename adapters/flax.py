@@ -20,7 +20,7 @@ import numpy as np
 from statefmt import (LayerSignature, LayerState, LayerWeights, StateError, StateMismatchError, StateSet,
                       StateSignature, WeightSet)
 
-from ._common import fit, require
+from ._common import fit, require, source_metadata
 
 _SUPPORTED = "LSTMCell, OptimizedLSTMCell, GRUCell or SimpleCell in an RNN, a Bidirectional, or a list of these"
 
@@ -54,7 +54,7 @@ def export(source, state=None) -> StateSet:
     problems = [problem for layer, carry in zip(layers, carries) for problem in layer.check_carry(carry)]
     if problems:
         raise StateMismatchError(problems)
-    return StateSet([layer.export(carry) for layer, carry in zip(layers, carries)])
+    return StateSet([layer.export(carry) for layer, carry in zip(layers, carries)], metadata=_source(layers))
 
 
 def initial_state(states: StateSet, target, *, strict: bool = False, device=None, broadcast: bool | int = False):
@@ -92,7 +92,7 @@ def export_weights(source, variables=None):
     problems = [problem for layer in layers for problem in layer.check_exportable()]
     if problems:
         raise StateMismatchError(problems)
-    return WeightSet([layer.export_weights(tree) for layer, tree in zip(layers, trees)])
+    return WeightSet([layer.export_weights(tree) for layer, tree in zip(layers, trees)], metadata=_source(layers))
 
 
 def load_weights(weights, target, variables=None):
@@ -147,6 +147,12 @@ def _layers(target) -> list[_Layer]:
     if len({layer.api for layer in layers}) > 1:
         raise StateMismatchError("a stack mixes flax.linen and flax.nnx modules; build it from one API")
     return layers
+
+
+def _source(layers) -> dict:
+    model = ", ".join(f"{layer.api}.{type(layer.cells[0]).__name__}" + " x2 (bidirectional)" * (layer.directions == 2)
+                      for layer in layers)
+    return {"source": source_metadata("flax", "flax", model)}
 
 
 def _per_layer(target, values, singular: str, plural: str) -> list:

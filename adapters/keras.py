@@ -21,7 +21,7 @@ from statefmt import (LayerSignature, LayerState, LayerWeights, StateError, Stat
                       StateSignature, WeightSet)
 from statefmt.states import STATE_NAMES
 
-from ._common import fit, require
+from ._common import fit, require, source_metadata
 
 _SUPPORTED = "LSTM, GRU or SimpleRNN (or RNN of an LSTMCell, GRUCell or SimpleRNNCell), or a Bidirectional of one"
 
@@ -69,7 +69,8 @@ def export(source, state=None) -> StateSet:
     problems = [problem for layer, entry in zip(layers, tensors) for problem in layer.check_tensors(entry)]
     if problems:
         raise StateMismatchError(problems)
-    return StateSet([layer.export(entry) for layer, entry in zip(layers, tensors)])
+    return StateSet([layer.export(entry) for layer, entry in zip(layers, tensors)],
+                    metadata={"source": source_metadata("keras", "keras", source.name)})
 
 
 def initial_state(states: StateSet, target, *, strict: bool = False, device=None, broadcast: bool | int = False):
@@ -124,7 +125,8 @@ def export_weights(source) -> WeightSet:
     problems = [problem for layer in layers for problem in layer.check_weights()]
     if problems:
         raise StateMismatchError(problems)
-    return WeightSet([layer.export_weights() for layer in layers])
+    return WeightSet([layer.export_weights() for layer in layers],
+                     metadata={"source": source_metadata("keras", "keras", source.name)})
 
 
 def load_weights(weights: WeightSet, target) -> None:

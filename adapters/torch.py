@@ -18,7 +18,7 @@ import numpy as np
 from statefmt import (LayerSignature, LayerState, LayerWeights, StateError, StateMismatchError, StateSet,
                       StateSignature, WeightSet)
 
-from ._common import fit, require
+from ._common import fit, require, source_metadata
 
 _SUPPORTED = "nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell or nn.RNNCell"
 
@@ -182,8 +182,7 @@ class _Target:
         return getattr(self.module, "nonlinearity", "tanh")
 
     def source(self) -> dict[str, str]:
-        torch = require("torch", "torch")
-        return {"framework": "torch", "version": torch.__version__, "model": repr(self.module)}
+        return source_metadata("torch", "torch", repr(self.module))
 
     def params(self, k: int, d: int, *, zeros: bool = True) -> dict:
         """Layer k, direction d: neutral name -> PyTorch parameter (zeros for absent biases when `zeros`)."""

@@ -14,6 +14,7 @@ from statefmt.states import STATE_NAMES
 jax = pytest.importorskip("jax")
 nn = pytest.importorskip("flax.linen")
 nnx = pytest.importorskip("flax.nnx")
+flax = pytest.importorskip("flax")
 jnp = jax.numpy
 fa = pytest.importorskip("statefmt.adapters.flax")
 
@@ -140,9 +141,11 @@ ROUNDTRIP += [(api, cell, "rnn", dtype) for api in APIS for cell in CELLS for dt
 def test_roundtrip_through_a_file_is_exact(api, cell, layout, dtype, tmp_path):
     m = model(api, cell, layout, dtype)
     carry, _ = m.run(inputs(dtype), fa.initial_state(random_states(m.target, dtype=dtype), m.target))
-    states = fa.export(m.target, carry)
+    states = through_file(fa.export(m.target, carry), tmp_path)
     assert {layer.dtype for layer in states} == {dtype}
-    assert_same_carry(fa.initial_state(through_file(states, tmp_path), m.target, strict=True), carry)
+    assert states.metadata["source"]["framework"] == "flax" and states.metadata["source"]["version"] == flax.__version__
+    assert states.metadata["source"]["model"].startswith(f"{api}.")
+    assert_same_carry(fa.initial_state(states, m.target, strict=True), carry)
 
 
 # 2. a run in two chunks, the state handed over through a file, equals one run

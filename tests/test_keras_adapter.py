@@ -141,6 +141,8 @@ def test_return_state_round_trips_exactly(kind, layout, dtype, tmp_path):
     _, finals = target.run(inputs(dtype=dtype), None)
     states = through_file(ka.export(target.model, finals), tmp_path)
     assert [layer.dtype for layer in states] == [dtype] * len(finals)
+    assert states.metadata["source"] == {"framework": "keras", "version": keras.__version__,
+                                         "model": target.model.name}
     back = ka.initial_state(states, target.model, strict=True)
     assert len(back) == len(finals)
     for found, expected in zip(flat(back), flat(finals)):
