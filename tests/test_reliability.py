@@ -4,6 +4,7 @@ Crash and concurrency tests fork writer processes from this one (cheap: no new i
 """
 
 import ast
+import errno
 import json
 import os
 import pickle
@@ -185,6 +186,32 @@ def test_sigkill_during_save_leaves_the_old_or_the_new_state(tmp_path):
     assert temporaries(tmp_path) == [], "the next successful save removes dead writers' temporaries"
     assert same(statefmt.load(path), new)
     print(f"kills survived: {outcomes} (save takes {save_seconds * 1000:.0f} ms)")
+
+
+@pytest.mark.parametrize("reserve", [True, False], ids=["fails-reserving", "fails-writing"])
+def test_a_save_that_runs_out_of_space_leaves_the_old_file_and_no_temporary(tmp_path, reserve):
+    """A file-size limit stands in for a full disk: the save fails up front where the file system
+    reserves blocks (fallocate), else in the thread writing the payload; either way it raises."""
+    from statefmt import _container
+
+    old, new = states_of(1), states_of(2, batch=4096, units=256)
+    path = tmp_path / "s.statefmt"
+    statefmt.save(old, path)
+
+    def save_under_a_1_mib_limit():
+        import resource
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        if not reserve:
+            _container._reserve = lambda fd, nbytes: None
+        try:
+            statefmt.save(new, path)
+        except OSError as error:
+            os._exit(3 if error.errno == errno.EFBIG else 4)
+
+    assert _exit_code(_fork(save_under_a_1_mib_limit)) == 3
+    assert same(statefmt.load(path), old)
+    assert temporaries(tmp_path) == []
 
 
 # --- integrity: every flipped bit ------------------------------------------------------------------------------
