@@ -7,9 +7,10 @@ Payload files live in a temporary folder on the repository's disk (not tmpfs) an
 
 The "floor" rows are the raw system calls with no checks: what bounds each step. Found
 with `perf record` on ext4, 2 cores: save is the kernel's copy into the page cache (the
-floor, as fast as safetensors) plus xxh3 and the NaN/Inf check (~60 ms per 512 MiB, which
-safetensors does not do); save over an existing file is dominated by ext4 freeing the old
-file's pages and flushing the new one on rename (auto_da_alloc), as for truncating writers;
+floor), with xxh3 and the NaN/Inf check (~60 ms per 512 MiB, which safetensors does not do)
+on the other core, and blocks reserved up front (fallocate) so that ext4 need not reserve them
+page by page; a writer that truncates an existing file, or renames over one with delayed
+allocation, also pays ext4 freeing the old file's pages and flushing the new one (auto_da_alloc);
 load is half the kernel zeroing the fresh pages of the new arrays, then the page-cache copy;
 validate is the page-cache copy into one cached buffer plus the same checks.
 """

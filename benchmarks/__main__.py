@@ -23,7 +23,7 @@ from benchmarks._memory import LAYERS, UNITS, payload, state_set
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 2**20
-REPEAT = 3
+REPEAT = 5
 
 
 def best(action, *, repeat: int = REPEAT, before=None) -> float:

@@ -202,7 +202,9 @@ def test_a_save_that_runs_out_of_space_leaves_the_old_file_and_no_temporary(tmp_
         import resource
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-        if not reserve:
+        if reserve:  # fails before any payload is written: no writer may start
+            _container._PayloadWriter = None
+        else:
             _container._reserve = lambda fd, nbytes: None
         try:
             statefmt.save(new, path)
