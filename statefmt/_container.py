@@ -175,7 +175,9 @@ class _PayloadWriter(threading.Thread):
 
 def _reserve(fd: int, nbytes: int) -> None:
     """Allocate the file's blocks before writing: a full disk fails here, before any payload
-    is written, and ext4 then need not reserve blocks page by page (about 7% of a save).
+    is written; ext4 need not reserve blocks page by page (about 7% of a save), and renaming
+    over an existing file does not make it flush delayed allocations (a save over yesterday's
+    file: 334 ms down to 128 ms for 512 MiB).
 
     Linux fallocate(2) only, where the file system has it: posix_fallocate's fallback writes
     every block once more, which would cost more than it saves.
