@@ -45,7 +45,7 @@ def train_keras(data: np.ndarray):
         keras.Input(batch_shape=(STREAMS, None, 1)),
         keras.layers.LSTM(UNITS, stateful=True, return_sequences=True, name="lstm"),
         keras.layers.Dense(1, name="head"),
-    ])
+    ], name="forecaster")
     model.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")
     windows = data[:, : 4 * CHUNK]
     for _ in range(30):  # one step per epoch over the whole training stretch, state reset each time
@@ -85,8 +85,7 @@ def main() -> None:
     chunk1, chunk2 = data[:, 4 * CHUNK: 5 * CHUNK], data[:, 5 * CHUNK:]
     model.predict_on_batch(chunk1)  # leaves the state after chunk 1 in the LSTM
     state_file, weights_file = OUT / "keras_state.statefmt", OUT / "keras_weights.statefmt"
-    statefmt.save(keras_adapter.export(model), state_file, metadata={
-        "source": {"framework": "keras", "model": "forecaster"}})
+    statefmt.save(keras_adapter.export(model), state_file)  # records source: keras, its version, "forecaster"
     statefmt.save(keras_adapter.export_weights(model), weights_file)
     keras_chunk2 = np.asarray(model.predict_on_batch(chunk2))  # Keras' own continuation
     print(f"2. chunk 1 predicted; its state saved to {state_file}")
