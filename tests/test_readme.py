@@ -22,3 +22,14 @@ def test_readme_example_runs(code, tmp_path):
 
 def test_every_self_contained_example_is_checked():
     assert len(BLOCKS) >= 4
+
+
+def test_the_demo_hands_keras_state_to_pytorch(tmp_path):
+    """`make demo`, the README's main command: it exits 1 unless the hand-off continues the sequence."""
+    demo = Path(__file__).parents[1] / "examples" / "demo.py"
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3", "STATEFMT_DEMO_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, str(demo)], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    handed, zero = map(float, re.findall(r"chunk 2, (?:state handed over|zero state):\s+(\S+)", result.stdout))
+    assert handed < 1e-5 < zero
+    assert (tmp_path / "keras_state.statefmt").exists() and "valid" in result.stdout
