@@ -218,6 +218,36 @@ def test_two_chunks_through_a_file_equal_one_run(kind, layout, tmp_path):
     assert np.max(np.abs(keras.ops.convert_to_numpy(cold) - expected)) > 1e-3
 
 
+@pytest.fixture
+def mixed_float16():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mixed_precision_hands_over_the_float16_state_and_stateful_float32(kind, tmp_path, mixed_float16):
+    """Under mixed_float16 a layer computes, and returns its states, in float16; a stateful
+    layer keeps float32 state variables. The file holds each as it is, and strict fits."""
+    x = inputs()
+    layer = make_layer(kind, UNITS, dtype=None, return_state=True)  # dtype=None: the global policy
+    whole = keras.ops.convert_to_numpy(layer(x)[0]).astype(np.float64)[:, SPLIT:]
+    finals = layer(x[:, :SPLIT])[1:]
+    states = through_file(ka.export(layer, finals), tmp_path)
+    assert (states[0].dtype, ka.signature(layer).dtype) == ("float16", "float16")
+    second = keras.ops.convert_to_numpy(layer(x[:, SPLIT:], initial_state=ka.initial_state(states, layer, strict=True))[0])
+    np.testing.assert_allclose(second.astype(np.float64), whole, rtol=0, atol=2e-3)  # float16 arithmetic
+    cold = keras.ops.convert_to_numpy(layer(x[:, SPLIT:])[0]).astype(np.float64)
+    assert np.max(np.abs(cold - whole)) > 1e-2
+
+    stateful = keras.Sequential([keras.Input(batch_shape=(BATCH, None, INPUT)),
+                                 make_layer(kind, UNITS, dtype=None, stateful=True)])
+    stateful(x[:, :SPLIT])
+    exported = through_file(ka.export(stateful), tmp_path, "stateful.statefmt")
+    assert (exported[0].dtype, ka.signature(stateful).dtype) == ("float32", "float32")
+    ka.load_into(exported, stateful, strict=True)
+
+
 # the stateful resume: today's model stops, tomorrow's fresh model continues
 
 @pytest.mark.parametrize("layout", ["single", "nested", "bidir"])
