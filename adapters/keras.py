@@ -378,10 +378,10 @@ class _Layer:
 def _activation_name(function) -> str:
     """Keras's registered name ("tanh", "hard_sigmoid", ...); "module.name" for a function Keras does not know."""
     keras = require("keras", "keras")
-    try:
-        name = keras.activations.serialize(function)
-    except (ValueError, TypeError, OSError):
-        name = None
-    if isinstance(name, str):
-        return name
+    name = getattr(function, "__name__", None)
+    try:  # not keras.activations.serialize: on the torch or JAX backend it imports TensorFlow (3.5 s)
+        if name and keras.activations.get(name) is function:
+            return name
+    except (ValueError, TypeError):
+        pass
     return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', repr(function))}"
