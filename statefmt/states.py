@@ -171,6 +171,11 @@ class StateSet:
         layers = [layer.with_arrays(**{s: layer[s][:, rows] for s in layer.state_names}) for layer in self.layers]
         return StateSet(layers, stream_ids=stream_ids, metadata=self.metadata)
 
+    def with_stream_ids(self, stream_ids: Sequence[str] | None) -> StateSet:
+        """The same state with one id per batch row, so a later `load(path, streams=[id])` or
+        `rows([id])` can pick a stream by name (adapters export rows by position only)."""
+        return StateSet(self.layers, stream_ids=stream_ids, metadata=self.metadata)
+
     def _layer_index(self, key: str | int) -> int:
         if isinstance(key, str):
             for index, layer in enumerate(self.layers):

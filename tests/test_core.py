@@ -98,6 +98,16 @@ def test_streams_by_id_need_ids(tmp_path):
         statefmt.load(tmp_path / "s.statefmt", streams=["a"])
 
 
+def test_stream_ids_added_to_an_exported_state(tmp_path):
+    plain = make_states(stream_ids=False)
+    named = plain.with_stream_ids([f"s{i}" for i in range(plain.batch_size)])
+    assert named.layers == plain.layers and plain.stream_ids is None
+    statefmt.save(named, tmp_path / "s.statefmt")
+    assert statefmt.load(tmp_path / "s.statefmt", streams=["s1"]).stream_ids == ("s1",)
+    with pytest.raises(statefmt.StateFormatError, match=f"stream_ids: expected {plain.batch_size} unique strings"):
+        plain.with_stream_ids(["only-one"])
+
+
 def test_select_layers():
     states = make_states()
     picked = states.select(["head", 0])

@@ -273,6 +273,24 @@ def test_load_into_resumes_a_fresh_stateful_model(kind, layout, tmp_path):
     assert np.max(np.abs(keras.ops.convert_to_numpy(cold(x[:, SPLIT:])) - expected)) > 1e-3
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_stream_of_a_batch_model_resumes_in_a_batch_1_model(kind, tmp_path):
+    """Trained and run at batch 3, one stream continued alone tomorrow, picked by its id from the file."""
+    today = stateful_model(kind, "stack")
+    x = inputs()
+    today(x[:, :SPLIT])
+    statefmt.save(ka.export(today).with_stream_ids(["pump-a", "pump-b", "pump-c"]), tmp_path / "today.statefmt")
+    expected = keras.ops.convert_to_numpy(today(x[:, SPLIT:]))
+    alone = stateful_model(kind, "stack", seed=9, batch=1)
+    alone.set_weights(today.get_weights())
+    one = statefmt.load(tmp_path / "today.statefmt", streams=["pump-b"])
+    assert (one.batch_size, one.stream_ids) == (1, ("pump-b",))
+    ka.load_into(one, alone)
+    resumed = keras.ops.convert_to_numpy(alone(x[1:2, SPLIT:]))
+    np.testing.assert_allclose(resumed[0], expected[1], rtol=0, atol=1e-5)
+    assert np.max(np.abs(expected[0] - expected[1])) > 1e-3  # another stream's state would show
+
+
 def test_load_into_refuses_a_batch_mismatch_and_broadcasts_one_stream(tmp_path):
     today = stateful_model("lstm", "stack")
     x = inputs()
