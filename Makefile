@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench fuzz clean
+.PHONY: demo test bench fuzz fuzz-coverage clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ bench: $(STAMP)
 
 fuzz: $(STAMP)
 	$(PY) -m fuzz
+
+fuzz-coverage: $(STAMP)
+	$(PY) -m fuzz.coverage -max_total_time=300 -print_final_stats=1
 
 clean:
 	rm -rf $(VENV) build *.egg-info

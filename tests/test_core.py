@@ -151,6 +151,16 @@ def test_nonfinite_state_is_never_written(tmp_path):
         statefmt.validate(poisoned)
 
 
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("dtype, bits", [("bfloat16", 0xFFFF), ("bfloat16", 0x7F81), ("float16", 0xFFFF)])
+def test_every_nan_pattern_is_refused_without_a_warning(dtype, bits):
+    """Found by `python -m fuzz.coverage`: ml_dtypes' isfinite warned on some bfloat16 NaNs."""
+    h = np.zeros((1, 2, 3), np.uint16)
+    h[0, 1, 2] = bits
+    with pytest.raises(statefmt.StateFormatError, match="h: 1 non-finite values"):
+        statefmt.validate(StateSet([LayerState("gru", "gru", h=h.view(_dtype(dtype)))]))
+
+
 def test_unknown_metadata_field_is_refused(tmp_path):
     with pytest.raises(statefmt.StateFormatError, match="unknown metadata fields \\['owner'\\]; free-form data belongs under 'user'"):
         statefmt.save(make_states(), tmp_path / "s.statefmt", metadata={"owner": "me"})

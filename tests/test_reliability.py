@@ -129,6 +129,14 @@ def test_fuzz_command_runs_and_reports():
     assert sum(totals.values()) == 60 and set(totals) <= {"valid", "format_error"}
 
 
+def test_coverage_guided_fuzzing_runs():
+    pytest.importorskip("atheris")  # in the dev install on Linux x86-64
+    result = subprocess.run([sys.executable, "-m", "fuzz.coverage", "-runs=3000", "-seed=1"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Done 3000 runs" in result.stderr
+
+
 # --- crash safety ----------------------------------------------------------------------------------------------
 
 def _fork(work) -> int:
