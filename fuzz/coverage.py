@@ -6,6 +6,8 @@ libFuzzer find inputs that reach new lines of statefmt's reader. Seeds: the vali
 `validate` in memory and on disk, or be refused by both `load` and `validate` with a
 StateFormatError of one-line problems, with no warning. Anything else is a crash that libFuzzer reports and
 saves for replay (`python -m fuzz.coverage crash-<hash>`). Needs `pip install atheris`.
+The scratch folder (seed corpus, input file) is left in $TMPDIR: libFuzzer exits without
+running Python's exit handlers.
 """
 
 from __future__ import annotations

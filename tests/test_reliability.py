@@ -129,9 +129,10 @@ def test_fuzz_command_runs_and_reports():
     assert sum(totals.values()) == 60 and set(totals) <= {"valid", "format_error"}
 
 
-def test_coverage_guided_fuzzing_runs():
+def test_coverage_guided_fuzzing_runs(tmp_path):
     pytest.importorskip("atheris")  # in the dev install on Linux x86-64
     result = subprocess.run([sys.executable, "-m", "fuzz.coverage", "-runs=3000", "-seed=1"], cwd=ROOT,
+                            env={**os.environ, "TMPDIR": str(tmp_path)},  # its scratch corpus lands here
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Done 3000 runs" in result.stderr
