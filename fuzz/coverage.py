@@ -2,17 +2,16 @@
 
 The seeded loop in `python -m fuzz` mutates with statefmt's structure in mind; this run lets
 libFuzzer find inputs that reach new lines of statefmt's reader. Seeds: the valid states of
-`fuzz.mutations` and the conformance vectors. Every input must either load (as a state or as weights), and then pass
-`validate` in memory and on disk, or be refused by both `load` and `validate` with a
-StateFormatError of one-line problems, with no warning. Anything else is a crash that libFuzzer reports and
-saves for replay (`python -m fuzz.coverage crash-<hash>`). Needs `pip install atheris`.
-The scratch folder (seed corpus, input file) is left in $TMPDIR: libFuzzer exits without
-running Python's exit handlers.
+`fuzz.mutations` and the conformance vectors. Every input must either load (as a state or as
+weights), and then pass `validate` in memory and on disk, or be refused by both `load` and
+`validate` with a StateFormatError of one-line problems, with no warning. Anything else is a
+crash that libFuzzer reports and saves for replay (`python -m fuzz.coverage crash-<hash>`).
+Needs `pip install atheris`. The scratch folder (seed corpus, input file) is left in
+$TMPDIR: libFuzzer exits without running Python's exit handlers.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import warnings
@@ -80,5 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONHASHSEED", "0")
     main()
