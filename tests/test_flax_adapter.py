@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import reference
-from cli_check import validate_against
+from cli_check import assert_cli_reports
 import statefmt
 from statefmt import LayerState, LayerWeights, StateError, StateMismatchError, StateSet, WeightSet
 from statefmt.states import STATE_NAMES
@@ -307,9 +307,7 @@ def test_all_mismatches_at_once_and_in_the_cli(api, tmp_path):
     assert error.value.problems == ["layer 0 'lstm_0': proj_units: expected None, found 2",
                                     "layer 1 'gru_1': units: expected 6, found 5",
                                     "layer 1 'gru_1': directions: expected 2, found 1"]
-    path, result = validate_against(states, fa.signature(target), tmp_path)
-    assert result.exit_code == 1
-    assert result.stderr.splitlines() == [f"{path}: {p}" for p in error.value.problems]
+    assert_cli_reports(states, fa.signature(target), error.value.problems, tmp_path)
 
 
 EXPORT_MISTAKES = {

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import reference
-from cli_check import validate_against
+from cli_check import assert_cli_reports
 import statefmt
 from statefmt import LayerState, LayerWeights, StateError, StateMismatchError, StateSet, WeightSet
 
@@ -343,9 +343,7 @@ def test_all_mismatches_at_once_and_in_the_cli(tmp_path):
     assert error.value.problems == ["layer 0 'l0': proj_units: expected 2, found None",
                                     "layer 1 'l1': units: expected 6, found 5",
                                     "layer 1 'l1': directions: expected 2, found 1"]
-    path, result = validate_against(states, ta.signature(MISMATCH_TARGET), tmp_path)
-    assert result.exit_code == 1
-    assert result.stderr.splitlines() == [f"{path}: {p}" for p in error.value.problems]
+    assert_cli_reports(states, ta.signature(MISMATCH_TARGET), error.value.problems, tmp_path)
 
 
 EXPORT_MISTAKES = {
