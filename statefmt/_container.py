@@ -17,7 +17,6 @@ import errno
 import json
 import mmap
 import os
-import secrets
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -28,13 +27,13 @@ import numpy as np
 import xxhash
 from safetensors import SafetensorError, safe_open
 
+from . import _files
 from ._dtypes import SAFETENSORS_CODES, dtype_name, numpy_dtype
 from .errors import StateFormatError
 
 CHECKSUM_PREFIX = "xxh3_64:"
 CHECKSUM_PLACEHOLDER = CHECKSUM_PREFIX + "0" * 16  # as long as any checksum: the header keeps its length
 CHUNK_BYTES = 1 << 20  # fits the L2 cache: a chunk is hashed and checked while it is still there
-_TEMP_SUFFIX = ".statefmt-tmp"
 _MAX_HEADER_BYTES = 100_000_000  # safetensors' own cap
 _DTYPE_NAMES = {code: name for name, code in SAFETENSORS_CODES.items()}
 
@@ -96,33 +95,19 @@ def write(path: str | os.PathLike, tensors: Iterable[tuple[str, np.ndarray]],
     describe = metadata if callable(metadata) else lambda scans: metadata
     text = _header(tensors, describe(None))
 
-    path = os.fspath(path)
-    directory, base = os.path.split(os.path.abspath(path))
-    mode = os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o666  # umask applies to new files
-    temporary = os.path.join(directory, f".{base}.{os.getpid()}-{secrets.token_hex(4)}{_TEMP_SUFFIX}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with open(fd, "wb", buffering=0, closefd=True) as file:
-            _reserve(fd, 8 + len(text) + sum(array.nbytes for _, array in tensors))
-            writer = _PayloadWriter(fd, 8 + len(text), [array for _, array in tensors])
-            try:
-                scans = [scan(array) for _, array in tensors]
-            finally:
-                writer.join()
-            final = _header(tensors, describe(scans))
-            if len(final) != len(text):
-                raise StateFormatError("internal error: the header changed length once the checksums were known")
-            file.seek(0)
-            _write_all(file, struct.pack("<Q", len(final)) + final)
-            if durable:
-                os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        _unlink_quietly(temporary)
-        raise
-    if durable:
-        _fsync_directory(directory)
-    _remove_stale_temporaries(directory, base)
+    def fill(fd: int) -> None:
+        _reserve(fd, 8 + len(text) + sum(array.nbytes for _, array in tensors))
+        writer = _PayloadWriter(fd, 8 + len(text), [array for _, array in tensors])
+        try:
+            scans = [scan(array) for _, array in tensors]
+        finally:
+            writer.join()
+        final = _header(tensors, describe(scans))
+        if len(final) != len(text):
+            raise StateFormatError("internal error: the header changed length once the checksums were known")
+        _pwrite_all(fd, struct.pack("<Q", len(final)) + final, 0)
+
+    _files.replace_atomically(path, fill, durable=durable)
 
 
 def _header(tensors: list[tuple[str, np.ndarray]], metadata: dict[str, str]) -> bytes:
@@ -201,49 +186,11 @@ def _fallocate():
     return function
 
 
-def _write_all(file, data) -> None:
+def _pwrite_all(fd: int, data: bytes, position: int) -> None:
     view = memoryview(data)
     while view:
-        view = view[file.write(view):]
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_temporaries(directory: str, base: str) -> None:
-    """Remove temporaries left by writers of `base` that were killed mid-save.
-
-    A temporary whose writer is still alive belongs to a concurrent save and is kept.
-    """
-    prefix = f".{base}."
-    for name in os.listdir(directory):
-        if not (name.startswith(prefix) and name.endswith(_TEMP_SUFFIX)):
-            continue
-        pid = name[len(prefix):-len(_TEMP_SUFFIX)].split("-", 1)[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            _unlink_quietly(os.path.join(directory, name))
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+        written = os.pwrite(fd, view, position)
+        view, position = view[written:], position + written
 
 
 class Reader:

@@ -1,0 +1,78 @@
+"""Local files: replacing one atomically, and opening one to read.
+
+A save goes to a temporary file beside the target, is fsynced and renamed over it: a crash
+at any point leaves either the previous file or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+
+_TEMP_SUFFIX = ".statefmt-tmp"
+
+
+def replace_atomically(path: str | os.PathLike, fill: Callable[[int], None], *, durable: bool = True) -> None:
+    """Replace `path` with a file whose bytes `fill(fd)` writes (with os.pwrite), atomically.
+
+    `fill` may raise to abandon the file; the previous one is then left as it was.
+    """
+    path = os.fspath(path)
+    directory, base = os.path.split(os.path.abspath(path))
+    mode = os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o666  # umask applies to new files
+    temporary = os.path.join(directory, f".{base}.{os.getpid()}-{secrets.token_hex(4)}{_TEMP_SUFFIX}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            fill(fd)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except BaseException:
+        _unlink_quietly(temporary)
+        raise
+    if durable:
+        _fsync_directory(directory)
+    _remove_stale_temporaries(directory, base)
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temporaries(directory: str, base: str) -> None:
+    """Remove temporaries left by writers of `base` that were killed mid-save.
+
+    A temporary whose writer is still alive belongs to a concurrent save and is kept.
+    """
+    prefix = f".{base}."
+    for name in os.listdir(directory):
+        if not (name.startswith(prefix) and name.endswith(_TEMP_SUFFIX)):
+            continue
+        pid = name[len(prefix):-len(_TEMP_SUFFIX)].split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            _unlink_quietly(os.path.join(directory, name))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
