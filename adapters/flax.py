@@ -17,8 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from statefmt import (LayerSignature, LayerState, LayerWeights, StateError, StateMismatchError, StateSet,
-                      StateSignature, WeightSet)
+from statefmt import (
+    LayerSignature,
+    LayerState,
+    LayerWeights,
+    StateError,
+    StateMismatchError,
+    StateSet,
+    StateSignature,
+    WeightSet,
+)
 
 from ._common import fit, require, source_metadata
 

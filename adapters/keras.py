@@ -17,8 +17,16 @@ import contextlib
 
 import numpy as np
 
-from statefmt import (LayerSignature, LayerState, LayerWeights, StateError, StateMismatchError, StateSet,
-                      StateSignature, WeightSet)
+from statefmt import (
+    LayerSignature,
+    LayerState,
+    LayerWeights,
+    StateError,
+    StateMismatchError,
+    StateSet,
+    StateSignature,
+    WeightSet,
+)
 from statefmt.states import STATE_NAMES
 
 from ._common import fit, require, source_metadata

@@ -15,8 +15,16 @@ import dataclasses
 
 import numpy as np
 
-from statefmt import (LayerSignature, LayerState, LayerWeights, StateError, StateMismatchError, StateSet,
-                      StateSignature, WeightSet)
+from statefmt import (
+    LayerSignature,
+    LayerState,
+    LayerWeights,
+    StateError,
+    StateMismatchError,
+    StateSet,
+    StateSignature,
+    WeightSet,
+)
 
 from ._common import fit, require, source_metadata
 

@@ -15,14 +15,14 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import statefmt  # noqa: E402
+import statefmt
 
 STREAMS, UNITS, CHUNK = 4, 16, 100
 OUT = Path(os.environ.get("STATEFMT_DEMO_DIR", "out"))

@@ -147,7 +147,7 @@ class _PayloadWriter(threading.Thread):
                 while view:
                     written = os.pwrite(self._fd, view, position)
                     view, position = view[written:], position + written
-        except BaseException as error:  # noqa: BLE001 - handed to the caller by join()
+        except BaseException as error:
             self._error = error
         finally:
             os.close(self._fd)

@@ -118,7 +118,7 @@ def _print_summary(file: str, summary: dict) -> None:
         for name, stats in layer["tensors"].items():
             values = "  ".join(f"{key} {stats[key]:.4g}" if stats[key] is not None else f"{key} -"
                                for key in ("min", "max", "mean", "std"))
-            click.echo(f"      {name:<2} {str(stats['shape']):<16} {values}  non-finite {stats['nonfinite']}")
+            click.echo(f"      {name:<2} {stats['shape']!s:<16} {values}  non-finite {stats['nonfinite']}")
 
 
 @main.command()

@@ -29,7 +29,7 @@ class LayerState:
     An LSTM whose h is projected (PyTorch `proj_size`) has an `h` narrower than `c`.
     """
 
-    __slots__ = ("name", "kind", "_arrays")
+    __slots__ = ("_arrays", "kind", "name")
 
     def __init__(self, name: str, kind: str, h: Any, c: Any = None):
         where = f"layer {name!r}"

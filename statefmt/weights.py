@@ -32,7 +32,7 @@ GATE_ORDER = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n"), "rnn": ("h",
 class LayerWeights:
     """The weights of one recurrent layer in the neutral layout (see the module docstring)."""
 
-    __slots__ = ("name", "kind", "activation", "recurrent_activation", "linear_before_reset", "_arrays")
+    __slots__ = ("_arrays", "activation", "kind", "linear_before_reset", "name", "recurrent_activation")
 
     def __init__(
         self,

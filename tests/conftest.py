@@ -6,7 +6,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests import the numpy yardstick as `reference`
 
-from s3server import S3Server  # noqa: E402
+from s3server import S3Server
 
 
 def _free_port() -> int:

@@ -6,11 +6,11 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from test_core import make_states, make_weights
 
 import statefmt
 from statefmt import LayerSignature, StateSignature
 from statefmt.cli import main
-from test_core import make_states, make_weights
 
 FRAMEWORKS = ("tensorflow", "torch", "jax", "keras", "flax")
 

@@ -15,13 +15,13 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from functools import lru_cache  # noqa: E402
+from functools import cache
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
-import statefmt  # noqa: E402
-from statefmt import StateSet  # noqa: E402
+import statefmt
+from statefmt import StateSet
 
 BATCH, INPUT, UNITS, STEPS = 3, 5, 4, 6
 KINDS = ("lstm", "gru", "rnn")
@@ -39,7 +39,6 @@ class Keras:
 
     def build(self, kind, layout, seed):
         import keras
-
         from statefmt.adapters import keras as adapter
 
         self.adapter = adapter
@@ -77,7 +76,6 @@ class Torch:
 
     def build(self, kind, layout, seed):
         import torch
-
         from statefmt.adapters import torch as adapter
 
         self.adapter = adapter
@@ -108,7 +106,6 @@ class Linen:
     def build(self, kind, layout, seed):
         import jax
         from flax import linen as nn
-
         from statefmt.adapters import flax as adapter
 
         self.adapter = adapter
@@ -151,7 +148,6 @@ class NNX:
 
     def build(self, kind, layout, seed):
         from flax import nnx
-
         from statefmt.adapters import flax as adapter
 
         self.adapter = adapter
@@ -193,7 +189,7 @@ NNX_GRU_REFUSAL = "no recurrent candidate bias"
 REFUSED = {(source, "nnx", "gru"): NNX_GRU_REFUSAL for source in ("keras", "torch", "linen")}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _source(name, kind, layout, folder):
     """Run chunk 1 in the source, save state and weights, and keep the source's own chunk 2."""
     runner = FRAMEWORKS[name]

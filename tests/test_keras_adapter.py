@@ -6,19 +6,19 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import functools  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import textwrap  # noqa: E402
+import functools
+import subprocess
+import sys
+import textwrap
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
+import numpy as np
+import pytest
 import reference
-from cli_check import assert_cli_reports  # noqa: E402
-import statefmt  # noqa: E402
-from statefmt import LayerState, LayerWeights, StateError, StateMismatchError, StateSet, WeightSet  # noqa: E402
-from statefmt.states import STATE_NAMES  # noqa: E402
+from cli_check import assert_cli_reports
+
+import statefmt
+from statefmt import LayerState, LayerWeights, StateError, StateMismatchError, StateSet, WeightSet
+from statefmt.states import STATE_NAMES
 
 keras = pytest.importorskip("keras")
 ka = pytest.importorskip("statefmt.adapters.keras")

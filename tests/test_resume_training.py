@@ -14,13 +14,12 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
+import subprocess
+import sys
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from resume import bptt  # noqa: E402
+import numpy as np
+import pytest
+from resume import bptt
 
 
 @pytest.fixture(scope="module", params=["torch", "keras"])

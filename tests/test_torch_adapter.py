@@ -4,9 +4,9 @@ import functools
 
 import numpy as np
 import pytest
-
 import reference
 from cli_check import assert_cli_reports
+
 import statefmt
 from statefmt import LayerState, LayerWeights, StateError, StateMismatchError, StateSet, WeightSet
 
