@@ -12,8 +12,6 @@ Figures and what bounds each step: `python -m benchmarks`.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import json
 import mmap
 import os
@@ -21,7 +19,6 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 
 import numpy as np
 import xxhash
@@ -96,7 +93,6 @@ def write(path: str | os.PathLike, tensors: Iterable[tuple[str, np.ndarray]],
     text = _header(tensors, describe(None))
 
     def fill(fd: int) -> None:
-        _reserve(fd, 8 + len(text) + sum(array.nbytes for _, array in tensors))
         writer = _PayloadWriter(fd, 8 + len(text), [array for _, array in tensors])
         try:
             scans = [scan(array) for _, array in tensors]
@@ -107,7 +103,7 @@ def write(path: str | os.PathLike, tensors: Iterable[tuple[str, np.ndarray]],
             raise StateFormatError("internal error: the header changed length once the checksums were known")
         _pwrite_all(fd, struct.pack("<Q", len(final)) + final, 0)
 
-    _files.replace_atomically(path, fill, durable=durable)
+    _files.replace_atomically(path, fill, size=8 + len(text) + sum(a.nbytes for _, a in tensors), durable=durable)
 
 
 def _header(tensors: list[tuple[str, np.ndarray]], metadata: dict[str, str]) -> bytes:
@@ -157,33 +153,6 @@ class _PayloadWriter(threading.Thread):
         super().join(timeout)
         if self._error is not None:
             raise self._error
-
-
-def _reserve(fd: int, nbytes: int) -> None:
-    """Allocate the file's blocks before writing: a full disk fails here, before any payload
-    is written; ext4 need not reserve blocks page by page (about 7% of a save), and renaming
-    over an existing file does not make it flush delayed allocations (a save over yesterday's
-    file: 334 ms down to 128 ms for 512 MiB).
-
-    Linux fallocate(2) only, where the file system has it: posix_fallocate's fallback writes
-    every block once more, which would cost more than it saves.
-    """
-    fallocate = _fallocate()
-    if fallocate is not None and nbytes and fallocate(fd, 0, 0, nbytes) != 0:
-        error = ctypes.get_errno()
-        if error in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            raise OSError(error, os.strerror(error))
-
-
-@lru_cache(maxsize=1)
-def _fallocate():
-    try:
-        function = ctypes.CDLL(None, use_errno=True).fallocate64
-    except (OSError, AttributeError):  # not glibc or musl on Linux: nothing to reserve with
-        return None
-    function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-    function.restype = ctypes.c_int
-    return function
 
 
 def _pwrite_all(fd: int, data: bytes, position: int) -> None:

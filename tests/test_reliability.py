@@ -201,7 +201,7 @@ def test_sigkill_during_save_leaves_the_old_or_the_new_state(tmp_path):
 def test_a_save_that_runs_out_of_space_leaves_the_old_file_and_no_temporary(tmp_path, reserve):
     """A file-size limit stands in for a full disk: the save fails up front where the file system
     reserves blocks (fallocate), else in the thread writing the payload; either way it raises."""
-    from statefmt import _container
+    from statefmt import _container, _files
 
     old, new = states_of(1), states_of(2, batch=4096, units=256)
     path = tmp_path / "s.statefmt"
@@ -214,7 +214,7 @@ def test_a_save_that_runs_out_of_space_leaves_the_old_file_and_no_temporary(tmp_
         if reserve:  # fails before any payload is written: no writer may start
             _container._PayloadWriter = None
         else:
-            _container._reserve = lambda fd, nbytes: None
+            _files._reserve = lambda fd, nbytes: None
         try:
             statefmt.save(new, path)
         except OSError as error:
