@@ -291,6 +291,7 @@ def write(target: str | os.PathLike[str] | bytes, tensors: Sequence[tuple[str, n
     gives a file whose checksums match its bytes. A local target is replaced atomically; a URL is
     uploaded in one PUT (or multipart upload) once the whole file exists locally.
     """
+    target = os.fsdecode(target) if isinstance(target, bytes) else target
     arrays = [(key, np.ascontiguousarray(array)) for key, array in tensors]
     counts = [block_count(array.nbytes, block_bytes) for _, array in arrays]
     total_blocks = sum(counts)

@@ -303,6 +303,10 @@ def _schema_problems(document: dict[str, Any], major: str) -> list[str]:
         # jsonschema's uniqueItems compares mixed-type items pairwise: a crafted list would take hours
         index = next(i for i, item in enumerate(ids) if not isinstance(item, str))
         return [f"stream_ids.{index}: every stream id must be a string, found {type(ids[index]).__name__}"]
+    floats = [f"{where}: expected an integer, found {value!r}" for where, value in _integer_fields(document)
+              if isinstance(value, float)]
+    if floats:  # 2.0 is an integer to JSON Schema, not to the code that sizes arrays with it
+        return floats[:MAX_PROBLEMS]
     try:
         if _conforms(document, schema(major)):
             return []
@@ -323,6 +327,16 @@ def _schema_problems(document: dict[str, Any], major: str) -> list[str]:
         if len(problems) > MAX_PROBLEMS:
             break
     return sorted(problems)
+
+
+def _integer_fields(document: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    for key in ("batch_size", "block_bytes"):
+        yield key, document.get(key)
+    layers = document.get("layers")
+    for index, layer in enumerate(layers if isinstance(layers, list) else []):
+        if isinstance(layer, dict):
+            for key in ("units", "directions", "proj_units", "input_size"):
+                yield f"layer {index}: {key}", layer.get(key)
 
 
 class _Undecided(Exception):

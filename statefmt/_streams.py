@@ -77,7 +77,7 @@ def decode(data: np.ndarray | bytes, offsets: np.ndarray, base: int = 0) -> list
 
 
 def problems(tensors: dict[str, np.ndarray], batch_size: int) -> list[str]:
-    """Every inconsistency of a whole index (what `validate` checks): offsets, UTF-8, uniqueness, hashes."""
+    """Every inconsistency of a whole index: offsets, UTF-8, uniqueness, hashes and buckets."""
     data, offsets = tensors["stream_ids.bytes"], tensors["stream_ids.offsets"]
     index, buckets = tensors["stream_ids.index"], tensors["stream_ids.buckets"]
     if offsets.shape != (batch_size + 1,) or index.shape != (batch_size, 2):

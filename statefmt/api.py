@@ -72,17 +72,14 @@ def save(data: StateSet | WeightSet, target: Target, *, metadata: Mapping[str, A
             raise StateFormatError(error.problems, source=source) from None
         tensors += [(name, index_tensors[name]) for name in STREAM_TENSORS]
     base = Document(FORMAT_VERSION, "state" if is_state else "weights", entries,
-                    batch_size=data.batch_size if is_state else None, stream_ids=stream_ids, **fields)
+                    batch_size=data.batch_size if is_state else None, stream_ids=stream_ids, block_bytes=BLOCK_BYTES,
+                    **fields)
     _check_written_document(base, source)  # refuse before writing a byte what a reader would refuse
     wheres = [f"layer {i} {layer.name!r}: {name}" for i, layer in enumerate(data.layers)
               for name in _tensor_names(layer)]
 
     def finish(checksum_blocks: list[str], nonfinite: list[int]) -> dict[str, str]:
-        problems = [f"{where}: {count} non-finite values (NaN or Inf); such a state would poison every later "
-                    "prediction" if is_state else f"{where}: {count} non-finite values (NaN or Inf) in the weights"
-                    for where, count in zip(wheres, nonfinite) if count]
-        if problems:
-            raise fail(9, problems, source)
+        _refuse_nonfinite(is_state, [(where, count) for where, count in zip(wheres, nonfinite) if count], source)
         document = Document(**{**base.__dict__, "checksum_blocks": tuple(checksum_blocks)})
         return metadata_entries(document.text())
 
@@ -148,11 +145,10 @@ def validate(target: Target | StateSet | WeightSet, *, against: StateSignature |
     index is checked too, which `load(streams=...)` cannot do.
     """
     if isinstance(target, (StateSet, WeightSet)):
-        problems = [f"layer {i} {layer.name!r}: {name}: {count} non-finite values (NaN or Inf)"
-                    for i, layer in enumerate(target.layers) for name in _tensor_names(layer)
-                    if (count := _container.count_nonfinite(np.asarray(layer[name])))]
-        if problems:
-            raise fail(9, problems)
+        counts = [(f"layer {i} {layer.name!r}: {name}", count)
+                  for i, layer in enumerate(target.layers) for name in _tensor_names(layer)
+                  if (count := _container.count_nonfinite(np.asarray(layer[name])))]
+        _refuse_nonfinite(isinstance(target, StateSet), counts, None)
         shape: StateSet | WeightSet | _Shape = target
         source = None
     else:
@@ -275,12 +271,8 @@ def _read(target: Target, *, streams: StreamKeys | None, verify: bool, finite: b
                 raise StateMismatchError(error.problems, source=name) from None
             arrays = {key: array[:, rows] for key, array in arrays.items()}
             ids = None if ids is None else [ids[row] for row in rows]
-        problems = []
         if finite:
-            problems = [f"{where}: {count} non-finite values (NaN or Inf); such a state would poison every later "
-                        "prediction" for where, count in _nonfinite(document, arrays)]
-        if problems:
-            raise fail(9, problems, name)
+            _refuse_nonfinite(document, list(_nonfinite(document, arrays)), name)
         try:
             return _build(document, arrays, ids)
         except StateError as error:
@@ -334,10 +326,10 @@ def _read_v2(reader: _container.BlockReader, document: Document,
         arrays[key] = array
     ids = None
     if document.stream_ids:
-        try:
-            ids = _streams.decode(arrays["stream_ids.bytes"], arrays["stream_ids.offsets"])
-        except StateError as error:
-            raise fail(10, error.problems, reader.container.source.name) from None
+        problems = _streams.problems(arrays, document.batch_size or 0)
+        if problems:
+            raise fail(10, problems, reader.container.source.name)
+        ids = _streams.decode(arrays["stream_ids.bytes"], arrays["stream_ids.offsets"])
     return arrays, ids
 
 
@@ -360,9 +352,15 @@ def _check_all(container: _container.Container, reader: _container.BlockReader |
             problems = _streams.problems(index_tensors, document.batch_size or 0)
             if problems:
                 raise fail(10, problems, name)
+    _refuse_nonfinite(document, counts, name)
+
+
+def _refuse_nonfinite(document: Document | bool, counts: Sequence[tuple[str, int]], name: str | None) -> None:
+    """Step 9: NaN or Inf poison every later prediction (a state) or output (weights)."""
+    is_state = document if isinstance(document, bool) else document.is_state
+    what = "such a state would poison every later prediction" if is_state else "in the weights"
     if counts:
-        raise fail(9, [f"{where}: {count} non-finite values (NaN or Inf); such a state would poison every later "
-                       "prediction" for where, count in counts], name)
+        raise fail(9, [f"{where}: {count} non-finite values (NaN or Inf); {what}" for where, count in counts], name)
 
 
 def _read_rows_v2(reader: _container.BlockReader, document: Document,

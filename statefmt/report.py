@@ -11,7 +11,6 @@ from .api import _tensor_names
 from .states import StateSet
 from .weights import WeightSet
 
-
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
