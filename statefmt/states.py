@@ -137,7 +137,7 @@ class StateSet:
                     f"stream_ids: expected {self.batch_size} unique strings, found {len(stream_ids)} "
                     f"({len(set(stream_ids))} unique)"
                 )
-            if not all(isinstance(i, str) for i in stream_ids):
+            if not set(map(type, stream_ids)) <= {str}:  # at C speed: 10^7 ids
                 raise StateFormatError("stream_ids: every stream id must be a string")
         self.stream_ids: tuple[str, ...] | None = stream_ids
         self.metadata: dict[str, Any] = dict(metadata or {})
