@@ -35,7 +35,6 @@ from statefmt.cells import ACTIVATIONS, CELLS
 from ._common import fit, fit_weights, prefixed, require, source_metadata
 
 _SUPPORTED = "LSTMCell, OptimizedLSTMCell, GRUCell or SimpleCell in an RNN, a Bidirectional, or a list of these"
-_NO_VARIABLES: Any = object()
 
 
 def signature(target: Any, *, name: str | None = None) -> StateSignature:
@@ -92,8 +91,7 @@ def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadc
     return carries if isinstance(target, (list, tuple)) else carries[0]
 
 
-def export_weights(source: Any, legacy_variables: Any = _NO_VARIABLES, /, *, variables: Any = None,
-                   name: str | None = None) -> WeightSet:
+def export_weights(source: Any, *legacy_variables: Any, variables: Any = None, name: str | None = None) -> WeightSet:
     """The recurrent weights of `source` in the neutral layout (statefmt.weights).
 
     >>> weights = export_weights(rnn, variables=variables)  # linen: modules hold no params  # doctest: +SKIP
@@ -146,8 +144,7 @@ def import_weights(weights: WeightSet, target: Any, *, variables: Any = None) ->
     return trees if isinstance(target, (list, tuple)) else trees[0]
 
 
-def load_weights(weights: WeightSet, target: Any, legacy_variables: Any = _NO_VARIABLES, /, *,
-                 variables: Any = None) -> Any:
+def load_weights(weights: WeightSet, target: Any, *legacy_variables: Any, variables: Any = None) -> Any:
     """Deprecated alias of `import_weights` (one release); it returned None for NNX, it now returns the target."""
     warnings.warn("load_weights is deprecated and will be removed in the next release: use import_weights, which "
                   "takes `variables=` by keyword and returns the target holding the weights",
@@ -156,14 +153,15 @@ def load_weights(weights: WeightSet, target: Any, legacy_variables: Any = _NO_VA
     return import_weights(weights, target, variables=variables)
 
 
-def _legacy_variables(call: str, legacy: Any, variables: Any) -> Any:
-    if legacy is _NO_VARIABLES:
+def _legacy_variables(call: str, legacy: tuple[Any, ...], variables: Any) -> Any:
+    """`variables` given by position, as before (one release, with a warning)."""
+    if not legacy:
         return variables
-    if variables is not None:
-        raise StateError("variables given twice, by position and by keyword: pass variables= only")
+    if variables is not None or len(legacy) > 1:
+        raise StateError(f"{call}: variables given more than once: pass variables= only")
     warnings.warn(f"{call} with positional variables is deprecated and will be removed in the next release: "
                   "pass variables=variables", DeprecationWarning, stacklevel=3)
-    return legacy
+    return legacy[0]
 
 
 # --- the layers of a target -------------------------------------------------------------------

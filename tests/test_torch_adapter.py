@@ -495,3 +495,10 @@ def test_a_module_without_neutral_layout_is_refused():
 
 
 # 6. importing the adapter, and a missing framework: tests/test_adapter_imports.py
+
+
+def test_load_weights_is_kept_one_release_and_returns_the_target():
+    source, target = model("gru", "stack"), build("gru", "stack", seed=7)
+    with pytest.warns(DeprecationWarning, match="load_weights is deprecated .* use import_weights"):
+        assert ta.load_weights(ta.export_weights(source), target) is target
+    assert all(torch.equal(a, b) for a, b in zip(source.parameters(), target.parameters()))

@@ -1,0 +1,104 @@
+"""One table of cell facts: the schema's enumerations agree with it, and the core reads it rather than copies."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import reference
+
+import statefmt
+from statefmt import cells, io, signature, states, weights
+from statefmt._dtypes import DTYPE_NAMES
+
+SCHEMA = json.loads((Path(statefmt.__file__).parent / "statefmt.schema.json").read_text())
+
+
+def definition(name):
+    """A `$defs` entry of the schema, following one `$ref`."""
+    entry = SCHEMA["$defs"][name]
+    while "$ref" in entry:
+        entry = SCHEMA["$defs"][entry["$ref"].rsplit("/", 1)[1]]
+    return entry
+
+
+def layer_property(layer, name):
+    entry = definition(layer)["properties"][name]
+    return SCHEMA["$defs"][entry["$ref"].rsplit("/", 1)[1]] if "$ref" in entry else entry
+
+
+def test_schema_kinds_are_the_tables():
+    assert tuple(definition("kind")["enum"]) == cells.KINDS
+
+
+def test_schema_dtypes_are_the_tables():
+    assert tuple(definition("dtype")["enum"]) == DTYPE_NAMES
+
+
+def test_schema_directions_are_the_tables():
+    assert tuple(definition("directions")["enum"]) == cells.DIRECTIONS
+
+
+def test_schema_state_tensors_are_the_tables():
+    checksums = layer_property("stateLayer", "checksums")
+    assert set(checksums["properties"]) == {name for names in cells.STATE_NAMES.values() for name in names}
+    assert checksums["required"] == ["h"] and all(names[0] == "h" for names in cells.STATE_NAMES.values())
+
+
+def test_schema_weight_tensors_are_the_tables():
+    checksums = layer_property("weightLayer", "checksums")
+    assert tuple(checksums["properties"]) == cells.WEIGHT_NAMES
+    assert checksums["required"] == ["W", "R", "Wb", "Rb"]
+
+
+def test_schema_activations_are_the_tables():
+    activation = layer_property("weightLayer", "activation")
+    recurrent = layer_property("weightLayer", "recurrent_activation")
+    if "enum" not in activation:
+        pytest.xfail("the schema has no activation enum yet (the integrator adds it with format 2.0)")
+    assert tuple(activation["enum"]) == tuple(cells.ACTIVATIONS)
+    assert tuple(recurrent["enum"]) == tuple(cells.ACTIVATIONS)
+
+
+def test_the_core_reads_the_one_table():
+    """No copy of a cell fact: every module's name for it is the table's own object."""
+    assert states.STATE_NAMES is cells.STATE_NAMES and states.KINDS is cells.KINDS
+    assert weights.GATES is cells.GATES and weights.GATE_ORDER is cells.GATE_ORDER
+    assert io.GATES is cells.GATES
+    assert signature.KINDS is cells.KINDS
+
+
+def test_gate_counts_and_state_names_per_kind():
+    assert {kind: (cell.states, len(cell.gates)) for kind, cell in cells.CELLS.items()} == {
+        "lstm": (("h", "c"), 4), "gru": (("h",), 3), "rnn": (("h",), 1)}
+    assert cells.CELLS["gru"].apart == ("n",) and cells.CELLS["rnn"].settings == ("activation",)
+
+
+@pytest.mark.parametrize("framework, kind", [(f, k) for f in cells.FRAMEWORK_GATE_ORDER for k in cells.KINDS])
+def test_gate_rows_put_a_frameworks_blocks_in_neutral_order_and_back(framework, kind):
+    units = 3
+    order = cells.FRAMEWORK_GATE_ORDER[framework][kind]
+    framework_rows = np.concatenate([np.full(units, cells.GATE_ORDER[kind].index(g)) for g in order])
+    rows = cells.gate_rows(kind, units, order)
+    np.testing.assert_array_equal(framework_rows[rows], np.repeat(np.arange(len(order)), units))
+    np.testing.assert_array_equal(framework_rows[rows][np.argsort(rows)], framework_rows)
+
+
+def test_gate_rows_refuse_another_kinds_gates():
+    with pytest.raises(statefmt.StateMismatchError, match="gate order: the gru gates are r, z, n, found i, f, g, o"):
+        cells.gate_rows("gru", 2, ("i", "f", "g", "o"))
+
+
+@pytest.mark.parametrize("name", cells.ACTIVATIONS)
+def test_every_activation_has_a_reference_implementation(name):
+    x = np.linspace(-5, 5, 101)
+    expected = {"tanh": np.tanh(x), "sigmoid": 1 / (1 + np.exp(-x)), "relu": np.maximum(x, 0),
+                "hard_sigmoid": np.clip(x / 6 + 0.5, 0, 1)}[name]
+    np.testing.assert_allclose(reference.ACTIVATIONS[name](x), expected, rtol=0, atol=1e-15)
+
+
+def test_weights_name_only_listed_activations():
+    arrays = dict(W=np.zeros((1, 3, 2)), R=np.zeros((1, 3, 1)), Wb=np.zeros((1, 3)), Rb=np.zeros((1, 3)))
+    with pytest.raises(statefmt.StateFormatError, match="activation: expected one of tanh, sigmoid, relu, "
+                                                        "hard_sigmoid, found 'elu'"):
+        statefmt.LayerWeights("l", "rnn", **arrays, activation="elu")
