@@ -108,3 +108,44 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def open_regular(path: str | os.PathLike[str] | bytes):
+    """Open a regular file to read, unbuffered; refuse anything else without blocking on it.
+
+    (Minimal version; the hardened one replaces it.)
+    """
+    import stat
+
+    from .errors import StateFormatError
+
+    name = os.fsdecode(path) if isinstance(path, bytes) else os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise StateFormatError("no such file", source=name) from None
+    except PermissionError:
+        raise StateFormatError("permission denied", source=name) from None
+    except OSError as error:
+        raise StateFormatError(f"cannot open: {error.strerror}", source=name) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "directory" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "device or special file"
+        raise StateFormatError(f"is a {kind}, not a regular file", source=name)
+    os.set_blocking(fd, True)
+    return open(fd, "rb", buffering=0)
+
+
+def read_small(path: str | os.PathLike[str] | bytes, limit: int) -> bytes:
+    """The bytes of a small regular file (a signature), refusing special files and anything over `limit`.
+
+    (Minimal version; the hardened one replaces it.)
+    """
+    from .errors import StateFormatError
+
+    with open_regular(path) as file:
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise StateFormatError(f"larger than {limit} bytes; not a signature", source=os.fsdecode(path))
+    return data

@@ -50,6 +50,7 @@ ACTIVATIONS: dict[str, str] = {
     "sigmoid": "1 / (1 + exp(-x))",
     "relu": "max(x, 0)",
     "hard_sigmoid": "clip(x / 6 + 1 / 2, 0, 1)",  # Keras 3, jax.nn.hard_sigmoid, ONNX HardSigmoid(alpha=1/6)
+    "linear": "x",  # Keras "linear"; ONNX Affine(alpha=1, beta=0)
 }
 DEFAULT_ACTIVATIONS: dict[str, str] = {"activation": "tanh", "recurrent_activation": "sigmoid"}
 

@@ -115,7 +115,8 @@ class StateSignature:
 
         `broadcast=True` accepts a batch-1 state for any batch size (one warm start for N streams).
         """
-        if not isinstance(states, StateSet):
+        if isinstance(states, WeightSet) or not all(hasattr(states, key) for key in ("layers", "batch_size")):
+            # (a state's shape read from a file's document, without its data, passes as a StateSet)
             return [f"expected a StateSet (a state, as statefmt.load(path) returns), found {_what(states)}"
                     + ("; weights go to an adapter's import_weights(weights, target)"
                        if isinstance(states, WeightSet) else "")]

@@ -8,7 +8,7 @@ import pytest
 import reference
 
 import statefmt
-from statefmt import cells, io, signature, states, weights
+from statefmt import _document, cells, signature, states, weights
 from statefmt._dtypes import DTYPE_NAMES
 
 SCHEMA = json.loads((Path(statefmt.__file__).parent / "statefmt.schema.json").read_text())
@@ -64,7 +64,7 @@ def test_the_core_reads_the_one_table():
     """No copy of a cell fact: every module's name for it is the table's own object."""
     assert states.STATE_NAMES is cells.STATE_NAMES and states.KINDS is cells.KINDS
     assert weights.GATES is cells.GATES and weights.GATE_ORDER is cells.GATE_ORDER
-    assert io.GATES is cells.GATES
+    assert _document.cells is cells
     assert signature.KINDS is cells.KINDS
 
 
@@ -93,12 +93,12 @@ def test_gate_rows_refuse_another_kinds_gates():
 def test_every_activation_has_a_reference_implementation(name):
     x = np.linspace(-5, 5, 101)
     expected = {"tanh": np.tanh(x), "sigmoid": 1 / (1 + np.exp(-x)), "relu": np.maximum(x, 0),
-                "hard_sigmoid": np.clip(x / 6 + 0.5, 0, 1)}[name]
+                "hard_sigmoid": np.clip(x / 6 + 0.5, 0, 1), "linear": x}[name]
     np.testing.assert_allclose(reference.ACTIVATIONS[name](x), expected, rtol=0, atol=1e-15)
 
 
 def test_weights_name_only_listed_activations():
     arrays = dict(W=np.zeros((1, 3, 2)), R=np.zeros((1, 3, 1)), Wb=np.zeros((1, 3)), Rb=np.zeros((1, 3)))
     with pytest.raises(statefmt.StateFormatError, match="activation: expected one of tanh, sigmoid, relu, "
-                                                        "hard_sigmoid, found 'elu'"):
+                                                        "hard_sigmoid, linear, found 'elu'"):
         statefmt.LayerWeights("l", "rnn", **arrays, activation="elu")
