@@ -11,60 +11,57 @@ import statefmt
 from statefmt import _document, cells, signature, states, weights
 from statefmt._dtypes import DTYPE_NAMES
 
-SCHEMA = json.loads((Path(statefmt.__file__).parent / "statefmt.schema.json").read_text())
+FOLDER = Path(statefmt.__file__).parent
+SCHEMAS = {path.name: json.loads(path.read_text()) for path in sorted(FOLDER.glob("statefmt.schema*.json"))}
 
 
-def definition(name):
-    """A `$defs` entry of the schema, following one `$ref`."""
-    entry = SCHEMA["$defs"][name]
+def definition(schema, name):
+    """A `$defs` entry of the schema, following `$ref`s."""
+    entry = SCHEMAS[schema]["$defs"][name]
     while "$ref" in entry:
-        entry = SCHEMA["$defs"][entry["$ref"].rsplit("/", 1)[1]]
+        entry = SCHEMAS[schema]["$defs"][entry["$ref"].rsplit("/", 1)[1]]
     return entry
 
 
-def layer_property(layer, name):
-    entry = definition(layer)["properties"][name]
-    return SCHEMA["$defs"][entry["$ref"].rsplit("/", 1)[1]] if "$ref" in entry else entry
+def layer_property(schema, layer, name):
+    entry = definition(schema, layer)["properties"][name]
+    return SCHEMAS[schema]["$defs"][entry["$ref"].rsplit("/", 1)[1]] if "$ref" in entry else entry
 
 
-def test_schema_kinds_are_the_tables():
-    assert tuple(definition("kind")["enum"]) == cells.KINDS
+def test_both_schemas_are_read():
+    assert set(SCHEMAS) == {"statefmt.schema.json", "statefmt.schema.v1.json"}
 
 
-def test_schema_dtypes_are_the_tables():
-    assert tuple(definition("dtype")["enum"]) == DTYPE_NAMES
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_schema_kinds_dtypes_and_directions_are_the_tables(schema):
+    assert tuple(definition(schema, "kind")["enum"]) == cells.KINDS
+    assert tuple(definition(schema, "dtype")["enum"]) == DTYPE_NAMES
+    assert tuple(definition(schema, "directions")["enum"]) == cells.DIRECTIONS
 
 
-def test_schema_directions_are_the_tables():
-    assert tuple(definition("directions")["enum"]) == cells.DIRECTIONS
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_schema_activations_are_the_tables(schema):
+    for setting in ("activation", "recurrent_activation"):
+        entry = layer_property(schema, "weightLayer", setting)
+        if "enum" not in entry:
+            assert schema == "statefmt.schema.v1.json"  # 1.x files name activations freely: read, then refused
+            continue
+        assert tuple(entry["enum"]) == tuple(cells.ACTIVATIONS)
 
 
-def test_schema_state_tensors_are_the_tables():
-    checksums = layer_property("stateLayer", "checksums")
-    assert set(checksums["properties"]) == {name for names in cells.STATE_NAMES.values() for name in names}
-    assert checksums["required"] == ["h"] and all(names[0] == "h" for names in cells.STATE_NAMES.values())
-
-
-def test_schema_weight_tensors_are_the_tables():
-    checksums = layer_property("weightLayer", "checksums")
-    assert tuple(checksums["properties"]) == cells.WEIGHT_NAMES
-    assert checksums["required"] == ["W", "R", "Wb", "Rb"]
-
-
-def test_schema_activations_are_the_tables():
-    activation = layer_property("weightLayer", "activation")
-    recurrent = layer_property("weightLayer", "recurrent_activation")
-    if "enum" not in activation:
-        pytest.xfail("the schema has no activation enum yet (the integrator adds it with format 2.0)")
-    assert tuple(activation["enum"]) == tuple(cells.ACTIVATIONS)
-    assert tuple(recurrent["enum"]) == tuple(cells.ACTIVATIONS)
+@pytest.mark.parametrize("kind", cells.KINDS)
+def test_the_document_models_tensors_are_the_tables(kind):
+    entry = _document.LayerEntry("l", kind, 4, 1, 2 if kind == "lstm" else None, "float32", input_size=3)
+    assert tuple(entry.shapes(batch_size=5)) == cells.STATE_NAMES[kind]
+    assert tuple(entry.shapes(batch_size=None)) == cells.WEIGHT_NAMES[:5 if kind == "lstm" else 4]
+    assert entry.shapes(batch_size=None)["W"][1] == cells.GATES[kind] * 4
 
 
 def test_the_core_reads_the_one_table():
     """No copy of a cell fact: every module's name for it is the table's own object."""
     assert states.STATE_NAMES is cells.STATE_NAMES and states.KINDS is cells.KINDS
     assert weights.GATES is cells.GATES and weights.GATE_ORDER is cells.GATE_ORDER
-    assert _document.cells is cells
+    assert _document.cells is cells  # the document model reads GATES from the table
     assert signature.KINDS is cells.KINDS
 
 
