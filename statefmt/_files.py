@@ -93,6 +93,11 @@ def open_regular(path: PathArgument) -> io.FileIO:
     try:
         fd = os.open(shown, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as error:
+        if error.errno in (errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP):  # a socket, a device with no driver
+            with contextlib.suppress(OSError):
+                mode = os.stat(shown).st_mode
+                if not stat.S_ISREG(mode):
+                    raise StateFormatError(f"is {_kind(mode)}, not a regular file", source=shown) from None
         raise _named(error, shown) from None
     file = None
     try:
@@ -139,13 +144,21 @@ class _Temporary:
     """The file a save writes: held under an exclusive flock from creation to rename.
 
     `close` removes it unless it was renamed, and only while its name still holds this very file.
+    Its descriptor lives in a FileIO object: however a save is left, an exception at any point
+    (Ctrl-C included) drops the object, and that closes the descriptor.
     """
 
     def __init__(self, directory: str, base: str):
         self.directory, self.base = directory, base
         self.path = ""
-        self.fd = -1
+        self.file: io.FileIO | None = None
         self.renamed = False
+
+    @property
+    def fd(self) -> int:
+        if self.file is None:
+            raise ValueError("the temporary is not open")
+        return self.file.fileno()
 
     def create(self, mode: int) -> None:
         for slot in range(_MAX_SLOTS):
@@ -164,29 +177,31 @@ class _Temporary:
         """Create the temporary at `self.path` and lock it; False if that slot is taken."""
         for _ in range(3):
             try:
-                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+                self.file = io.FileIO(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode),
+                                      "wb")
             except FileExistsError:
                 if not _remove_if_dead(self.path):
                     return False
                 continue
-            except BaseException:  # Ctrl-C as os.open returned: its descriptor has no name yet
-                _recover(self.path, created=True)
+            except BaseException:  # (Ctrl-C as os.open returned, say: nothing names the descriptor yet)
+                _recover(self.path)
                 raise
             if _lock(self.fd, blocking=True) and _same_file(self.fd, self.path):
                 return True
             # a prober removed it as a dead writer's in the instant before the lock: start again
-            fd, self.fd = self.fd, -1
-            os.close(fd)
+            file, self.file = self.file, None
+            file.close()
         return False
 
     def close(self) -> None:
-        fd, self.fd = self.fd, -1
+        file = self.file
         try:
-            if fd >= 0 and not self.renamed:
-                _unlink_if_same(self.path, fd)
+            if file is not None and not self.renamed:
+                _unlink_if_same(self.path, file.fileno())
         finally:
-            if fd >= 0:
-                os.close(fd)
+            if file is not None:
+                file.close()
+            self.file = None
             if self.path:
                 _unclaim(self.path)
 
@@ -245,22 +260,21 @@ def _remove_if_dead(path: str) -> bool:
     if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
         return False
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        probe = io.FileIO(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY))
     except OSError:
         return False
     except BaseException:
-        _recover(path, created=False)
+        _close_strays(path)
         raise
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if not _same_file(fd, path):
+    with probe:
+        try:
+            fcntl.flock(probe.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not _same_file(probe.fileno(), path):
+                return False
+            os.unlink(path)
+            return True
+        except OSError:  # locked (a live writer), or no locks here: nothing is proven dead
             return False
-        os.unlink(path)
-        return True
-    except OSError:  # locked (a live writer), or no locks here: nothing is proven dead
-        return False
-    finally:
-        os.close(fd)
 
 
 def _sweep(directory: str, base: str) -> None:
@@ -293,11 +307,17 @@ def _unlink_if_same(path: str, fd: int) -> None:
         pass
 
 
-def _recover(path: str, *, created: bool) -> None:
-    """Close the descriptor that an exception landing just as os.open returned left on `path`
-    (and remove the file if this open `created` it), found by its link in /proc/self/fd.
+def _recover(path: str) -> None:
+    """Undo a creation of `path` that an exception cut short: close a descriptor that os.open
+    returned but nothing holds yet, then remove the file if no live writer holds it."""
+    _close_strays(path)
+    _remove_if_dead(path)
 
-    Only paths this process has claimed come here, so no other descriptor of ours names them.
+
+def _close_strays(path: str) -> None:
+    """Close this process's descriptors on `path`, found by their links in /proc/self/fd.
+
+    Only for paths this process has claimed (`_claim`): no other descriptor of ours names them.
     """
     try:
         names = os.listdir("/proc/self/fd")
@@ -309,12 +329,7 @@ def _recover(path: str, *, created: bool) -> None:
         except OSError:
             continue
         if link in (path, path + " (deleted)"):
-            fd = int(name)
-            try:
-                if created:
-                    _unlink_if_same(path, fd)
-            finally:
-                _close_quietly(fd)
+            _close_quietly(int(name))
 
 
 def _keep_owner_and_mode(fd: int, previous: os.stat_result) -> None:
