@@ -99,17 +99,15 @@ def open_regular(path: PathArgument) -> io.FileIO:
                 if not stat.S_ISREG(mode):
                     raise StateFormatError(f"is {_kind(mode)}, not a regular file", source=shown) from None
         raise _named(error, shown) from None
-    file = None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise StateFormatError(f"is {_kind(mode)}, not a regular file", source=shown)
         os.set_blocking(fd, True)
-        file = open(fd, "rb", buffering=0)  # noqa: SIM115 (the caller closes it)
     except BaseException:
-        if file is None:  # (an interrupt as open() returned: the dropped object closed fd already)
-            _close_quietly(fd)
+        os.close(fd)
         raise
+    file = io.FileIO(fd, "rb")  # (an exception as this returns drops the object, which closes fd)
     file.name = shown  # the caller's path, not the descriptor's number
     return file
 
@@ -262,6 +260,7 @@ def _remove_if_dead(path: str) -> bool:
     try:
         probe = io.FileIO(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY))
     except OSError:
+        _close_strays(path)  # FileIO leaves the descriptor open if it refuses a directory (one swapped in)
         return False
     except BaseException:
         _close_strays(path)
@@ -358,12 +357,14 @@ def _regular_or_absent(target: str, shown: str) -> os.stat_result | None:
 
 def _reserve(fd: int, nbytes: int) -> None:
     """Allocate the file's blocks before writing: a full disk fails here, before any payload
-    is written; ext4 need not reserve blocks page by page (about 7% of a save), and renaming
-    over an existing file does not make it flush delayed allocations (a save over yesterday's
-    file: 334 ms down to 128 ms for 512 MiB).
+    is written; ext4 need not reserve blocks page by page, and renaming over an existing file
+    does not make it flush delayed allocations. 512 MiB to a new path, page cache, ext4: 81 ms
+    reserved, 183 ms not (`python -m benchmarks.files`; noisy, shared machine).
 
-    Linux fallocate(2) only, where the file system has it: posix_fallocate's fallback writes
-    every block once more, which would cost more than it saves.
+    Linux fallocate(2) through ctypes, where the file system has it, else nothing. Where it has
+    it, os.posix_fallocate is the same call (118 ms, within the noise); where it has not (ext2,
+    NFS before 4.2), glibc's fallback writes a byte into every block: 1.9 s against 0.43 s for
+    512 MiB on ext2. That fallback is why ctypes stays.
     """
     fallocate = _fallocate()
     if fallocate is not None and nbytes and fallocate(fd, 0, 0, nbytes) != 0:
