@@ -75,6 +75,10 @@ def wait_for(condition, timeout: float = 20.0) -> None:
 
 # --- what a save replaces --------------------------------------------------------------------------------------
 
+SPECIAL = [("fifo", "a FIFO (named pipe)"), ("directory", "a directory"), ("socket", "a socket"),
+           ("character device", "a character device")]
+
+
 def special_files(folder: Path) -> dict[str, Path]:
     files = {"fifo": folder / "fifo", "directory": folder / "directory", "socket": folder / "socket"}
     os.mkfifo(files["fifo"])
@@ -89,8 +93,7 @@ def special_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-@pytest.mark.parametrize("kind, found", [("fifo", "a FIFO (named pipe)"), ("directory", "a directory"), ("socket", "a socket"),
-                                         ("character device", "a character device")])
+@pytest.mark.parametrize("kind, found", SPECIAL)
 def test_a_save_never_replaces_a_special_file(tmp_path, kind, found):
     files = special_files(tmp_path)
     if kind not in files:
@@ -542,15 +545,15 @@ def test_open_regular_reads_through_one_unbuffered_descriptor(tmp_path):
     assert path.read_bytes() == b"new"
 
 
-@pytest.mark.parametrize("kind, found", [("fifo", "a FIFO (named pipe)"), ("directory", "a directory"), ("socket", "a socket"),
-                                         ("character device", "a character device")])
+@pytest.mark.parametrize("kind, found", SPECIAL)
 def test_open_regular_refuses_special_files_without_blocking(tmp_path, alarm, kind, found):
     files = special_files(tmp_path)
     if kind not in files:
         pytest.skip("making a device node needs root")
     descriptors = open_descriptors()
     for read in (_files.open_regular, lambda path: _files.read_small(path, 1000)):
-        with pytest.raises(StateFormatError, match="^" + re.escape(f"{files[kind]}: is {found}, not a regular file") + "$"):
+        expected = f"{files[kind]}: is {found}, not a regular file"
+        with pytest.raises(StateFormatError, match="^" + re.escape(expected) + "$"):
             read(files[kind])
     assert open_descriptors() == descriptors
 
