@@ -5,8 +5,8 @@ framework. Framework adapters live in `statefmt.adapters.<framework>` and import
 their framework when first used.
 """
 
+from .api import FORMAT_VERSION, load, load_weights, read, save, upgrade, validate
 from .errors import StateError, StateFormatError, StateMismatchError
-from .io import FORMAT_VERSION, load, load_weights, save, validate
 from .signature import LayerSignature, StateSignature
 from .states import LayerState, StateSet
 from .weights import LayerWeights, WeightSet
@@ -26,6 +26,8 @@ __all__ = [
     "WeightSet",
     "load",
     "load_weights",
+    "read",
     "save",
+    "upgrade",
     "validate",
 ]

@@ -36,6 +36,9 @@ _SWEPT_SLOTS = 8  # slots checked for dead writers' temporaries after each save
 _MAX_SLOTS = 1024  # concurrent writers of one file before a save gives up
 _NO_LOCKS = (errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL, errno.ENOSYS)
 
+_OPEN_ERRORS = {errno.ENOENT: "no such file", errno.EACCES: "permission denied",
+                errno.EPERM: "permission denied", errno.ENOTDIR: "no such file (a part of the path is not a folder)"}
+
 _in_use: set[str] = set()  # temporaries this process creates or probes now: never probed twice at once
 _in_use_lock = threading.Lock()
 
@@ -84,7 +87,8 @@ def open_regular(path: PathArgument) -> io.FileIO:
     The open never blocks (O_NONBLOCK, cleared once the file is known to be regular), and the type
     is checked on the open descriptor, so nothing can swap the file in between. Read everything
     through this one descriptor: a file replaced meanwhile is then read whole, old or new.
-    OSErrors (permission denied, no such file, no such device) name `path`.
+    Every refusal is a one-line StateFormatError naming `path`: "no such file", "permission
+    denied", "is a FIFO (named pipe), not a regular file", "cannot open: No such device"...
 
     >>> with open_regular("state.statefmt") as file:
     ...     length = file.read(8)
@@ -98,7 +102,8 @@ def open_regular(path: PathArgument) -> io.FileIO:
                 mode = os.stat(shown).st_mode
                 if not stat.S_ISREG(mode):
                     raise StateFormatError(f"is {_kind(mode)}, not a regular file", source=shown) from None
-        raise _named(error, shown) from None
+        raise StateFormatError(_OPEN_ERRORS.get(error.errno or 0, f"cannot open: {error.strerror}"),
+                               source=shown) from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
