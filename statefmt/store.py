@@ -111,8 +111,8 @@ def _parse_document(text: str | bytes, url: str) -> tuple[_Layer, ...]:
         if not isinstance(entry, dict):
             problems.append(f"{where}: expected an object, found {type(entry).__name__}")
             continue
-        name, kind, units, directions, proj, dtype = (
-            entry.get(key) for key in ("name", "kind", "units", "directions", "proj_units", "dtype"))
+        values: list[Any] = [entry.get(key) for key in ("name", "kind", "units", "directions", "proj_units", "dtype")]
+        name, kind, units, directions, proj, dtype = values
         where = f"layer {index} {name!r}"
         found = len(problems)
         if not isinstance(name, str) or not name:
@@ -228,8 +228,8 @@ def _array(column, layer: _Layer, state: str) -> np.ndarray:
             parts.append(bits.view(_numpy_dtype("bfloat16")))
         else:
             parts.append(flat.to_numpy(zero_copy_only=False))
-    flat = np.concatenate(parts) if len(parts) != 1 else parts[0]
     units = layer.width(state) // layer.directions
+    flat = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.empty(0, _numpy_dtype(layer.dtype))
     return flat.astype(_numpy_dtype(layer.dtype), copy=False).reshape(-1, layer.directions, units)
 
 

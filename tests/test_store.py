@@ -120,6 +120,8 @@ def test_missing_streams_error_zeros_or_a_learned_start(fleet):
     fleet.put(states_for(["a", "b"], seed=1))
     with pytest.raises(StateMismatchError, match=r"'ghost'.*'phantom'.*missing='zeros'"):
         fleet.get(["a", "ghost", "phantom"])
+    nobody = fleet.get(["nobody"], missing="zeros")  # no stored row at all: Lance returns no chunk
+    assert nobody.stream_ids == ("nobody",) and not nobody[0]["c"].any()
     zeros = fleet.get(["ghost", "a"], missing="zeros")
     assert zeros.stream_ids == ("ghost", "a")
     for layer in zeros.layers:
