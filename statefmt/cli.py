@@ -137,3 +137,7 @@ def diff(ctx: click.Context, a: str, b: str, atol: float) -> None:
     if differences:
         ctx.exit(1)
     click.echo(f"equal (atol {atol:g})")
+
+
+from .store_cli import store as _store  # noqa: E402  (imports click only; the store loads Lance when run)
+main.add_command(_store)

@@ -19,7 +19,7 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -442,9 +442,11 @@ class Store:
 
     def snapshot(self, streams: Sequence[str] | None = None) -> StateSet:
         """The whole fleet of the opened version, by stream id (sorted), or the streams given."""
-        if streams is not None:
-            return self.get(streams)
-        rows, found = self._read(None)
+        return self._snapshot() if streams is None else self.get(streams)
+
+    def _snapshot(self, progress: Callable[[int], Any] | None = None) -> StateSet:
+        """The whole fleet; `progress(rows)` is called as batches arrive (the CLI's progress bar)."""
+        rows, found = self._read(None, progress=progress)
         return self._assemble(rows, found, sorted(found))
 
     def _assemble(self, rows: dict[str, np.ndarray], found: dict[str, int], ids: list[str]) -> StateSet:
@@ -456,14 +458,24 @@ class Store:
             layers.append(LayerState(layer.name, layer.kind, **arrays))
         return StateSet(layers, stream_ids=ids)
 
-    def _read(self, ids: Sequence[str] | None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    def _read(self, ids: Sequence[str] | None, *,
+              progress: Callable[[int], Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """The stored rows of `ids` (all rows for None), in the order Lance returns them, each checked finite."""
         columns = [ID_COLUMN] + [layer.column(i, s) for i, layer in enumerate(self._layers) for s in layer.states]
         if ids is not None and not ids:
             table = None
         else:
             with _lance_errors(self.url, "cannot read the streams"):
-                table = self._dataset.to_table(columns=columns, filter=None if ids is None else _id_filter(ids))
+                if progress is None:
+                    table = self._dataset.to_table(columns=columns, filter=None if ids is None else _id_filter(ids))
+                else:
+                    import pyarrow as pa
+
+                    batches = []
+                    for batch in self._dataset.to_batches(columns=columns):
+                        batches.append(batch)
+                        progress(batch.num_rows)
+                    table = pa.Table.from_batches(batches, schema=pa.schema([self._dataset.schema.field(c) for c in columns]))
         stored = [] if table is None else table.column(ID_COLUMN).to_pylist()
         found = {stream: row for row, stream in enumerate(stored)}
         if len(found) != len(stored):

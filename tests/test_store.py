@@ -307,11 +307,16 @@ def test_create_refuses_an_existing_store_and_a_bad_signature(tmp_path):
         store.create(str(tmp_path / "other"), StateSignature([LayerSignature("gru", 2, name="x")] * 2))
 
 
-def test_import_statefmt_and_the_store_module_load_no_lance_or_arrow():
-    code = ("import sys, statefmt; from statefmt import store; import statefmt.cli\n"
-            "print(sorted(m for m in ('lance', 'pyarrow', 'pandas', 'torch', 'ray') if m in sys.modules))")
+def test_import_statefmt_the_store_and_validate_load_no_lance_or_arrow(tmp_path):
+    import statefmt
+
+    statefmt.save(states_for(["a"], seed=1), tmp_path / "a.statefmt")
+    code = ("import sys, statefmt; from statefmt import store; from statefmt.cli import main\n"
+            f"for args in (['validate', {str(tmp_path / 'a.statefmt')!r}], ['store', '--help']):\n"
+            "    try:\n        main(args)\n    except SystemExit as done:\n        assert done.code == 0, args\n"
+            "print(sorted(m for m in ('lance', 'pyarrow', 'pandas', 'torch', 'ray', 'tqdm') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
+    assert result.stdout.splitlines()[-1] == "[]"
 
 
 # ---- real processes: concurrent puts, SIGKILL ----------------------------------------------------------------------
@@ -399,3 +404,73 @@ def _constant(ids, value):
               (x.proj_units or x.units) if s == "h" else x.units), value, "float32")
               for s in (("h", "c") if x.kind == "lstm" else ("h",))}) for x in SIGNATURE.layers]
     return StateSet(layers, stream_ids=ids)
+
+
+# ---- the CLI -------------------------------------------------------------------------------------------------------
+
+
+def cli(*args):
+    from click.testing import CliRunner
+
+    from statefmt.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_cli_create_put_info_versions_get_export(tmp_path):
+    import statefmt
+
+    url, signature = tmp_path / "fleet", tmp_path / "sig.json"
+    signature.write_text(SIGNATURE.to_json())
+    states = states_for(["v", "w", "x"], seed=4)
+    statefmt.save(states, tmp_path / "three.statefmt")
+    created = cli("store", "create", url, "--signature", signature)
+    assert created.exit_code == 0 and created.output.startswith(f"{url}: created, 3 layer(s)")
+    put = cli("store", "put", url, tmp_path / "three.statefmt", "--json")
+    assert put.exit_code == 0 and json.loads(put.output)["streams"] == 3
+    info = json.loads(cli("store", "info", url, "--json").output)
+    assert (info["streams"], info["dtype"], [x["kind"] for x in info["layers"]]) == (3, "float32", ["lstm", "gru", "rnn"])
+    listed = json.loads(cli("store", "versions", url, "--json").output)["versions"]
+    assert listed[-1] == {**listed[-1], "version": json.loads(put.output)["version"], "streams": 3}
+    got = cli("store", "get", url, "x", "v", "-o", tmp_path / "two.statefmt")
+    assert got.exit_code == 0
+    two = statefmt.load(tmp_path / "two.statefmt")
+    assert two.stream_ids == ("x", "v")
+    assert_stream(two, states, "x")
+    exported = cli("store", "export", url, tmp_path / "all.statefmt")
+    assert exported.exit_code == 0
+    everything = statefmt.load(tmp_path / "all.statefmt")
+    assert everything.stream_ids == ("v", "w", "x")
+    assert_stream(everything, states, "w")
+    compacted = cli("store", "compact", url, "--cleanup-older-than", 0, "--json")
+    assert compacted.exit_code == 0 and json.loads(compacted.output)["cleanup"]["old_versions"] >= 1
+
+
+def test_cli_import_creates_the_store_in_chunks(tmp_path):
+    import statefmt
+
+    states = states_for([f"s{i}" for i in range(7)], seed=5)
+    statefmt.save(states, tmp_path / "seven.statefmt")
+    result = cli("store", "import", tmp_path / "fleet", tmp_path / "seven.statefmt", "--chunk", 3, "--json")
+    assert result.exit_code == 0 and json.loads(result.output)["created"] is True
+    fleet = store.open(str(tmp_path / "fleet"))
+    assert len(fleet) == 7 and len([v for v in fleet.versions() if v[2]]) == 3  # 3 + 3 + 1 streams, three commits
+    assert_stream(fleet.get(["s6"]), states, "s6")
+
+
+def test_cli_errors_are_one_line_with_exit_codes(tmp_path):
+    import statefmt
+
+    url = tmp_path / "fleet"
+    store.create(str(url), SIGNATURE)
+    statefmt.save(states_for(["a"], seed=1).with_stream_ids(None), tmp_path / "anonymous.statefmt")
+    cases = [(("store", "get", url, "ghost", "-o", tmp_path / "o.statefmt"), 1, "no stream with id 'ghost'"),
+             (("store", "put", url, tmp_path / "anonymous.statefmt"), 1, "has no stream_ids"),
+             (("store", "info", tmp_path / "nothing"), 1, "no store here"),
+             (("store", "export", url, tmp_path / "o.statefmt", "--version", 99), 1, "no version 99 here"),
+             (("store", "info", url, "-s", "no-equals-sign"), 2, "expected KEY=VALUE")]
+    for args, code, message in cases:
+        result = cli(*args)
+        assert result.exit_code == code and message in result.stderr, (args, result.output)
+        if code == 1:
+            assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.output
