@@ -475,7 +475,8 @@ class Store:
                     for batch in self._dataset.to_batches(columns=columns):
                         batches.append(batch)
                         progress(batch.num_rows)
-                    table = pa.Table.from_batches(batches, schema=pa.schema([self._dataset.schema.field(c) for c in columns]))
+                    schema = pa.schema([self._dataset.schema.field(c) for c in columns])
+                    table = pa.Table.from_batches(batches, schema=schema)
         stored = [] if table is None else table.column(ID_COLUMN).to_pylist()
         found = {stream: row for row, stream in enumerate(stored)}
         if len(found) != len(stored):
