@@ -39,7 +39,7 @@ PRIMARY_KEY = {"lance-schema:unenforced-primary-key": "true"}  # a second insert
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_LAYERS = 1024
 MAX_ID_BYTES = 1024
-INDEX_LAG_ROWS = 8192  # unindexed rows a put leaves before it folds them into the index (each costs a scan)
+INDEX_LAG_ROWS = 8192  # rows in unindexed fragments a put leaves before it folds them into the index: a get scans them
 COMMIT_ATTEMPTS = 20
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 _SHOWN_IDS = 10
@@ -635,7 +635,7 @@ class Store:
                 if indexed is None:
                     dataset.create_scalar_index(ID_COLUMN, "BTREE", name=INDEX_NAME)
                     return
-                lag = sum(f.count_rows() for f in dataset.get_fragments() if f.fragment_id not in indexed)
+                lag = sum(f.physical_rows for f in dataset.get_fragments() if f.fragment_id not in indexed)
                 if lag >= INDEX_LAG_ROWS:
                     dataset.optimize.optimize_indices()
         except StateFormatError as error:
