@@ -16,6 +16,7 @@ Lance and pyarrow are imported inside functions: `from statefmt import store` st
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections import Counter
@@ -315,6 +316,11 @@ def open(url: str, *, version: int | None = None,  # the issue's name: store.ope
     import lance
 
     url = str(url)
+    local = _local_path(url)
+    if local is not None and not os.path.isdir(os.path.join(local, "_versions")):
+        reason = "a file, not a store directory" if os.path.isfile(local) else \
+            "no store here (no Lance dataset at this URL)"
+        raise StateFormatError(reason, source=url)  # Lance would retry for seconds before it says so
     with _lance_errors(url, "not a readable statefmt store"):
         try:
             dataset = lance.dataset(url, version=version, storage_options=storage_options)
@@ -328,6 +334,13 @@ def open(url: str, *, version: int | None = None,  # the issue's name: store.ope
                                    f"{' …' if len(kept) > 20 else ''}", source=url) from None
         layers = _check_schema(dataset.schema, url)
     return Store(url, dataset, layers, storage_options, read_only=version is not None)
+
+
+def _local_path(url: str) -> str | None:
+    """The local path of a URL without a scheme (or file://); None for an object store."""
+    if url.startswith("file://"):
+        return url[len("file://"):]
+    return None if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", url) else url
 
 
 def _check_schema(schema, url: str) -> tuple[_Layer, ...]:

@@ -258,7 +258,9 @@ GRU_COLUMNS = {"stream_id": pa.array(["a"]),
 
 @pytest.mark.parametrize("make, reason", [
     (lambda p: p.mkdir(), "no store here"),
-    (lambda p: p.write_bytes(b"not a dataset"), "not a readable statefmt store"),
+    (lambda p: p.write_bytes(b"not a dataset"), "a file, not a store directory"),
+    (lambda p: ((p / "_versions").mkdir(parents=True), (p / "_versions" / "1.manifest").write_bytes(b"\0" * 64)),
+     "not a statefmt store"),
     (lambda p: _raw_dataset(p), "not a statefmt store"),
     (lambda p: _raw_dataset(p, _document(format_version="3.0"), GRU_COLUMNS), "format_version 3.0 is not supported"),
     (lambda p: _raw_dataset(p, "{not json", GRU_COLUMNS), "not valid JSON"),
@@ -268,7 +270,7 @@ GRU_COLUMNS = {"stream_id": pa.array(["a"]),
     (lambda p: _raw_dataset(p, _document(), {"stream_id": pa.array(["a"]), "layer0_h": pa.array([1.0])}),
      "column 'layer0_h' should be fixed_size_list<item: float>[2], found double"),
     (lambda p: _raw_dataset(p, json.dumps([1] * 10)), "must be a JSON object"),
-], ids=["empty-dir", "a-file", "plain-lance", "major-3", "bad-json", "content", "bad-layer", "column-type", "array"])
+], ids=["empty-dir", "a-file", "junk-manifest", "plain-lance", "major-3", "bad-json", "content", "bad-layer", "column-type", "array"])
 def test_opening_what_is_not_a_store_names_the_url_and_the_reason(tmp_path, make, reason):
     path = tmp_path / "thing"
     make(path)
@@ -296,6 +298,18 @@ def test_corrupted_data_files_raise_a_format_error(tmp_path):
     with pytest.raises(StateFormatError) as caught:
         store.open(fleet.url).snapshot()
     assert str(caught.value).startswith(fleet.url) and "cannot read the streams" in str(caught.value)
+
+
+def test_a_corrupted_manifest_raises_a_format_error(tmp_path):
+    fleet = store.create(str(tmp_path / "fleet"), SIGNATURE)
+    fleet.put(states_for(["a"], seed=1))
+    for manifest in (tmp_path / "fleet" / "_versions").glob("*.manifest"):
+        manifest.write_bytes(np.random.default_rng(0).bytes(manifest.stat().st_size))
+    started = time.perf_counter()
+    with pytest.raises(StateFormatError) as caught:
+        store.open(fleet.url)
+    assert str(caught.value).startswith(f"{fleet.url}: not a readable statefmt store")
+    assert time.perf_counter() - started < 10
 
 
 def test_create_refuses_an_existing_store_and_a_bad_signature(tmp_path):
@@ -371,38 +385,52 @@ def test_concurrent_puts_from_processes_lose_no_update(tmp_path):
     assert len(ids) == len(set(ids)) == 80
 
 
+BIG = StateSignature([LayerSignature("lstm", 256, name="l0"), LayerSignature("lstm", 256, name="l1")])  # 4 KiB a row
+
+VICTIM = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[3])
+    from test_store import BIG, _constant
+    from statefmt import store
+    fleet, count = store.open(sys.argv[1]), 10_000
+    ids = [f"s{i}" for i in range(count)]
+    if sys.argv[2] == "compact":
+        print("compacting", flush=True)
+        fleet.compact()
+    for value in range(7, 1000):
+        fleet.put(_constant(ids, float(value), BIG))
+        print(value, flush=True)
+""")
+
+
 @pytest.mark.parametrize("operation", ["put", "compact"])
 def test_sigkill_during_put_or_compact_leaves_the_previous_version_intact(tmp_path, operation):
-    url = str(tmp_path / "fleet")
-    fleet = store.create(url, SIGNATURE)
-    count = 20_000
+    url, count = str(tmp_path / "fleet"), 10_000
+    fleet = store.create(url, BIG)
     ids = [f"s{i}" for i in range(count)]
-    for value in range(3):  # small fragments, so compact has work to do
-        part = slice(value * count // 3, (value + 1) * count // 3)
-        fleet.put(_constant(ids[part], 1.0))
+    for part in range(10):  # ten fragments, so compact has work to do
+        fleet.put(_constant(ids[part * 1000:(part + 1) * 1000], 1.0, BIG))
     before = fleet.version
-    if operation == "put":
-        victim = _writer(url, 7, 0, count, rounds=50)
-    else:
-        victim = subprocess.Popen([sys.executable, "-c", f"from statefmt import store; store.open({url!r}).compact()"])
-    time.sleep(1.0 if operation == "put" else 0.5)
+    victim = subprocess.Popen([sys.executable, "-c", VICTIM, url, operation, str(Path(__file__).parent)],
+                              stdout=subprocess.PIPE, text=True)
+    victim.stdout.readline()  # it is in its loop (or has begun to compact)
+    time.sleep(np.random.default_rng().uniform(0.0, 0.15))
     os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
+    assert victim.wait() == -signal.SIGKILL  # killed, not finished
     reopened = store.open(url)
-    assert reopened.version >= before
     values = _row_values(reopened.snapshot())
     assert len(values) == count
     assert len(set(values.tolist())) == 1, "a put was applied to only some streams"  # all or nothing
-    assert values[0] == 1.0 or 7.0 <= values[0] < 57.0
+    assert values[0] == 1.0 or 7.0 <= values[0] < 1000.0
     np.testing.assert_array_equal(_row_values(store.open(url, version=before).snapshot()), np.ones(count))
-    reopened.put(_constant(ids[:5], 99.0))  # and it takes writes again
+    reopened.put(_constant(ids[:5], 99.0, BIG))  # and it takes writes again
     assert _row_values(store.open(url).get(ids[:5])).tolist() == [99.0] * 5
 
 
-def _constant(ids, value):
+def _constant(ids, value, signature=SIGNATURE):
     layers = [LayerState(x.name, x.kind, **{s: np.full((x.directions, len(ids),
               (x.proj_units or x.units) if s == "h" else x.units), value, "float32")
-              for s in (("h", "c") if x.kind == "lstm" else ("h",))}) for x in SIGNATURE.layers]
+              for s in (("h", "c") if x.kind == "lstm" else ("h",))}) for x in signature.layers]
     return StateSet(layers, stream_ids=ids)
 
 
