@@ -270,7 +270,8 @@ GRU_COLUMNS = {"stream_id": pa.array(["a"]),
     (lambda p: _raw_dataset(p, _document(), {"stream_id": pa.array(["a"]), "layer0_h": pa.array([1.0])}),
      "column 'layer0_h' should be fixed_size_list<item: float>[2], found double"),
     (lambda p: _raw_dataset(p, json.dumps([1] * 10)), "must be a JSON object"),
-], ids=["empty-dir", "a-file", "junk-manifest", "plain-lance", "major-3", "bad-json", "content", "bad-layer", "column-type", "array"])
+], ids=["empty-dir", "a-file", "junk-manifest", "plain-lance", "major-3", "bad-json", "content", "bad-layer",
+        "column-type", "array"])
 def test_opening_what_is_not_a_store_names_the_url_and_the_reason(tmp_path, make, reason):
     path = tmp_path / "thing"
     make(path)
