@@ -248,6 +248,9 @@ def _shown(ids: Sequence[str]) -> str:
 def _check_ids(ids: Any, what: str) -> list[str]:
     """Stream ids as a list; `StateMismatchError` for a non-string, an empty or an over-long id, or a repeat."""
     ids = [ids] if isinstance(ids, str) else list(ids)
+    if not ids or (set(map(type, ids)) == {str} and min(map(len, ids)) > 0
+                   and max(map(len, ids)) * 4 <= MAX_ID_BYTES and len(set(ids)) == len(ids)):
+        return ids  # the common case, at C speed: a million ids in ~0.1 s
     bad = [i for i in ids if not isinstance(i, str) or not i or len(i.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES]
     if bad:
         raise StateMismatchError(f"{what}: every stream id must be a non-empty string of at most {MAX_ID_BYTES} "
@@ -268,13 +271,16 @@ def _signature(layers: Sequence[_Layer]) -> StateSignature:
 
 # ---- the store ------------------------------------------------------------------------------------------------------
 
-def create(url: str, signature: StateSignature, *, storage_options: dict[str, str] | None = None) -> Store:
-    """Create an empty store at `url` (a local directory or `s3://…`) for states of `signature`.
+def create(url: str, signature: StateSignature, *, storage_options: dict[str, str] | None = None,
+           states: StateSet | None = None) -> Store:
+    """Create a store at `url` (a local directory or `s3://…`) for states of `signature`.
 
     >>> s = create("fleet.lance", StateSignature([LayerSignature("lstm", 64)], dtype="float32"))  # doctest: +SKIP
 
     The signature's batch size is ignored; its dtype (float32 if unset) applies to every layer.
     Layers without a name are called `layer0`, `layer1`, …. Refuses a URL that already holds a dataset.
+    `states` (checked as a put) fills the new store in its first commit: a bulk load that writes the
+    rows as they are, without the upsert's join (`put` into an empty store is about 2x slower).
     """
     if not isinstance(signature, StateSignature):
         raise TypeError(f"create() takes a StateSignature, not {type(signature).__name__}")
@@ -289,12 +295,15 @@ def create(url: str, signature: StateSignature, *, storage_options: dict[str, st
     import pyarrow as pa
 
     schema = _arrow_schema(layers)
-    empty = [pa.array([], pa.string())] + [
-        _column(np.empty((layer.directions, 0, layer.width(s) // layer.directions), _numpy_dtype(dtype)), layer, s)
-        for layer in layers for s in layer.states]
+    table = None if states is None else _table(layers, states, url)
+    if table is None:
+        empty = [pa.array([], pa.string())] + [
+            _column(np.empty((layer.directions, 0, layer.width(s) // layer.directions), _numpy_dtype(dtype)),
+                    layer, s) for layer in layers for s in layer.states]
+        table = pa.Table.from_arrays(empty, schema=schema)
     with _lance_errors(url, "cannot create the store"):
         try:
-            dataset = lance.write_dataset(pa.Table.from_arrays(empty, schema=schema), url, schema=schema, mode="create",
+            dataset = lance.write_dataset(table, url, schema=schema, mode="create",
                                           storage_options=storage_options)
         except OSError as error:
             if "already exists" in str(error):
@@ -433,22 +442,27 @@ class Store:
         """
         ids = _check_ids(ids, "get")
         start = self._start_state(missing)
-        rows, found = self._read(ids)
-        absent = [i for i in ids if i not in found]
-        if absent and start is None:
+        rows, stored = self._read(ids)
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        order = pc.index_in(pa.array(ids, pa.string()), value_set=stored).fill_null(-1).to_numpy()
+        present = order >= 0
+        if not present.all() and start is None:
+            absent = [ids[i] for i in np.flatnonzero(~present)]
             raise StateMismatchError(f"no stream with id {_shown(absent)} at version {self.version} "
                                      "(missing='zeros' starts new streams from zeros)", source=self.url)
-        order = np.array([found.get(i, -1) for i in ids], dtype=np.int64)
         layers = []
         for index, layer in enumerate(self._layers):
             arrays = {}
             for state in layer.states:
-                stored = rows[layer.column(index, state)]  # [found rows, directions, units]
-                out = np.empty((layer.directions, len(ids), stored.shape[2]), _numpy_dtype(layer.dtype))
-                present = order >= 0
-                out[:, present] = np.swapaxes(stored[order[present]], 0, 1)
-                if not present.all():
-                    out[:, ~present] = start[index][state] if isinstance(start, StateSet) else 0
+                found = rows[layer.column(index, state)]  # [found rows, directions, units]
+                if present.all():
+                    arrays[state] = np.ascontiguousarray(np.swapaxes(found[order], 0, 1))
+                    continue
+                out = np.empty((layer.directions, len(ids), found.shape[2]), found.dtype)
+                out[:, present] = np.swapaxes(found[order[present]], 0, 1)
+                out[:, ~present] = start[index][state] if isinstance(start, StateSet) else 0
                 arrays[state] = out
             layers.append(LayerState(layer.name, layer.kind, **arrays))
         return StateSet(layers, stream_ids=ids)
@@ -459,11 +473,11 @@ class Store:
 
     def _snapshot(self, progress: Callable[[int], Any] | None = None) -> StateSet:
         """The whole fleet; `progress(rows)` is called as batches arrive (the CLI's progress bar)."""
-        rows, found = self._read(None, progress=progress)
-        return self._assemble(rows, found, sorted(found))
+        import pyarrow.compute as pc
 
-    def _assemble(self, rows: dict[str, np.ndarray], found: dict[str, int], ids: list[str]) -> StateSet:
-        order = np.fromiter((found[i] for i in ids), np.int64, len(ids))
+        rows, stored = self._read(None, progress=progress)
+        order = pc.sort_indices(stored).to_numpy()
+        ids = stored.take(order).to_pylist()
         layers = []
         for index, layer in enumerate(self._layers):
             arrays = {s: np.ascontiguousarray(np.swapaxes(rows[layer.column(index, s)][order], 0, 1))
@@ -471,9 +485,9 @@ class Store:
             layers.append(LayerState(layer.name, layer.kind, **arrays))
         return StateSet(layers, stream_ids=ids)
 
-    def _read(self, ids: Sequence[str] | None, *,
-              progress: Callable[[int], Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-        """The stored rows of `ids` (all rows for None), in the order Lance returns them, each checked finite."""
+    def _read(self, ids: Sequence[str] | None, *, progress: Callable[[int], Any] | None = None) -> tuple[dict, Any]:
+        """The stored rows of `ids` (all rows for None) in the order Lance returns them, each checked finite,
+        and their ids as an Arrow array."""
         columns = [ID_COLUMN] + [layer.column(i, s) for i, layer in enumerate(self._layers) for s in layer.states]
         if ids is not None and not ids:
             table = None
@@ -490,11 +504,14 @@ class Store:
                         progress(batch.num_rows)
                     schema = pa.schema([self._dataset.schema.field(c) for c in columns])
                     table = pa.Table.from_batches(batches, schema=schema)
-        stored = [] if table is None else table.column(ID_COLUMN).to_pylist()
-        found = {stream: row for row, stream in enumerate(stored)}
-        if len(found) != len(stored):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        stored = pa.array([], pa.string()) if table is None else table.column(ID_COLUMN).combine_chunks()
+        if pc.count_distinct(stored).as_py() != len(stored):
+            counts = Counter(stored.to_pylist())
             raise StateFormatError(f"stream ids stored more than once at version {self.version}: "
-                                   f"{_shown(sorted(i for i, n in Counter(stored).items() if n > 1))}", source=self.url)
+                                   f"{_shown(sorted(i for i, n in counts.items() if n > 1))}", source=self.url)
         rows, problems = {}, []
         for index, layer in enumerate(self._layers):
             for state in layer.states:
@@ -511,10 +528,10 @@ class Store:
                 bad = _nonfinite_rows(rows[name])
                 if bad.size:
                     problems.append(f"layer {index} {layer.name!r}: {state}: NaN or Inf in streams "
-                                    f"{_shown([stored[r] for r in bad])}")
+                                    f"{_shown(stored.take(bad).to_pylist())}")
         if problems:
             raise StateFormatError(problems, source=self.url)
-        return rows, found
+        return rows, stored
 
     def _start_state(self, missing: Any) -> StateSet | str | None:
         if isinstance(missing, StateSet):
@@ -531,11 +548,7 @@ class Store:
         raise StateMismatchError(f"missing: expected 'error', 'zeros' or a batch-1 StateSet, found {missing!r}")
 
     def _fit_problems(self, states: StateSet) -> list[str]:
-        problems = _signature(self._layers).check(states)
-        for index, (layer, found) in enumerate(zip(self._layers, states.layers)):
-            if found.dtype != layer.dtype:
-                problems.append(f"layer {index} {found.name!r}: dtype: expected {layer.dtype}, found {found.dtype}")
-        return problems
+        return _fit_problems(self._layers, states)
 
     # -- writing --
 
@@ -559,28 +572,9 @@ class Store:
         if states.stream_ids is None:
             raise StateMismatchError("put needs states.stream_ids: StateSet.with_stream_ids names the rows",
                                      source=self.url)
-        ids = _check_ids(states.stream_ids, "put")
-        mismatches = self._fit_problems(states)
-        poisoned = []
-        for index, layer in enumerate(states.layers):
-            for state in layer.state_names:
-                bad = _nonfinite_rows(np.swapaxes(layer[state], 0, 1))
-                if bad.size:
-                    poisoned.append(f"layer {index} {layer.name!r}: {state}: NaN or Inf in streams "
-                                    f"{_shown([ids[r] for r in bad])}")
-        if mismatches or poisoned:
-            error = StateMismatchError if mismatches else StateFormatError
-            raise error(mismatches + poisoned + [f"nothing was written for streams {_shown(ids)}"], source=self.url)
-        if not ids:
+        table = _table(self._layers, states, self.url)
+        if table is None:
             return self.version
-        import pyarrow as pa
-
-        schema = self._dataset.schema
-        arrays = [pa.array(ids, pa.string())]
-        arrays += [_column(layer[state], self._layers[index], state)
-                   for index, layer in enumerate(states.layers) for state in layer.state_names]
-        table = pa.Table.from_arrays(arrays, schema=pa.schema([schema.field(n) for n in [ID_COLUMN] + [
-            self._layers[i].column(i, s) for i, layer in enumerate(states.layers) for s in layer.state_names]]))
         version = self._commit("put", lambda dataset: dataset.merge_insert(ID_COLUMN).when_matched_update_all()
                                .when_not_matched_insert_all().conflict_retries(COMMIT_ATTEMPTS).execute(table))
         self._fold_index()
@@ -662,6 +656,44 @@ def _indexed_fragments(dataset) -> set[int] | None:
         if index.name == INDEX_NAME:
             return {fragment for segment in index.segments for fragment in segment.fragment_ids}
     return None
+
+
+def _fit_problems(layers: Sequence[_Layer], states: StateSet) -> list[str]:
+    """Every way `states` does not fit the store's layers: kind, units, directions, proj_units, dtype."""
+    problems = _signature(layers).check(states)
+    for index, (layer, found) in enumerate(zip(layers, states.layers)):
+        if found.dtype != layer.dtype:
+            problems.append(f"layer {index} {found.name!r}: dtype: expected {layer.dtype}, found {found.dtype}")
+    return problems
+
+
+def _table(layers: Sequence[_Layer], states: StateSet, url: str):
+    """The Arrow table of a checked put (None when it holds no stream); every problem in one error first."""
+    if not isinstance(states, StateSet):
+        raise TypeError(f"expected a StateSet, not {type(states).__name__}")
+    if states.stream_ids is None:
+        raise StateMismatchError("a put needs states.stream_ids: StateSet.with_stream_ids names the rows",
+                                 source=url)
+    ids = _check_ids(states.stream_ids, "put")
+    mismatches = _fit_problems(layers, states)
+    poisoned = []
+    for index, layer in enumerate(states.layers):
+        for state in layer.state_names:
+            bad = _nonfinite_rows(np.swapaxes(layer[state], 0, 1))
+            if bad.size:
+                poisoned.append(f"layer {index} {layer.name!r}: {state}: NaN or Inf in streams "
+                                f"{_shown([ids[r] for r in bad])}")
+    if mismatches or poisoned:
+        error = StateMismatchError if mismatches else StateFormatError
+        raise error(mismatches + poisoned + [f"nothing was written for streams {_shown(ids)}"], source=url)
+    if not ids:
+        return None
+    import pyarrow as pa
+
+    arrays = [pa.array(ids, pa.string())]
+    arrays += [_column(found[state], layer, state) for layer, found in zip(layers, states.layers)
+               for state in layer.states]
+    return pa.Table.from_arrays(arrays, schema=_arrow_schema(layers))
 
 
 def _nonfinite_rows(rows: np.ndarray) -> np.ndarray:

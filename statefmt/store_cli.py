@@ -177,8 +177,8 @@ def import_(ctx: click.Context, url: str, storage_option: tuple[str, ...], file:
             as_json: bool) -> None:
     """Load FILE's streams into the store at URL, creating it from FILE's layers if there is none.
 
-    A bulk load: one commit per --chunk streams, with a progress bar; a rerun after a failure
-    upserts the same rows again, so it is safe to repeat.
+    A new store is written in one commit. Into an existing store, a bulk upsert: one commit per
+    --chunk streams, with a progress bar; a rerun after a failure upserts the same rows again.
     """
     with _reporting(ctx):
         import statefmt
@@ -191,19 +191,20 @@ def import_(ctx: click.Context, url: str, storage_option: tuple[str, ...], file:
                                               "(StateSet.with_stream_ids names them)", source=file)
         options = _storage_options(storage_option)
         created = False
+        ids = list(states.stream_ids)
         try:
             target = store_api.open(url, storage_options=options)
         except statefmt.StateFormatError as error:
             if not any("no store here" in problem for problem in error.problems):
                 raise
             target = store_api.create(url, statefmt.StateSignature.of(states, batch_size=False, dtype=True),
-                                      storage_options=options)
+                                      storage_options=options, states=states)
             created = True
-        ids = list(states.stream_ids)
-        with _progress(len(ids), "import") as advance:
-            for start in range(0, len(ids), chunk):
-                target.put(states.rows(ids[start:start + chunk]))
-                advance(min(chunk, len(ids) - start))
+        if not created:
+            with _progress(len(ids), "import") as advance:
+                for start in range(0, len(ids), chunk):
+                    target.put(states.rows(ids[start:start + chunk]))
+                    advance(min(chunk, len(ids) - start))
         _emit(as_json, {"url": url, "version": target.version, "streams": len(ids), "created": created},
               f"{url}: {len(ids)} stream(s) imported{' into a new store' if created else ''}, "
               f"version {target.version}")

@@ -140,6 +140,21 @@ def test_missing_streams_error_zeros_or_a_learned_start(fleet):
         fleet.get(["ghost"], missing="random")
 
 
+def test_create_with_states_writes_them_in_the_first_commit(tmp_path):
+    states = states_for([f"s{i}" for i in range(40)], seed=8)
+    fleet = store.create(str(tmp_path / "fleet"), SIGNATURE, states=states)
+    assert len(fleet) == 40 and fleet.versions()[0][2] == 40
+    assert_stream(fleet.get(["s39", "s1"]), states, "s39")
+    assert "ScalarIndexQuery" in lance.dataset(fleet.url).scanner(filter="stream_id = 's5'").explain_plan()
+    fleet.put(states_for(["s1", "s40"], seed=9))
+    assert len(fleet) == 41
+    poisoned = states_for(["a", "b"], seed=1)
+    poisoned[1]["h"][1, 0, 0] = np.inf
+    with pytest.raises(StateFormatError, match="NaN or Inf in streams 'a'"):
+        store.create(str(tmp_path / "other"), SIGNATURE, states=poisoned)
+    assert not (tmp_path / "other").exists()
+
+
 def test_get_refuses_repeated_and_non_string_ids(fleet):
     fleet.put(states_for(["a"], seed=1))
     with pytest.raises(StateMismatchError, match="more than once: 'a'"):
@@ -476,16 +491,25 @@ def test_cli_create_put_info_versions_get_export(tmp_path):
     assert compacted.exit_code == 0 and json.loads(compacted.output)["cleanup"]["old_versions"] >= 1
 
 
-def test_cli_import_creates_the_store_in_chunks(tmp_path):
+def test_cli_import_creates_a_store_or_upserts_in_chunks(tmp_path):
     import statefmt
 
     states = states_for([f"s{i}" for i in range(7)], seed=5)
     statefmt.save(states, tmp_path / "seven.statefmt")
-    result = cli("store", "import", tmp_path / "fleet", tmp_path / "seven.statefmt", "--chunk", 3, "--json")
+    result = cli("store", "import", tmp_path / "fleet", tmp_path / "seven.statefmt", "--json")
     assert result.exit_code == 0 and json.loads(result.output)["created"] is True
     fleet = store.open(str(tmp_path / "fleet"))
-    assert len(fleet) == 7 and len([v for v in fleet.versions() if v[2]]) == 3  # 3 + 3 + 1 streams, three commits
-    assert_stream(fleet.get(["s6"]), states, "s6")
+    assert len(fleet) == 7 and fleet.versions()[0][2] == 7  # one commit
+    newer = states_for([f"s{i}" for i in range(3, 10)], seed=6)
+    statefmt.save(newer, tmp_path / "newer.statefmt")
+    before = fleet.version
+    result = cli("store", "import", tmp_path / "fleet", tmp_path / "newer.statefmt", "--chunk", 3)
+    assert result.exit_code == 0, result.output
+    fleet = store.open(str(tmp_path / "fleet"))
+    counts = [count for version, _, count in fleet.versions() if version > before]
+    assert len(fleet) == 10 and counts[:3] == [7, 9, 10]  # s3-s5 were there; then s6-s8; then s9
+    assert_stream(fleet.get(["s2"]), states, "s2")
+    assert_stream(fleet.get(["s9"]), newer, "s9")
 
 
 def test_cli_errors_are_one_line_with_exit_codes(tmp_path):
