@@ -214,24 +214,23 @@ def _column(values: np.ndarray, layer: _Layer, state: str):
 
 
 def _array(column, layer: _Layer, state: str) -> np.ndarray:
-    """[rows, directions, units] from an Arrow fixed-size-list column (no nulls: the schema refuses them)."""
+    """[rows, directions, units] from an Arrow fixed-size-list column, read-only, without a copy of the values."""
     import pyarrow as pa
 
-    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    dtype = _numpy_dtype(layer.dtype)
+    width = layer.width(state)
     parts = []
-    for chunk in chunks:
-        if chunk.null_count:
-            raise StateFormatError(f"{state}: {chunk.null_count} null rows")
-        flat = chunk.flatten()
-        if layer.dtype == "bfloat16":
-            storage = flat.storage if isinstance(flat, pa.ExtensionArray) else flat
-            bits = np.frombuffer(storage.buffers()[1], np.uint16, count=len(storage), offset=storage.offset * 2)
-            parts.append(bits.view(_numpy_dtype("bfloat16")))
-        else:
-            parts.append(flat.to_numpy(zero_copy_only=False))
-    units = layer.width(state) // layer.directions
-    flat = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.empty(0, _numpy_dtype(layer.dtype))
-    return flat.astype(_numpy_dtype(layer.dtype), copy=False).reshape(-1, layer.directions, units)
+    for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
+        values = chunk.values  # the whole child array: the chunk's own rows start at chunk.offset
+        if isinstance(values, pa.ExtensionArray):  # bfloat16: two bytes each, in fixed_size_binary(2)
+            values = values.storage
+        if chunk.null_count or values.null_count:
+            raise StateFormatError(f"{state}: {chunk.null_count or values.null_count} null values")
+        first = values.offset + chunk.offset * width
+        parts.append(np.frombuffer(values.buffers()[1], dtype, count=len(chunk) * width,
+                                   offset=first * dtype.itemsize))
+    flat = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.empty(0, dtype)
+    return flat.reshape(-1, layer.directions, width // layer.directions)
 
 
 def _id_filter(ids: Sequence[str]):
@@ -311,6 +310,7 @@ def create(url: str, signature: StateSignature, *, storage_options: dict[str, st
                                        source=url) from None
             raise
         dataset.create_scalar_index(ID_COLUMN, "BTREE", name=INDEX_NAME)
+    _make_durable(url, 0)
     return Store(url, lance.dataset(url, storage_options=storage_options), layers, storage_options, read_only=False)
 
 
@@ -343,6 +343,44 @@ def open(url: str, *, version: int | None = None,  # the issue's name: store.ope
                                    f"{' …' if len(kept) > 20 else ''}", source=url) from None
         layers = _check_schema(dataset.schema, url)
     return Store(url, dataset, layers, storage_options, read_only=version is not None)
+
+
+def _make_durable(url: str, since_ns: int) -> None:
+    """fsync what a commit wrote to a local store: Lance renames and links its files into place (atomic)
+    but never fsyncs them, so without this a power cut could lose a commit that returned.
+
+    Object stores need nothing: a completed PUT is durable. The files are found by modification time,
+    with a margin for the file system's coarse clock; syncing an older file too is harmless.
+    """
+    root = _local_path(url)
+    if root is None:
+        return
+    since_ns -= 100_000_000
+    directories = [root]
+    for sub in ("data", "_deletions", "_transactions", "_indices", "_versions"):
+        path = os.path.join(root, sub)
+        if os.path.isdir(path):
+            directories.append(path)
+    for directory in list(directories):
+        for entry in os.scandir(directory):
+            if directory == root or entry.stat(follow_symlinks=False).st_mtime_ns < since_ns:
+                continue
+            if entry.is_dir(follow_symlinks=False):  # an index's own directory
+                directories.append(entry.path)
+                for inner in os.scandir(entry.path):
+                    _fsync(inner.path)
+            elif entry.is_file(follow_symlinks=False):
+                _fsync(entry.path)
+    for directory in directories:
+        _fsync(directory)
+
+
+def _fsync(path: str) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _local_path(url: str) -> str | None:
@@ -443,10 +481,14 @@ class Store:
         ids = _check_ids(ids, "get")
         start = self._start_state(missing)
         rows, stored = self._read(ids)
-        import pyarrow as pa
-        import pyarrow.compute as pc
+        if len(ids) <= 16:  # a few: plain Python beats Arrow's call overhead
+            position = {stream: row for row, stream in enumerate(stored.to_pylist())}
+            order = np.array([position.get(stream, -1) for stream in ids], np.int64)
+        else:
+            import pyarrow as pa
+            import pyarrow.compute as pc
 
-        order = pc.index_in(pa.array(ids, pa.string()), value_set=stored).fill_null(-1).to_numpy()
+            order = pc.index_in(pa.array(ids, pa.string()), value_set=stored).fill_null(-1).to_numpy()
         present = order >= 0
         if not present.all() and start is None:
             absent = [ids[i] for i in np.flatnonzero(~present)]
@@ -508,7 +550,7 @@ class Store:
         import pyarrow.compute as pc
 
         stored = pa.array([], pa.string()) if table is None else table.column(ID_COLUMN).combine_chunks()
-        if pc.count_distinct(stored).as_py() != len(stored):
+        if len(stored) > 1 and pc.count_distinct(stored).as_py() != len(stored):
             counts = Counter(stored.to_pylist())
             raise StateFormatError(f"stream ids stored more than once at version {self.version}: "
                                    f"{_shown(sorted(i for i, n in counts.items() if n > 1))}", source=self.url)
@@ -618,10 +660,12 @@ class Store:
         delay = 0.01
         for attempt in range(COMMIT_ATTEMPTS):
             try:
+                started = time.time_ns()
                 with _lance_errors(self.url, f"cannot {action}"):
                     dataset = self._dataset.checkout_version(self._dataset.latest_version)
                     operation(dataset)
                 self._dataset = dataset
+                _make_durable(self.url, started)
                 return self.version
             except StateFormatError as error:
                 if attempt == COMMIT_ATTEMPTS - 1 or not _is_conflict(error):
@@ -644,7 +688,9 @@ class Store:
                     return
                 lag = sum(f.physical_rows for f in dataset.get_fragments() if f.fragment_id not in indexed)
                 if lag >= INDEX_LAG_ROWS:
+                    started = time.time_ns()
                     dataset.optimize.optimize_indices()
+                    _make_durable(self.url, started)
         except StateFormatError as error:
             if not _is_conflict(error):
                 raise
@@ -698,7 +744,7 @@ def _table(layers: Sequence[_Layer], states: StateSet, url: str):
 
 def _nonfinite_rows(rows: np.ndarray) -> np.ndarray:
     """Indices of the rows (axis 0) holding NaN or Inf."""
-    if rows.size == 0:
+    rows = rows.astype(np.float32, copy=False) if rows.dtype.itemsize < 4 else rows  # float16, bfloat16
+    if rows.size == 0 or np.isfinite(rows).all():
         return np.empty(0, np.int64)
-    finite = np.isfinite(rows.astype(np.float32, copy=False) if rows.dtype.itemsize < 4 else rows)
-    return np.flatnonzero(~finite.reshape(rows.shape[0], -1).all(axis=1))
+    return np.flatnonzero(~np.isfinite(rows).reshape(rows.shape[0], -1).all(axis=1))

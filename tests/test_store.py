@@ -220,6 +220,24 @@ def test_versions_time_travel_delete_snapshot_compact_cleanup(tmp_path):
     assert_stream(store.open(url).snapshot(), first, "c")
 
 
+def test_a_put_returns_only_once_its_files_are_fsynced(fleet, monkeypatch):
+    """Lance renames its files into place but never fsyncs them; the store does, before put returns."""
+    synced, real_fsync = set(), os.fsync
+
+    def observed_fsync(descriptor):  # the real fsync, with a note of which file it was
+        synced.add(os.readlink(f"/proc/self/fd/{descriptor}"))
+        return real_fsync(descriptor)
+
+    root = Path(fleet.url)
+    before = {path for path in root.rglob("*")}
+    monkeypatch.setattr(os, "fsync", observed_fsync)
+    fleet.put(states_for([f"s{i}" for i in range(30)], seed=1))
+    written = {str(path) for path in root.rglob("*") if path not in before}
+    assert any("/data/" in path for path in written) and any(path.endswith(".manifest") for path in written)
+    assert written <= synced
+    assert {str(root), str(root / "data"), str(root / "_versions")} <= synced
+
+
 def test_many_puts_keep_the_id_index_current(tmp_path, monkeypatch):
     monkeypatch.setattr(store, "INDEX_LAG_ROWS", 10)
     fleet = store.create(str(tmp_path / "fleet"), SIGNATURE)
