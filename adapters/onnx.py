@@ -284,6 +284,10 @@ class _Unmappable(Exception):
     """A chain the adapter cannot follow; the caller turns it into a StateMismatchError naming the node."""
 
 
+class _ReachesInput(_Unmappable):
+    """A graph input that carries no state was reached: the op that led there is the one to name."""
+
+
 @dataclasses.dataclass
 class _Recurrent:
     index: int
@@ -393,12 +397,13 @@ class _Graph:
                 i for s in range(len(rec.state_names)) for i in self.feeding(inputs[5 + s])))
             found.append(rec)
         if not found:
-            ops = sorted({n.op_type for n in self.proto.graph.node} & {"Loop", "Scan", "If"})
-            hint = (f"; its recurrence is a {' and '.join(ops)} (tf2onnx writes Keras GRU and SimpleRNN that way, "
-                    "and torch.onnx's dynamo exporter unrolls nn.RNN); export them as recurrent nodes, e.g. "
-                    "torch.onnx.export(..., dynamo=False), or build the model with to_onnx(weights)"
-                    if ops else "")
-            raise StateMismatchError(f"{self.label}: no LSTM, GRU or RNN node in the graph{hint}")
+            ops = sorted({n.op_type for n in self.proto.graph.node} & {"Loop", "Scan"})
+            how = (f"its recurrence is a {' and '.join(ops)} (tf2onnx writes Keras GRU and SimpleRNN that way)" if ops
+                   else "its recurrence, if any, is unrolled into plain ops (torch.onnx's dynamo exporter does that to "
+                        "nn.RNN)")
+            raise StateMismatchError(f"{self.label}: no LSTM, GRU or RNN node in the graph; {how}. Export recurrent "
+                                     "nodes instead: torch.onnx.export(..., dynamo=False), or build the model from "
+                                     "the framework's weights with to_onnx(weights)")
         return found
 
     # where a value comes from, and where it goes, through ops that only move elements
@@ -904,21 +909,27 @@ class _Evaluator:
             self.values[name] = (tensor, False)
             return self.values[name]
         if name in graph.inputs:
-            raise _Unmappable(f"it depends on graph input {name!r}, which does not carry state")
+            raise _ReachesInput(f"it depends on graph input {name!r}, which does not carry state")
         if name not in graph.producer:
             raise _Unmappable(f"{name!r} has no producer in the graph")
         node, _ = graph.producer[name]
         op = node.op_type
         if op in _KINDS:
             raise _Unmappable(f"it is computed by the recurrent node {node.name!r}, not fed by a graph input")
+        refusal = (f"it goes through {op} (node {node.name!r}), which statefmt cannot invert; a state may reach a "
+                   f"recurrent node only through {', '.join(sorted(_MOVES))}")
         if node.domain not in ("", "ai.onnx") or (op not in _MOVES and op not in self._SHAPE_OPS):
-            raise _Unmappable(f"it goes through {op} (node {node.name!r}), which statefmt cannot invert; a state "
-                              f"may reach a recurrent node only through {', '.join(sorted(_MOVES))}")
+            raise _Unmappable(refusal)
         if op in ("Shape", "Size"):  # only the shape is needed: a zero-memory view stands for the data
             shape = self._shape_of(node.input[0], depth)
             inputs: list[tuple[Any, bool]] = [(np.broadcast_to(np.int8(0), shape), False)]
         else:
-            inputs = [self._value(i, depth + 1) if i else (None, False) for i in node.input]
+            try:
+                inputs = [self._value(i, depth + 1) if i else (None, False) for i in node.input]
+            except _ReachesInput:
+                if op in _MOVES:
+                    raise
+                raise _Unmappable(refusal) from None
         moved = _MOVES.get(op, ())
         data_positions = range(len(inputs)) if moved is None else moved
         indexed = [p for p, (_, is_index) in enumerate(inputs) if is_index]
