@@ -6,6 +6,7 @@ Needs matplotlib (`pip install "statefmt[plot]"`), imported when a plot is drawn
 - a heatmap of |h| (and of |c| for an LSTM) with streams down and units across, directions
   side by side; past `max_rows` streams or `max_columns` units, neighbouring rows or columns are
   pooled by their maximum, so a single diverging stream still shows as a bright line;
+- the largest |value| of each stream, where one diverging stream is a spike;
 - histograms of |h| and |c| on log axes, where an exploding cell state is a far tail;
 - the findings a reader would look for, written on the figure and returned: streams far above
   the others, dead units (zero in every stream), non-finite values.
@@ -95,8 +96,8 @@ def plot_state(data: StateSet | WeightSet, out: str | os.PathLike[str], *, title
     notes = findings(data)
     layers = data.layers
     rows = max(1, len(layers))
-    figure = Figure(figsize=(15, 3.6 * rows + 0.4 + 0.22 * min(len(notes), 12)))
-    axes = figure.subplots(rows, 3, squeeze=False, gridspec_kw={"width_ratios": [1, 1, 1.1]})
+    figure = Figure(figsize=(19, 3.6 * rows + 0.4 + 0.22 * min(len(notes), 12)))
+    axes = figure.subplots(rows, 4, squeeze=False, gridspec_kw={"width_ratios": [1, 1, 1, 1]})
     for index, layer in enumerate(layers):
         names = ("h", "c") if layer.kind == "lstm" else ("h",)
         for column in range(2):
@@ -107,7 +108,8 @@ def plot_state(data: StateSet | WeightSet, out: str | os.PathLike[str], *, title
             name = names[column]
             _heatmap(figure, axis, layer[name], name, max_rows, max_columns, LogNorm)
             axis.set_title(f"layer {index} {layer.name!r} ({layer.kind}): |{name}|", fontsize=10)
-        _histograms(axes[index][2], [(name, layer[name]) for name in names])
+        _per_stream(axes[index][2], [(name, layer[name]) for name in names])
+        _histograms(axes[index][3], [(name, layer[name]) for name in names])
     heading = title or f"{len(layers)} layer(s), {data.batch_size} stream(s)"
     figure.suptitle(heading, fontsize=12)
     if notes:
@@ -142,6 +144,24 @@ def _heatmap(figure: Any, axis: Any, tensor: np.ndarray, name: str, max_rows: in
     pooled_note = " (max-pooled)" if grid.shape[0] > max_rows or grid.shape[1] > max_columns * directions else ""
     axis.set_xlabel(f"units{' (forward | backward)' if directions == 2 else ''}{pooled_note}", fontsize=9)
     axis.set_ylabel("streams", fontsize=9)
+
+
+def _per_stream(axis: Any, tensors: list[tuple[str, np.ndarray]]) -> None:
+    colors = {"h": "#1f77b4", "c": "#d62728"}
+    for name, tensor in tensors:
+        values = np.abs(np.asarray(tensor, dtype=np.float64))
+        if values.shape[1] == 0:
+            continue
+        peak = np.where(np.isfinite(values), values, np.inf).max(axis=(0, 2))
+        peak = _pooled(peak[:, None], 4000, 1)[:, 0]  # at most 4,000 points, each the largest of its streams
+        finite = peak[np.isfinite(peak)]
+        top = float(finite.max()) * 2 if finite.size else 1.0
+        axis.plot(np.arange(peak.size), np.where(np.isfinite(peak), peak, top), color=colors[name],
+                  linewidth=0.8, label=f"max |{name}|")
+    axis.set_yscale("symlog", linthresh=1e-3)
+    axis.set_title("largest |value| per stream", fontsize=10)
+    axis.set_xlabel("streams", fontsize=9)
+    axis.legend(fontsize=9)
 
 
 def _histograms(axis: Any, tensors: list[tuple[str, np.ndarray]]) -> None:

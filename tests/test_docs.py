@@ -95,3 +95,73 @@ def test_every_guide_is_tested_and_linked_from_the_landing_page():
         assert f"guides/{guide.name}" in landing, f"index.md does not link {guide.name}"
         runnable = [b for b in blocks(guide) if b[2] in (None, "s3")]
         assert runnable, f"{guide.name} has no code the tests run"
+
+
+# --- statefmt inspect --plot ------------------------------------------------------------------------------------------
+
+def _fleet(streams: int = 64, diverging: int | None = None, dead: tuple[int, ...] = ()):
+    import numpy as np
+
+    from statefmt import LayerState, StateSet
+
+    rng = np.random.default_rng(7)
+    c = rng.normal(size=(1, streams, 16)).astype("float32")
+    if diverging is not None:
+        c[0, diverging] *= 100.0
+    h = np.tanh(c)
+    h[0, :, list(dead)] = 0.0
+    gru = np.tanh(rng.normal(size=(2, streams, 8))).astype("float32")
+    return StateSet([LayerState("encoder", "lstm", h=h, c=c), LayerState("decoder", "gru", h=gru)],
+                    stream_ids=[f"pump-{i}" for i in range(streams)])
+
+
+def test_inspect_plot_writes_a_valid_png_and_names_what_stands_out(tmp_path):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    import statefmt
+
+    statefmt.save(_fleet(diverging=41, dead=(3,)), tmp_path / "fleet.statefmt")
+    result = subprocess.run([sys.executable, "-m", "statefmt", "inspect", str(tmp_path / "fleet.statefmt"),
+                             "--plot", str(tmp_path / "fleet.png")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    with Image.open(tmp_path / "fleet.png") as image:
+        image.verify()
+    with Image.open(tmp_path / "fleet.png") as image:
+        assert image.format == "PNG" and image.size[0] > 800 and image.size[1] > 400
+    assert "stream 'pump-41' reaches |c|" in result.stderr
+    assert "1 dead unit(s), zero in every stream: 3" in result.stderr
+
+
+def test_a_diverging_stream_shows_in_the_heatmap_and_in_the_findings(tmp_path):
+    pytest.importorskip("matplotlib")
+    import numpy as np
+    from PIL import Image
+
+    from statefmt.plot import _pooled, findings, plot_state
+
+    assert findings(_fleet()) == []  # a healthy fleet: nothing to say
+    fleet = _fleet(streams=2000, diverging=1234)
+    notes = plot_state(fleet, tmp_path / "big.png", max_rows=100)
+    assert [note for note in notes if "'pump-1234'" in note and "|c|" in note]
+    with Image.open(tmp_path / "big.png") as image:
+        image.verify()
+    # what the |c| heatmap shows: 2,000 streams max-pooled into 100 rows of 20; the diverging one's row stands out
+    grid = _pooled(np.abs(fleet[0]["c"][0]), 100, 400)
+    assert grid.shape == (100, 16)
+    brightest = grid.max(axis=1)
+    assert int(brightest.argmax()) == 1234 // 20
+    assert brightest.max() > 20 * np.median(brightest)
+
+
+def test_plot_refuses_weights_with_a_state_error(tmp_path):
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    from statefmt import LayerWeights, StateError, WeightSet
+    from statefmt.plot import plot_state
+
+    weights = WeightSet([LayerWeights("l0", "rnn", W=np.zeros((1, 4, 3), "float32"), R=np.zeros((1, 4, 4), "float32"),
+                                      Wb=np.zeros((1, 4), "float32"), Rb=np.zeros((1, 4), "float32"))])
+    with pytest.raises(StateError, match="shows a state"):
+        plot_state(weights, tmp_path / "w.png")
