@@ -182,4 +182,5 @@ def upgrade(ctx: click.Context, file: str, output: str | None) -> None:
 
 
 from .store_cli import store as _store  # noqa: E402  (imports click only; the store loads Lance when run)
+
 main.add_command(_store)

@@ -126,7 +126,7 @@ def _heatmap(figure: Any, axis: Any, tensor: np.ndarray, name: str, max_rows: in
              log_norm: Any) -> None:
     values = np.abs(np.asarray(tensor, dtype=np.float64))
     values = np.where(np.isfinite(values), values, np.nan)
-    directions, batch, units = values.shape
+    directions, batch, _ = values.shape
     grid = np.concatenate([values[d] for d in range(directions)], axis=1) if directions else values[0]
     if batch == 0:
         axis.text(0.5, 0.5, "no streams", ha="center", va="center")
