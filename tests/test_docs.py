@@ -50,6 +50,7 @@ def run_page(page: Path, folder: Path, *, marks: set[str | None], env: dict[str,
             if lang == "python":
                 exec(compile("\n" * (line - 1) + code, str(page), "exec"), namespace)
             else:
+                assert not re.search(r"\b(pip|apt-get|curl|wget)\b", code), f"{where}: an install block must be marked skip"
                 result = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=folder, env=shell_env,
                                         capture_output=True, text=True, timeout=120)
                 assert result.returncode == 0, f"{where}: exit {result.returncode}\n{result.stdout[-2000:]}" \
@@ -165,3 +166,34 @@ def test_plot_refuses_weights_with_a_state_error(tmp_path):
                                       Wb=np.zeros((1, 4), "float32"), Rb=np.zeros((1, 4), "float32"))])
     with pytest.raises(StateError, match="shows a state"):
         plot_state(weights, tmp_path / "w.png")
+
+
+# --- benchmarks/plots.py ----------------------------------------------------------------------------------------------
+
+def test_benchmark_plots_draw_from_results_and_skip_what_is_missing(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    import json
+
+    from PIL import Image
+
+    from benchmarks import plots
+
+    results, images = tmp_path / "results", tmp_path / "images"
+    results.mkdir()
+    monkeypatch.setattr(plots, "RESULTS", results)
+    monkeypatch.setattr(plots, "IMAGES", images)
+    monkeypatch.setattr(plots, "REPO", tmp_path)
+    assert plots.main() == 0
+    assert "file.json is missing" in capsys.readouterr().out and not images.exists()
+
+    (results / "file.json").write_text(json.dumps({"measured": "2026-01-01 00:00 UTC", "machine": "test",
+                                                   "one_stream_by_id_seconds": {"1000": 4e-4, "1000000": 5e-4}}))
+    rows = [{"key": key, "seconds": seconds} for key, seconds in
+            (("get1", 1.4e-3), ("raw_get1", 1e-3), ("redis_get1", 5e-5), ("scale_get1_10000", 1.6e-3))]
+    (results / "store.json").write_text(json.dumps({"date": "2026-01-01T00:00", "machine": "test", "streams": 100000,
+                                                    "rows": rows}))
+    assert plots.main() == 0
+    for name in ("bench-one-stream.png", "bench-store-vs-peers.png"):
+        with Image.open(images / name) as image:
+            image.verify()
+    assert not (images / "bench-file-vs-peers.png").exists()  # file.json holds no saves or loads
