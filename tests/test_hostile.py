@@ -126,7 +126,7 @@ def test_a_lone_surrogate_stream_id_in_a_1_0_file_is_shown_escaped_and_refused_b
 
 def test_a_float_batch_size_in_a_1_0_file_is_refused_before_any_row_read(tmp_path):
     path = _v1_with(tmp_path, lambda d: d.update(batch_size=2.0))
-    with pytest.raises(statefmt.StateFormatError, match="batch_size: expected an integer, found 2.0"):
+    with pytest.raises(statefmt.StateFormatError, match=r"batch_size: expected an integer, found 2\.0"):
         statefmt.load(path, streams=[1])
 
 
