@@ -207,7 +207,8 @@ def refuse_duplicate_names(layers: Iterable[_Named]) -> None:
         raise StateFormatError(f"duplicate layer names: {', '.join(map(repr, duplicates))}; names must be unique")
 
 
-def resolve_rows(ids_or_indices: object, batch_size: int, stream_ids: Sequence[str] | None) -> list[int]:
+def resolve_rows(ids_or_indices: str | int | Iterable[str | int], batch_size: int,
+                 stream_ids: Sequence[str] | None) -> list[int]:
     """Batch row indices for stream ids or indices; refuses unknown ids, out-of-range and repeated rows."""
     keys = [ids_or_indices] if isinstance(ids_or_indices, (str, int, np.integer)) else list(ids_or_indices)
     rows = []

@@ -403,19 +403,24 @@ LOAD_REFUSALS = {
     "rnn unknown activation": (
         lambda: relabel(ta.export_weights(model("rnn", "cell")), activation="sigmoid"), ("rnn", "cell"),
         ["layer 0 'l0': activation: the weights use sigmoid, which the target cannot compute (it takes tanh or "
-         "relu only), so they do not map exactly; load them into Keras SimpleRNN or a Flax SimpleCell, which take "
-         "activation=sigmoid"]),
+         "relu only), so they do not map exactly; PyTorch's RNNCell cannot: load them into Keras or Flax, whose RNN "
+         "takes activation=sigmoid"]),
     "lstm activation": (
         lambda: relabel(ta.export_weights(model("lstm", "one")), activation="relu"), ("lstm", "one"),
         ["layer 0 'l0': activation: the weights use relu, which the target cannot compute (it takes tanh only), "
-         "so they do not map exactly; PyTorch's LSTM has no such setting: load them into Keras or Flax, whose "
-         "LSTM takes activation=relu"]),
+         "so they do not map exactly; PyTorch's LSTM cannot: load them into Keras or Flax, whose LSTM takes "
+         "activation=relu"]),
     "gru hard sigmoid": (
         lambda: relabel(ta.export_weights(model("gru", "cell")), recurrent_activation="hard_sigmoid"),
         ("gru", "cell"),
         ["layer 0 'l0': recurrent_activation: the weights use hard_sigmoid, which the target cannot compute (it "
-         "takes sigmoid only), so they do not map exactly; PyTorch's GRUCell has no such setting: load them into "
-         "Keras or Flax, whose GRU takes recurrent_activation=hard_sigmoid"]),
+         "takes sigmoid only), so they do not map exactly; PyTorch's GRUCell cannot: load them into Keras or Flax, "
+         "whose GRU takes recurrent_activation=hard_sigmoid"]),
+    "linear": (
+        lambda: relabel(ta.export_weights(model("rnn", "one")), activation="linear"), ("rnn", "one"),
+        ["layer 0 'l0': activation: the weights use linear, which the target cannot compute (it takes tanh or relu "
+         "only), so they do not map exactly; PyTorch's RNN cannot: load them into Keras, whose RNN takes "
+         "activation=linear"]),
     "reset before the matmul": (
         lambda: relabel(ta.export_weights(model("gru", "one")), linear_before_reset=False), ("gru", "one"),
         ["layer 0 'l0': linear_before_reset: the weights apply r before the recurrent matmul "
