@@ -43,6 +43,14 @@ _in_use: set[str] = set()  # temporaries this process creates or probes now: nev
 _in_use_lock = threading.Lock()
 
 
+def _after_fork() -> None:  # a fork while another thread held the lock must not leave the child stuck on it
+    global _in_use_lock
+    _in_use_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def replace_atomically(path: PathArgument, fill: Callable[[int], None], *, size: int,
                        durable: bool = True) -> None:
     """Replace `path` with a `size`-byte file whose bytes `fill(fd)` writes (with os.pwrite), atomically.
