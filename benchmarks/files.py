@@ -126,7 +126,8 @@ def reservation_rows(directory: str, mib: int, repeat: int) -> None:
     finally:
         _files._reserve = original
         unlink(path)
-    print(f"  (statefmt uses: {_files._reserve.__doc__.strip().splitlines()[0] if _files._reserve.__doc__ else '?'})")
+    print("  statefmt reserves with ctypes fallocate: where the file system has fallocate, os.posix_fallocate is the\n"
+          "  same call; where it has not (ext2, NFS before 4.2), glibc writes a byte into every block (--dir there)")
 
 
 def folder_rows(directory: str, files: int, repeat: int) -> None:
