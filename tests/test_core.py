@@ -56,7 +56,7 @@ def test_layer_properties():
     assert (layer.kind, layer.units, layer.proj_units, layer.directions, layer.batch_size, layer.state_names) == \
            ("lstm", 5, 3, 2, 4, ("h", "c"))
     assert make_states()["head"].proj_units is None and make_states()["head"].state_names == ("h",)
-    with pytest.raises(KeyError, match="has states"):
+    with pytest.raises(statefmt.StateMismatchError, match="has states h, not 'c'"):
         make_states()["head"]["c"]
 
 
@@ -204,7 +204,7 @@ def test_broadcast_accepts_a_batch_of_one():
 
 
 def test_signature_json_round_trip():
-    signature = StateSignature.of(make_states(), dtype=True)
+    signature = StateSignature.of(make_states(), dtype="float32")
     assert StateSignature.from_json(signature.to_json()) == signature
     assert json.loads(signature.to_json())["statefmt_signature"] == "1.0"
     with pytest.raises(statefmt.StateFormatError, match="not a statefmt signature"):
