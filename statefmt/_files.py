@@ -198,7 +198,8 @@ class _Temporary:
             except BaseException:  # (Ctrl-C as os.open returned, say: nothing names the descriptor yet)
                 _recover(self.path)
                 raise
-            if _lock(self.fd, blocking=True) and _same_file(self.fd, self.path):
+            _lock(self.fd)
+            if _same_file(self.fd, self.path):
                 return True
             # a prober removed it as a dead writer's in the instant before the lock: start again
             file, self.file = self.file, None
@@ -244,17 +245,14 @@ def _unclaim(path: str) -> None:
         _in_use.discard(path)
 
 
-def _lock(fd: int, *, blocking: bool) -> bool:
-    """Take an exclusive flock: False if another holds it, True if taken or if the file system has no locks."""
+def _lock(fd: int) -> None:
+    """Take an exclusive flock, waiting for it (a prober holds one for an instant at most); where
+    the file system has no locks, go on without."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-    except BlockingIOError:
-        return False
+        fcntl.flock(fd, fcntl.LOCK_EX)
     except OSError as error:
-        if error.errno in _NO_LOCKS:
-            return True
-        raise
-    return True
+        if error.errno not in _NO_LOCKS:
+            raise
 
 
 def _remove_if_dead(path: str) -> bool:
@@ -313,7 +311,7 @@ def _unlink_if_same(path: str, fd: int) -> None:
     """Remove `path` if it still names the file open at `fd`: under our lock, nobody else can
     remove it or put another file there in between."""
     try:
-        _lock(fd, blocking=True)
+        _lock(fd)
         if _same_file(fd, path):
             os.unlink(path)
     except OSError:
