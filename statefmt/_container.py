@@ -240,11 +240,11 @@ class BlockReader:
         dtype = info.dtype
         result = np.empty(info.nbytes // dtype.itemsize, dtype) if keep else None
         chunk = CHUNK_BLOCKS * self.block_bytes
-        scratch = None if keep else np.empty(min(chunk, info.nbytes), np.uint8)
+        scratch = np.empty(0 if keep else min(chunk, info.nbytes), np.uint8)
         first, nonfinite = self.first_block[key], 0
         for offset in range(0, info.nbytes, chunk):
             size = min(chunk, info.nbytes - offset)
-            part = result.view(np.uint8)[offset:offset + size] if result is not None else scratch[:size]
+            part = scratch[:size] if result is None else result.view(np.uint8)[offset:offset + size]
             self.container.source.read_into(info.start + offset, part)
             for start in range(0, size, self.block_bytes):
                 index = first + (offset + start) // self.block_bytes
@@ -420,7 +420,7 @@ class _Writer(threading.Thread):
         """Wait for every chunk, and raise what stopped the writes (a full disk, say). However `begin`
         ended (Ctrl-C while the thread started, say), no thread and no descriptor outlive this."""
         self._work.put(None)
-        if self._started.wait(timeout=1.0):  # launched, if only just: it closes its descriptor itself
+        if self._started.wait(timeout=1.0):  # type: ignore[attr-defined]  # Thread's own start event  # launched, if only just: it closes its descriptor itself
             self.join()
         elif self._fd >= 0:
             os.close(self._fd)
