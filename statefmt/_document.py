@@ -243,7 +243,16 @@ def strict_json(text: str | bytes) -> Any:
         message = str(error) if isinstance(error, StateFormatError) else f"not valid JSON ({error})"
         raise StateFormatError(message[:300]) from None
     check_depth(value)
+    if _SURROGATE_ESCAPE.search(text if isinstance(text, str) else text.decode("utf-8", "replace")):
+        try:  # a pair is one character; a lone surrogate is no Unicode text at all (I-JSON forbids it)
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise StateFormatError("a JSON string holds a lone surrogate (\\ud800 to \\udfff): not Unicode "
+                                   "text") from None
     return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
