@@ -507,3 +507,24 @@ def test_load_weights_is_kept_one_release_and_returns_the_target():
     with pytest.warns(DeprecationWarning, match="load_weights is deprecated .* use import_weights"):
         assert ta.load_weights(ta.export_weights(source), target) is target
     assert all(torch.equal(a, b) for a, b in zip(source.parameters(), target.parameters()))
+
+
+def test_a_weight_set_is_not_a_state_and_a_state_is_not_weights():
+    m = model("lstm", "stack")
+    with pytest.raises(StateMismatchError, match="expected a StateSet .*, found a WeightSet; weights go to an "
+                                                 r"adapter's import_weights\(weights, target\)"):
+        ta.initial_state(ta.export_weights(m), m)
+    with pytest.raises(StateMismatchError, match="expected a WeightSet .*, found a StateSet; a state goes to an "
+                                                 r"adapter's initial_state\(states, target\)"):
+        ta.import_weights(random_states(m), m)
+
+
+def test_broadcast_is_a_flag_and_batch_size_says_how_many():
+    m = model("gru", "one")
+    one = random_states(m, batch=1)
+    with pytest.raises(StateMismatchError) as error:
+        ta.initial_state(one, m, broadcast=4)
+    assert str(error.value) == ("broadcast: expected True or False, found 4; to start N streams from a batch-1 state "
+                                "pass broadcast=True and batch_size=N (here broadcast=True, batch_size=4)")
+    assert ta.initial_state(one, m, broadcast=True, batch_size=4).shape == (1, 4, UNITS)
+    assert ta.initial_state(random_states(m, batch=4), m, batch_size=4).shape == (1, 4, UNITS)
