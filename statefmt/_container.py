@@ -33,6 +33,7 @@ from .errors import StateError, StateFormatError
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own cap
 FIRST_READ = 65_536  # the first request reads the header of any ordinary file whole
+THREADED = True  # a writer thread beside the hashing one; `make bench` measures it against writing inline
 CHUNK_BLOCKS = 16  # blocks per write or read chunk: 1 MiB at 64 KiB blocks, still in L2 while checked
 _CODES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "U8": "uint8", "U64": "uint64"}
 _ORDER = {"U64": 0, "F64": 1, "F32": 2, "BF16": 3, "F16": 4, "U8": 5}  # the safetensors writer's order
@@ -280,8 +281,7 @@ Finish = Callable[[list[str], list[int]], Mapping[str, str]]
 
 
 def write(target: str | os.PathLike[str] | bytes, tensors: Sequence[tuple[str, np.ndarray]], block_bytes: int,
-          finish: Finish, *, durable: bool = True, threaded: bool = True,
-          storage_options: Mapping[str, Any] | None = None) -> None:
+          finish: Finish, *, durable: bool = True, storage_options: Mapping[str, Any] | None = None) -> None:
     """Write a statefmt container: `tensors` in checksum order, then the `checksums` tensor.
 
     `finish(checksum_blocks, nonfinite_counts)` returns the `__metadata__`; it is called once with
@@ -311,7 +311,7 @@ def write(target: str | os.PathLike[str] | bytes, tensors: Sequence[tuple[str, n
 
     def fill(fd: int) -> None:
         checksums = np.empty(total_blocks, "<u8")
-        nonfinite = _write_payload(fd, arrays, offsets, block_bytes, checksums, threaded)
+        nonfinite = _write_payload(fd, arrays, offsets, block_bytes, checksums, THREADED)
         raw = checksums.view(np.uint8)
         digests = [hex_digest(block_hash(raw[i:i + block_bytes])) for i in range(0, raw.size, block_bytes)]
         final = header_bytes(table, finish(digests, nonfinite))

@@ -326,10 +326,10 @@ def _read_v2(reader: _container.BlockReader, document: Document,
         arrays[key] = array
     ids = None
     if document.stream_ids:
-        problems = _streams.problems(arrays, document.batch_size or 0)
-        if problems:
-            raise fail(10, problems, reader.container.source.name)
-        ids = _streams.decode(arrays["stream_ids.bytes"], arrays["stream_ids.offsets"])
+        try:
+            ids = _streams.checked_ids(arrays, document.batch_size or 0)
+        except StateError as error:
+            raise fail(10, error.problems, reader.container.source.name) from None
     return arrays, ids
 
 
@@ -349,9 +349,10 @@ def _check_all(container: _container.Container, reader: _container.BlockReader |
                     counts.append((f"layer {index} {layer.name!r}: {tensor}", count))
         if document.stream_ids:
             index_tensors = {key: reader.read_tensor(key, checksums)[0] for key in STREAM_TENSORS}
-            problems = _streams.problems(index_tensors, document.batch_size or 0)
-            if problems:
-                raise fail(10, problems, name)
+            try:
+                _streams.checked_ids(index_tensors, document.batch_size or 0)
+            except StateError as error:
+                raise fail(10, error.problems, name) from None
     _refuse_nonfinite(document, counts, name)
 
 
@@ -417,7 +418,7 @@ def _lookup(reader: _container.BlockReader, ids: Sequence[str], batch: int) -> d
     """Rows of stream ids through the hash index: bucket bounds, bucket entries, then the ids themselves."""
     bits = _streams.bucket_bits(batch)
     encoded = _streams.encode(ids)
-    hashes = [_streams.hash_id(item) for item in encoded]
+    hashes = [xxhash.xxh3_64_intdigest(item) for item in encoded]
     buckets = [int(_streams.bucket_of(h, bits)) for h in hashes]
     bounds = reader.read([("stream_ids.buckets", b * 8, b * 8 + 16) for b in buckets])
     spans = [tuple(int(x) for x in np.frombuffer(raw, "<u8")) for raw in bounds]

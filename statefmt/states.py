@@ -138,7 +138,7 @@ class StateSet:
                     f"stream_ids: expected {self.batch_size} unique strings, found {len(ids)} "
                     f"({len(set(ids))} unique)"
                 )
-            if not all(isinstance(i, str) for i in ids):
+            if not set(map(type, ids)) <= {str}:  # at C speed: 10^7 ids
                 raise StateFormatError("stream_ids: every stream id must be a string")
         self.stream_ids: tuple[str, ...] | None = ids
         self.metadata: dict[str, Any] = dict(metadata or {})
