@@ -62,8 +62,8 @@ class Model:
                 carry = self.target.initialize_carry(key, x[:, 0].shape)
                 self.variables = self.target.init(key, carry, x[:, 0])
             elif layout == "stack":
-                self.variables = [self.target[0].init(key, x),
-                                  self.target[1].init(jax.random.key(seed + 1), jnp.zeros((BATCH, STEPS, UNITS), dtype))]
+                second = jnp.zeros((BATCH, STEPS, UNITS), dtype)
+                self.variables = [self.target[0].init(key, x), self.target[1].init(jax.random.key(seed + 1), second)]
             else:
                 self.variables = self.target.init(key, x)
 
@@ -287,7 +287,7 @@ MISMATCHES = {
                    ["layer 1 'gru_1': directions: expected 2, found 1"]),
     "proj_units": (narrow_h, {}, ["layer 0 'lstm_0': proj_units: expected None, found 2"]),
     "batch size": (lambda s: s, {"batch_size": 5}, ["batch size: expected 5, found 3"]),
-    "dtype": (lambda s: StateSet([l.with_arrays(**{n: l[n].astype("float16") for n in l.state_names}) for l in s]),
+    "dtype": (lambda s: StateSet([x.with_arrays(**{n: x[n].astype("float16") for n in x.state_names}) for x in s]),
               {"strict": True}, ["layer 0 'lstm_0': dtype: expected float32, found float16",
                                  "layer 1 'gru_1': dtype: expected float32, found float16"]),
 }
@@ -440,7 +440,7 @@ def test_a_cell_without_neutral_layout_is_refused(api):
     cell = nn.MGUCell(UNITS) if api == "linen" else nnx.RNN(nnx.LSTMCell(INPUT, UNITS, rngs=nnx.Rngs(0)))
     if api == "nnx":  # NNX has no MGUCell here: a Bidirectional of different cells has no layout either
         cell = nnx.Bidirectional(cell, nnx.RNN(nnx.GRUCell(INPUT, UNITS, rngs=nnx.Rngs(1))))
-    with pytest.raises(StateMismatchError, match="layer 0: .* has no neutral layout; statefmt maps a LSTMCell"):
+    with pytest.raises(StateMismatchError, match=r"layer 0: .* has no neutral layout; statefmt maps a LSTMCell"):
         fa.signature(cell)
 
 

@@ -180,7 +180,7 @@ def test_no_copies_on_the_cpu(kind, case, dtype, tmp_path):
     for name, tensor in zip(loaded[0].state_names, tensors(injected)):
         assert tensor.data_ptr() == loaded[0][name].ctypes.data  # torch.from_numpy, no copy
     broadcast = ta.initial_state(loaded.rows([1]), m, broadcast=True, batch_size=5)
-    for name, tensor in zip(loaded[0].state_names, tensors(broadcast)):
+    for tensor in tensors(broadcast):
         assert tensor.shape[-2] == 5 and tensor.stride()[-2] == 0  # an expanded view, not 5 copies
         assert torch.equal(tensor[..., 4, :], tensor[..., 0, :])
 
@@ -312,7 +312,7 @@ def replace_layer(states, index, layer):
 
 
 def half(states):
-    return StateSet([l.with_arrays(**{n: l[n].astype("float16") for n in l.state_names}) for l in states])
+    return StateSet([x.with_arrays(**{n: x[n].astype("float16") for n in x.state_names}) for x in states])
 
 
 MISMATCHES = {
