@@ -4,8 +4,9 @@ Keras keeps one recurrent layer per `LSTM`, `GRU` or `SimpleRNN` (or `RNN` over 
 and `Bidirectional` wraps two of them. A run with `return_state=True` returns `[output, h, c]`
 (`[output, fwd_h, fwd_c, bwd_h, bwd_c]` for a Bidirectional) and `initial_state=` takes the
 states in that order. An `RNN(StackedRNNCells([...]))` holds one neutral layer per cell, named
-"rnn/cell"; its `return_state` and `initial_state=` take one such list per cell. A `stateful=True` layer keeps its states in the variables `layer.states`,
-which `model.save()` does not persist: `export` reads them, `load_into` assigns them.
+"rnn/cell"; its `return_state` and `initial_state=` take one such list per cell. A
+`stateful=True` layer keeps its states in the variables `layer.states`, which `model.save()`
+does not persist: `export` reads them, `load_into` assigns them.
 
 A target is one of those layers or a model; a model's recurrent layers are found in order,
 nested models included (named "outer/inner"). Only `keras.ops` is used, so every backend

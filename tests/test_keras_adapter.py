@@ -198,7 +198,7 @@ def test_initial_state_casts_to_the_layer_dtype_unless_strict():
     states = random_states(target.model, dtype="float64")
     (h,) = ka.initial_state(states, target.model)
     assert h.dtype == "float32"
-    with pytest.raises(StateMismatchError, match="layer 0 'gru.*': dtype: expected float32, found float64"):
+    with pytest.raises(StateMismatchError, match=r"layer 0 'gru.*': dtype: expected float32, found float64"):
         ka.initial_state(states, target.model, strict=True)
 
 
@@ -243,7 +243,8 @@ def test_mixed_precision_hands_over_the_float16_state_and_stateful_float32(kind,
     finals = layer(x[:, :SPLIT])[1:]
     states = through_file(ka.export(layer, finals), tmp_path)
     assert (states[0].dtype, ka.signature(layer).dtype) == ("float16", "float16")
-    second = keras.ops.convert_to_numpy(layer(x[:, SPLIT:], initial_state=ka.initial_state(states, layer, strict=True))[0])
+    initial = ka.initial_state(states, layer, strict=True)
+    second = keras.ops.convert_to_numpy(layer(x[:, SPLIT:], initial_state=initial)[0])
     np.testing.assert_allclose(second.astype(np.float64), whole, rtol=0, atol=2e-3)  # float16 arithmetic
     cold = keras.ops.convert_to_numpy(layer(x[:, SPLIT:])[0]).astype(np.float64)
     assert np.max(np.abs(cold - whole)) > 1e-2
@@ -612,7 +613,7 @@ def test_export_needs_states_it_can_read():
     assert error.value.problems[0].endswith("not stateful, so it keeps no states; pass the states a "
                                             "return_state=True run returned: export(source, state)")
     _, finals = target.run(inputs())
-    with pytest.raises(StateMismatchError, match="takes a list of 2 entries .*, found 1 entries"):
+    with pytest.raises(StateMismatchError, match=r"takes a list of 2 entries .*, found 1 entries"):
         ka.export(target.model, finals[:1])
     with pytest.raises(StateMismatchError, match=r"state: takes \[h, c\] \(return_state outputs after the output\), "
                                                  "found 3 tensors"):
