@@ -276,7 +276,7 @@ def _read(target: Target, *, streams: StreamKeys | None, verify: bool, finite: b
         if finite:
             _refuse_nonfinite(document, list(_nonfinite(document, arrays)), name)
         try:
-            return _build(document, arrays, ids)
+            return _build(document, arrays, ids, name)
         except StateError as error:
             raise StateFormatError(error.problems, source=name) from None
 
@@ -464,7 +464,8 @@ def _ids_of_rows(reader: _container.BlockReader, rows: Sequence[int]) -> list[st
         raise fail(10, "stream_ids.bytes: a stream id is not valid UTF-8", reader.container.source.name) from None
 
 
-def _build(document: Document, arrays: Mapping[str, np.ndarray], ids: Sequence[str] | None) -> StateSet | WeightSet:
+def _build(document: Document, arrays: Mapping[str, np.ndarray], ids: Sequence[str] | None,
+           file: str) -> StateSet | WeightSet:
     layers: list[Any] = []
     for index, entry in enumerate(document.layers):
         names = entry.shapes(document.batch_size if document.is_state else None)
@@ -476,8 +477,8 @@ def _build(document: Document, arrays: Mapping[str, np.ndarray], ids: Sequence[s
                                        recurrent_activation=entry.recurrent_activation or "sigmoid",
                                        linear_before_reset=entry.linear_before_reset is not False))
     if not document.is_state:
-        return WeightSet(layers, metadata=document.fields)
-    return StateSet(layers, stream_ids=ids, metadata=document.fields)
+        return WeightSet(layers, metadata=document.fields, file=file)
+    return StateSet(layers, stream_ids=ids, metadata=document.fields, file=file)
 
 
 def _tensor_names(layer: LayerState | LayerWeights) -> tuple[str, ...]:
