@@ -720,7 +720,14 @@ def _table(layers: Sequence[_Layer], states: StateSet, url: str):
     if states.stream_ids is None:
         raise StateMismatchError("a put needs states.stream_ids: StateSet.with_stream_ids names the rows",
                                  source=url)
-    ids = _check_ids(states.stream_ids, "put")
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = states.stream_ids  # unique strings: StateSet checks that
+    id_array = pa.array(ids, pa.string())
+    if ids and (pc.min(pc.binary_length(id_array)).as_py() == 0
+                or pc.max(pc.binary_length(id_array)).as_py() > MAX_ID_BYTES):
+        _check_ids(ids, "put")  # names the offending ids
     mismatches = _fit_problems(layers, states)
     poisoned = []
     for index, layer in enumerate(states.layers):
@@ -734,9 +741,7 @@ def _table(layers: Sequence[_Layer], states: StateSet, url: str):
         raise error(mismatches + poisoned + [f"nothing was written for streams {_shown(ids)}"], source=url)
     if not ids:
         return None
-    import pyarrow as pa
-
-    arrays = [pa.array(ids, pa.string())]
+    arrays = [id_array]
     arrays += [_column(found[state], layer, state) for layer, found in zip(layers, states.layers)
                for state in layer.states]
     return pa.Table.from_arrays(arrays, schema=_arrow_schema(layers))
@@ -744,7 +749,11 @@ def _table(layers: Sequence[_Layer], states: StateSet, url: str):
 
 def _nonfinite_rows(rows: np.ndarray) -> np.ndarray:
     """Indices of the rows (axis 0) holding NaN or Inf."""
+    if rows.size == 0:
+        return np.empty(0, np.int64)
+    if rows.dtype.itemsize >= 4 and np.isfinite(rows.sum()):  # NaN and Inf propagate: one cheap pass
+        return np.empty(0, np.int64)
     rows = rows.astype(np.float32, copy=False) if rows.dtype.itemsize < 4 else rows  # float16, bfloat16
-    if rows.size == 0 or np.isfinite(rows).all():
+    if np.isfinite(rows).all():  # the sum overflowed, or 16-bit values
         return np.empty(0, np.int64)
     return np.flatnonzero(~np.isfinite(rows).reshape(rows.shape[0], -1).all(axis=1))

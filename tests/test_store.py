@@ -112,6 +112,10 @@ def test_every_dtype_round_trips_exactly(tmp_path, dtype):
     assert got[0]["h"].dtype == np.dtype(numpy_dtype)
     for stream_id in "abc":
         assert_stream(got, states, stream_id)
+    poisoned = states_for(["d"], seed=4, dtype=numpy_dtype, signature=signature)
+    poisoned[1]["h"][1, 0, 2] = np.inf
+    with pytest.raises(StateFormatError, match="layer 1 'mid': h: NaN or Inf in streams 'd'"):
+        reopened.put(poisoned)
     if dtype == "bfloat16":  # Lance's own extension type, not raw bytes
         assert "bfloat16" in str(lance.dataset(str(tmp_path / dtype)).schema.field("layer0_h").type)
 
