@@ -172,3 +172,7 @@ def upgrade(ctx: click.Context, file: str, output: str | None) -> None:
     with _reporting(ctx):
         api.upgrade(file, output)
         _echo(f"{output or file}: written as format {api.FORMAT_VERSION}")
+
+
+from .store_cli import store as _store  # noqa: E402  (imports click only; the store loads Lance when run)
+main.add_command(_store)
