@@ -101,7 +101,7 @@ def _check_written_document(document: Document, source: str) -> None:
         raise StateFormatError(error.problems, source=source) from None
 
 
-def read(target: Target, *, streams: StreamKeys | None = None, verify: bool = True,
+def read(target: Target, *, streams: StreamKeys | None = None, verify: bool = True, finite: bool = True,
          storage_options: Mapping[str, Any] | None = None) -> StateSet | WeightSet:
     """Whatever a file holds: a StateSet or a WeightSet, checked; `StateFormatError` names what is wrong.
 
@@ -110,8 +110,10 @@ def read(target: Target, *, streams: StreamKeys | None = None, verify: bool = Tr
     `streams` picks batch rows by stream id or index and reads only their bytes (and, in a 2.x
     file, a few index entries): a constant number of range reads however large the file. Every
     byte handed out is verified against its block checksum (`verify=False` skips that).
+    `finite=False` hands out NaN and Inf instead of refusing them, to look at a poisoned state
+    (`statefmt inspect` does); never feed such a state to a model.
     """
-    return _read(target, streams=streams, verify=verify, storage_options=storage_options)
+    return _read(target, streams=streams, verify=verify, finite=finite, storage_options=storage_options)
 
 
 def load(target: Target, *, streams: StreamKeys | None = None, verify: bool = True,

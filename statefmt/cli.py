@@ -112,7 +112,7 @@ def inspect(ctx: click.Context, file: str, as_json: bool) -> None:
     A state holding NaN or Inf is shown, with exit code 1.
     """
     with _reporting(ctx):
-        summary = report.describe(api._read(file, streams=None, verify=True, finite=False))
+        summary = report.describe(api.read(file, finite=False))
         if as_json:
             click.echo(json.dumps({"file": file, **summary}, indent=2))
         else:
