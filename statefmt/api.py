@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -82,16 +83,16 @@ def save(data: StateSet | WeightSet, target: Target, *, metadata: Mapping[str, A
 
     def finish(checksum_blocks: list[str], nonfinite: list[int]) -> dict[str, str]:
         _refuse_nonfinite(is_state, [(where, count) for where, count in zip(wheres, nonfinite) if count], source)
-        document = Document(**{**base.__dict__, "checksum_blocks": tuple(checksum_blocks)})
-        return metadata_entries(document.text())
+        return metadata_entries(dataclasses.replace(base, checksum_blocks=tuple(checksum_blocks)).text())
 
     _container.write(target, tensors, BLOCK_BYTES, finish, durable=durable, storage_options=storage_options)
 
 
 def _check_written_document(document: Document, source: str) -> None:
+    """The reader's checks 2 to 6, on the document about to be written (its checksums still unknown)."""
     try:
-        text = Document(**{**document.__dict__, "checksum_blocks": (CHECKSUM_PREFIX + "0" * 16,)}).text()
-    except (TypeError, ValueError) as error:
+        text = dataclasses.replace(document, checksum_blocks=(CHECKSUM_PREFIX + "0" * 16,)).text()
+    except (TypeError, ValueError) as error:  # json.dumps: NaN, or a value JSON cannot hold
         if isinstance(error, StateError):
             raise StateFormatError(error.problems, source=source) from None
         raise StateFormatError(f"the metadata cannot be stored as JSON: {error}", source=source) from None
@@ -190,8 +191,7 @@ def upgrade(source: Target, out: Target | None = None, *, storage_options: Mappi
     >>> upgrade("old.statefmt")  # doctest: +SKIP
     """
     data = _read(source, streams=None, verify=True, storage_options=storage_options)
-    save(data, source if out is None else out, metadata={"created_by": data.metadata.get("created_by")}
-         if data.metadata.get("created_by") else None, storage_options=storage_options)
+    save(data, source if out is None else out, storage_options=storage_options)
 
 
 # --- reading --------------------------------------------------------------------------------------------------------
