@@ -95,7 +95,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "statefmt", *command], check=True)
 
     port = TorchPort()
-    torch_adapter.load_weights(statefmt.load_weights(weights_file), port.lstm)
+    torch_adapter.import_weights(statefmt.load_weights(weights_file), port.lstm)
     dense_kernel, dense_bias = model.get_layer("head").get_weights()
     port.head.weight.data[:] = torch_tensor(dense_kernel.T)
     port.head.bias.data[:] = torch_tensor(dense_bias)

@@ -17,7 +17,7 @@ import numpy as np
 
 import statefmt
 from statefmt import LayerState, StateFormatError, StateSet
-from statefmt.io import metadata_entries
+from statefmt._document import metadata_entries
 
 ODD_SCALARS = [None, True, False, 0, -1, 1, 2, 3, 2**31, 2**53 + 1, 2**63, 2**64, 10**30, -(10**30), 0.5, 1e308,
                float("nan"), float("inf"), "", "0", "h", "lstm", "float32", "xxh3_64:" + "0" * 16, "é🧠\x00\n", "1.0", "2.0"]

@@ -1,297 +1,448 @@
-"""The safetensors container: a streaming, atomic writer and a checking, sliced reader.
+"""The safetensors container, with block checksums: a checking header parser, a verifying
+range reader, and a streaming atomic writer.
 
-Writing is done here rather than with `safetensors.numpy.save_file` so that the
-write goes to a temporary file that is fsynced and renamed into place (a crash
-never leaves a torn file under the target name), and so that each array's bytes
-are hashed and checked for NaN/Inf with no copy of the payload, on one core while
-another writes them. Reading uses safetensors' own `safe_open`, whose header
-checks are written in Rust and are fuzzed upstream; the tensor bytes are then read
-with `readinto` in cache-sized chunks and checked on the way (see `Reader.scan`).
-Figures and what bounds each step: `python -m benchmarks`.
+Every tensor's bytes are cut into blocks of `block_bytes`; the `checksums` tensor holds the
+xxh3-64 of each block, and the document holds the xxh3-64 of each block of `checksums`. So a
+reader verifies any byte range it hands out by reading the blocks around it and one block of
+`checksums`: a row of a 10 GB file, or one read over the network, is checked without reading
+the whole tensor.
+
+Layout follows the safetensors library's own writer (tensors ordered by dtype, then name; the
+header padded with spaces to 8 bytes), so any language's safetensors binding writes the same
+bytes from the same tensors and `__metadata__`.
 """
 
 from __future__ import annotations
 
-import json
-import mmap
 import os
+import queue
 import struct
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import xxhash
-from safetensors import SafetensorError, safe_open
 
 from . import _files
-from ._dtypes import SAFETENSORS_CODES, dtype_name, numpy_dtype
-from .errors import StateFormatError
+from ._document import CHECKSUM_PREFIX, CHECKSUMS_TENSOR, fail, strict_json
+from ._dtypes import numpy_dtype
+from ._source import Source, display, is_url
+from .errors import StateError, StateFormatError
 
-CHECKSUM_PREFIX = "xxh3_64:"
-CHECKSUM_PLACEHOLDER = CHECKSUM_PREFIX + "0" * 16  # as long as any checksum: the header keeps its length
-CHUNK_BYTES = 1 << 20  # fits the L2 cache: a chunk is hashed and checked while it is still there
-_MAX_HEADER_BYTES = 100_000_000  # safetensors' own cap
-_DTYPE_NAMES = {code: name for name, code in SAFETENSORS_CODES.items()}
-
-
-def checksum(array: np.ndarray) -> str:
-    """The checksum stored for a tensor: xxh3-64 of its little-endian bytes."""
-    return scan(array)[0]
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own cap
+FIRST_READ = 65_536  # the first request reads the header of any ordinary file whole
+THREADED = True  # a writer thread beside the hashing one; `make bench` measures it against writing inline
+CHUNK_BLOCKS = 16  # blocks per write or read chunk: 1 MiB at 64 KiB blocks, still in L2 while checked
+_CODES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "U8": "uint8", "U64": "uint64"}
+_ORDER = {"U64": 0, "F64": 1, "F32": 2, "BF16": 3, "F16": 4, "U8": 5}  # the safetensors writer's order
 
 
-def text_checksum(text: str) -> str:
-    """The checksum of a metadata document: xxh3-64 of its UTF-8 bytes."""
-    return CHECKSUM_PREFIX + xxhash.xxh3_64_hexdigest(text.encode())
+@dataclass(frozen=True)
+class TensorInfo:
+    code: str
+    shape: tuple[int, ...]
+    start: int  # absolute file offsets
+    stop: int
+
+    @property
+    def dtype(self) -> np.dtype:
+        return _numpy_dtype(self.code)
+
+    @property
+    def nbytes(self) -> int:
+        return self.stop - self.start
 
 
-def scan(array: np.ndarray) -> tuple[str, int]:
-    """The checksum of an array (xxh3-64 of its little-endian bytes) and its number of
-    non-finite values, in one pass.
-
-    One pass over cache-sized chunks reads the payload from memory once instead of
-    twice, and needs no array-sized temporary (`np.isfinite(array)` makes one).
-    """
-    flat = np.ascontiguousarray(array).reshape(-1)
-    step = _chunk_items(flat.dtype)
-    digest, nonfinite = xxhash.xxh3_64(), 0
-    for start in range(0, flat.size, step):
-        part = flat[start:start + step]
-        digest.update(part.view(np.uint8))
-        nonfinite += count_nonfinite(part)
-    return CHECKSUM_PREFIX + digest.hexdigest(), nonfinite
-
-
-def _bytes_of(array: np.ndarray) -> np.ndarray:
-    """The array's bytes as flat uint8 (bfloat16 has no buffer protocol of its own)."""
-    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-
-
-def _chunk_items(dtype: np.dtype) -> int:
-    return max(1, CHUNK_BYTES // dtype.itemsize)
+def _numpy_dtype(code: str) -> np.dtype:
+    name = _CODES[code]
+    return np.dtype(name) if name.startswith("uint") else numpy_dtype(name)
 
 
 def count_nonfinite(values: np.ndarray) -> int:
+    if values.dtype.kind not in "fV" and values.dtype.name != "bfloat16":
+        return 0
     with np.errstate(invalid="ignore"):  # ml_dtypes' bfloat16 isfinite warns on some NaN patterns
         finite = np.isfinite(values)
     return 0 if finite.all() else int(values.size - np.count_nonzero(finite))
 
 
-def write(path: str | os.PathLike, tensors: Iterable[tuple[str, np.ndarray]],
-          metadata: dict[str, str] | Callable[[list[tuple[str, int]] | None], dict[str, str]], *,
-          durable: bool = True) -> None:
-    """Write a safetensors file atomically: temporary file, (fsync), rename.
+def block_hash(data: Any) -> int:
+    return xxhash.xxh3_64_intdigest(data)
 
-    Tensors are laid out in the order given, so the same input gives the same bytes.
-    `metadata` may be a function of the tensors' `scan` results, in order (and of None for
-    a placeholder as long as the result, e.g. with CHECKSUM_PLACEHOLDER): the payload is
-    then scanned while a thread writes it, and the header goes in last. The function may
-    raise (a NaN found) to abandon the file.
+
+def hex_digest(value: int) -> str:
+    return f"{CHECKSUM_PREFIX}{value:016x}"
+
+
+def block_count(nbytes: int, block_bytes: int) -> int:
+    return -(-nbytes // block_bytes)
+
+
+# --- reading ------------------------------------------------------------------------------------------------------
+
+class Container:
+    """An open safetensors file: its `__metadata__` and tensor table, checked (spec step 1)."""
+
+    def __init__(self, source: Source):
+        self.source = source
+        name = source.name
+        if source.size < 8:
+            raise fail(1, f"not a safetensors file: {source.size} bytes, shorter than the 8-byte header length",
+                       name)
+        (first,) = source.read_ranges([(0, min(source.size, FIRST_READ))])
+        (length,) = struct.unpack("<Q", first[:8])
+        if length > MAX_HEADER_BYTES:
+            raise fail(1, f"not a safetensors file: header length {length} exceeds the {MAX_HEADER_BYTES}-byte cap",
+                       name)
+        if 8 + length > source.size:
+            raise fail(1, f"the file is cut short: its header needs {8 + length} bytes, the file has {source.size}",
+                       name)
+        header = first[8:8 + length]
+        if len(header) < length:
+            header += source.read_ranges([(len(first), 8 + length)])[0]
+        try:
+            parsed = strict_json(header)
+        except StateFormatError as error:
+            raise fail(1, f"not a safetensors file: its header is {error.problems[0]}", name) from None
+        if not isinstance(parsed, dict):
+            raise fail(1, "not a safetensors file: its header is not a JSON object", name)
+        metadata = parsed.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise fail(1, "not a safetensors file: __metadata__ must map strings to strings", name)
+        self.metadata: dict[str, str] = metadata
+        self.data_start = 8 + length
+        self.tensors: dict[str, TensorInfo] = {}
+        spans = []
+        for key, entry in parsed.items():
+            info = _tensor_info(key, entry, self.data_start, name)
+            self.tensors[key] = info
+            spans.append((info.start, info.stop, key))
+        position = self.data_start
+        for start, stop, key in sorted(spans):
+            if start != position:
+                raise fail(1, f"tensor `{key}` starts at byte {start - self.data_start} of the data, expected "
+                              f"{position - self.data_start}: the tensors must cover the data without holes or "
+                              "overlaps", name)
+            position = stop
+        if position > source.size:
+            raise fail(1, f"the file is cut short: its tensors need {position} bytes, the file has {source.size}",
+                       name)
+        if position < source.size:
+            raise fail(1, f"{source.size - position} bytes follow the last tensor: not a safetensors file", name)
+
+
+def _tensor_info(key: str, entry: Any, data_start: int, name: str) -> TensorInfo:
+    if not (isinstance(entry, dict) and set(entry) == {"dtype", "shape", "data_offsets"}):
+        raise fail(1, f"tensor `{key}`: expected an object with dtype, shape and data_offsets", name)
+    code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if code not in _CODES:
+        raise fail(1, f"tensor `{key}`: dtype {code!r} is not one statefmt stores "
+                      f"({', '.join(_CODES)})", name)
+    if not (isinstance(shape, list) and all(type(n) is int and 0 <= n < 2**48 for n in shape) and len(shape) <= 8):
+        raise fail(1, f"tensor `{key}`: shape must be a list of at most 8 non-negative integers", name)
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int and 0 <= n < 2**62
+                                                                    for n in offsets)):
+        raise fail(1, f"tensor `{key}`: data_offsets must be two non-negative integers", name)
+    itemsize = 8 if code in ("U64", "F64") else 4 if code == "F32" else 1 if code == "U8" else 2
+    count = 1
+    for n in shape:
+        count *= n
+    if offsets[1] - offsets[0] != count * itemsize:
+        raise fail(1, f"tensor `{key}`: data_offsets span {offsets[1] - offsets[0]} bytes, its shape {shape} "
+                      f"{_CODES[code]} needs {count * itemsize}", name)
+    return TensorInfo(code, tuple(shape), data_start + offsets[0], data_start + offsets[1])
+
+
+class BlockReader:
+    """Verified reads of a 2.x file's tensors: every byte handed out is checked against its block's checksum.
+
+    `order` is the tensors in checksum order (the document's); block checksums of tensor t start
+    at the sum of the block counts of the tensors before it.
     """
-    tensors = [(key, np.ascontiguousarray(array)) for key, array in tensors]
-    describe = metadata if callable(metadata) else lambda scans: metadata
-    text = _header(tensors, describe(None))
+
+    def __init__(self, container: Container, order: Sequence[str], block_bytes: int, checksum_blocks: Sequence[str]):
+        self.container, self.block_bytes = container, block_bytes
+        self.first_block: dict[str, int] = {}
+        total = 0
+        for key in order:
+            self.first_block[key] = total
+            total += block_count(container.tensors[key].nbytes, block_bytes)
+        self.total_blocks = total
+        self._digests = [int(text[len(CHECKSUM_PREFIX):], 16) for text in checksum_blocks]
+        self._checksums: dict[int, np.ndarray] = {}  # verified blocks of the checksums tensor, by index
+        info = container.tensors[CHECKSUMS_TENSOR]
+        if len(self._digests) != block_count(info.nbytes, block_bytes):
+            raise fail(8, f"checksum_blocks: expected {block_count(info.nbytes, block_bytes)} entries for a "
+                          f"{info.nbytes}-byte checksums tensor, found {len(self._digests)}", container.source.name)
+
+    def checksums_all(self) -> np.ndarray:
+        """The whole checksums tensor, verified."""
+        info = self.container.tensors[CHECKSUMS_TENSOR]
+        array = np.empty(info.nbytes // 8, np.uint64)
+        self.container.source.read_into(info.start, array)
+        raw = array.view(np.uint8)
+        for index, digest in enumerate(self._digests):
+            part = raw[index * self.block_bytes:(index + 1) * self.block_bytes]
+            if block_hash(part) != digest:
+                raise fail(8, f"checksums: block {index} does not match its checksum in the metadata: the file "
+                              "is corrupt", self.container.source.name)
+        return array.astype("<u8", copy=False)
+
+    def read(self, requests: Sequence[tuple[str, int, int]]) -> list[bytes]:
+        """Byte ranges [start, stop) of tensors, each verified, in one round of range reads."""
+        blocks: dict[tuple[str, int], None] = {}
+        for key, start, stop in requests:
+            for block in range(start // self.block_bytes, block_count(stop, self.block_bytes)):
+                blocks[(key, block)] = None
+        wanted = list(blocks)
+        sums_needed = sorted({(self.first_block[key] + block) * 8 // self.block_bytes for key, block in wanted}
+                             - set(self._checksums))
+        ranges = [self._block_range(key, block) for key, block in wanted]
+        info = self.container.tensors[CHECKSUMS_TENSOR]
+        ranges += [(info.start + k * self.block_bytes, min(info.stop, info.start + (k + 1) * self.block_bytes))
+                   for k in sums_needed]
+        data = self.container.source.read_ranges(ranges)
+        for k, raw in zip(sums_needed, data[len(wanted):]):
+            if block_hash(raw) != self._digests[k]:
+                raise fail(8, f"checksums: block {k} does not match its checksum in the metadata: the file is "
+                              "corrupt", self.container.source.name)
+            self._checksums[k] = np.frombuffer(raw, "<u8")
+        per_block = self.block_bytes // 8
+        verified = {}
+        for (key, block), raw in zip(wanted, data):
+            index = self.first_block[key] + block
+            if block_hash(raw) != int(self._checksums[index // per_block][index % per_block]):
+                raise fail(8, f"tensor `{key}`: bytes {block * self.block_bytes} to "
+                              f"{block * self.block_bytes + len(raw)} do not match their checksum: the file is corrupt",
+                           self.container.source.name)
+            verified[(key, block)] = raw
+        out = []
+        for key, start, stop in requests:
+            first = start // self.block_bytes
+            joined = b"".join(verified[(key, b)] for b in range(first, block_count(stop, self.block_bytes)))
+            base = first * self.block_bytes
+            out.append(joined[start - base:stop - base])
+        return out
+
+    def _block_range(self, key: str, block: int) -> tuple[int, int]:
+        info = self.container.tensors[key]
+        start = info.start + block * self.block_bytes
+        return start, min(info.stop, start + self.block_bytes)
+
+    def read_tensor(self, key: str, checksums: np.ndarray, *, keep: bool = True) -> tuple[np.ndarray | None, int]:
+        """A whole tensor, each chunk verified while in cache, and its count of non-finite values.
+
+        `keep=False` checks it through one small buffer and returns None: validation holds nothing.
+        """
+        info = self.container.tensors[key]
+        dtype = info.dtype
+        result = np.empty(info.nbytes // dtype.itemsize, dtype) if keep else None
+        chunk = CHUNK_BLOCKS * self.block_bytes
+        scratch = None if keep else np.empty(min(chunk, info.nbytes), np.uint8)
+        first, nonfinite = self.first_block[key], 0
+        for offset in range(0, info.nbytes, chunk):
+            size = min(chunk, info.nbytes - offset)
+            part = result.view(np.uint8)[offset:offset + size] if result is not None else scratch[:size]
+            self.container.source.read_into(info.start + offset, part)
+            for start in range(0, size, self.block_bytes):
+                index = first + (offset + start) // self.block_bytes
+                if block_hash(part[start:start + self.block_bytes]) != int(checksums[index]):
+                    raise fail(8, f"tensor `{key}`: bytes {offset + start} to "
+                                  f"{offset + min(size, start + self.block_bytes)} do not match their checksum: "
+                                  "the file is corrupt", self.container.source.name)
+            nonfinite += count_nonfinite(part.view(dtype))
+        return (None if result is None else result.reshape(info.shape)), nonfinite
+
+
+# --- writing ------------------------------------------------------------------------------------------------------
+
+def layout(tensors: Mapping[str, tuple[str, tuple[int, ...]]]) -> list[str]:
+    """Tensor names in the order the safetensors library writes them: by dtype (8-byte ones first), then name."""
+    return sorted(tensors, key=lambda key: (_ORDER[tensors[key][0]], key.encode()))
+
+
+def header_bytes(tensors: Mapping[str, tuple[str, tuple[int, ...]]], metadata: Mapping[str, str]) -> bytes:
+    import json
+
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for key in layout(tensors):
+        code, shape = tensors[key]
+        nbytes = int(np.prod(shape, dtype=np.int64)) * _numpy_dtype(code).itemsize
+        header[key] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    return text + b" " * (-len(text) % 8)  # pad so tensor data starts 8-byte aligned, as safetensors does
+
+
+Finish = Callable[[list[str], list[int]], Mapping[str, str]]
+
+
+def write(target: str | os.PathLike[str] | bytes, tensors: Sequence[tuple[str, np.ndarray]], block_bytes: int,
+          finish: Finish, *, durable: bool = True, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Write a statefmt container: `tensors` in checksum order, then the `checksums` tensor.
+
+    `finish(checksum_blocks, nonfinite_counts)` returns the `__metadata__`; it is called once with
+    placeholders (as long as the real digests) to size the header, and once with the real values,
+    and may raise (a NaN found) to abandon the file. Each chunk is copied once, and the copy is
+    hashed, checked and written, so an array changed by another thread during the save still
+    gives a file whose checksums match its bytes. A local target is replaced atomically; a URL is
+    uploaded in one PUT (or multipart upload) once the whole file exists locally.
+    """
+    target = os.fsdecode(target) if isinstance(target, bytes) else target
+    arrays = [(key, np.ascontiguousarray(array)) for key, array in tensors]
+    counts = [block_count(array.nbytes, block_bytes) for _, array in arrays]
+    total_blocks = sum(counts)
+    table = {key: (_code(array), tuple(array.shape)) for key, array in arrays}
+    table[CHECKSUMS_TENSOR] = ("U64", (total_blocks,))
+    placeholder = [hex_digest(0)] * block_count(total_blocks * 8, block_bytes)
+    header = header_bytes(table, finish(placeholder, [0] * len(arrays)))
+    if len(header) > MAX_HEADER_BYTES:
+        raise StateFormatError(f"the header would be {len(header)} bytes, over the {MAX_HEADER_BYTES}-byte cap "
+                               "readers enforce", source=display(target))
+    offsets, position = {}, 8 + len(header)
+    for key in layout(table):
+        offsets[key] = position
+        code, shape = table[key]
+        position += int(np.prod(shape, dtype=np.int64)) * _numpy_dtype(code).itemsize
+    size = position
 
     def fill(fd: int) -> None:
-        writer = _PayloadWriter(fd, 8 + len(text), [array for _, array in tensors])
-        try:
-            scans = [scan(array) for _, array in tensors]
-        finally:
-            writer.join()
-        final = _header(tensors, describe(scans))
-        if len(final) != len(text):
+        checksums = np.empty(total_blocks, "<u8")
+        nonfinite = _write_payload(fd, arrays, offsets, block_bytes, checksums, THREADED)
+        raw = checksums.view(np.uint8)
+        digests = [hex_digest(block_hash(raw[i:i + block_bytes])) for i in range(0, raw.size, block_bytes)]
+        final = header_bytes(table, finish(digests, nonfinite))
+        if len(final) != len(header):
             raise StateFormatError("internal error: the header changed length once the checksums were known")
+        _pwrite_all(fd, raw, offsets[CHECKSUMS_TENSOR])
         _pwrite_all(fd, struct.pack("<Q", len(final)) + final, 0)
 
-    _files.replace_atomically(path, fill, size=8 + len(text) + sum(a.nbytes for _, a in tensors), durable=durable)
+    if not is_url(target):
+        _files.replace_atomically(target, fill, size=size, durable=durable)
+        return
+    _upload(str(target), fill, size, storage_options)
 
 
-def _header(tensors: list[tuple[str, np.ndarray]], metadata: dict[str, str]) -> bytes:
-    header: dict[str, object] = {"__metadata__": metadata}
-    offset = 0
-    for key, array in tensors:
-        header[key] = {
-            "dtype": SAFETENSORS_CODES[dtype_name(array.dtype)],
-            "shape": list(array.shape),
-            "data_offsets": [offset, offset + array.nbytes],
-        }
-        offset += array.nbytes
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    return text + b" " * (-len(text) % 8)  # pad so tensor data starts 8-byte aligned
+def _code(array: np.ndarray) -> str:
+    name = array.dtype.name
+    return next(code for code, dtype in _CODES.items() if dtype == name)
 
 
-class _PayloadWriter(threading.Thread):
-    """Writes the arrays' bytes from `offset` on, while the caller scans them.
+def _write_payload(fd: int, arrays: Sequence[tuple[str, np.ndarray]], offsets: Mapping[str, int], block_bytes: int,
+                   checksums: np.ndarray, threaded: bool) -> list[int]:
+    """Copy each chunk once, hash and check the copy, and write it (by a thread, while the next is copied)."""
+    chunk = CHUNK_BLOCKS * block_bytes
+    writer = _Writer(fd) if threaded else None
+    nonfinite, index = [], 0
+    try:
+        for key, array in arrays:
+            raw = array.reshape(-1).view(np.uint8)
+            found = 0
+            for offset in range(0, raw.size, chunk):
+                size = min(chunk, raw.size - offset)
+                buffer = writer.buffer(chunk) if writer else np.empty(chunk, np.uint8)
+                part = buffer[:size]
+                np.copyto(part, raw[offset:offset + size])
+                for start in range(0, size, block_bytes):
+                    checksums[index] = block_hash(part[start:start + block_bytes])
+                    index += 1
+                found += count_nonfinite(part.view(array.dtype))
+                if writer:
+                    writer.put(buffer, size, offsets[key] + offset)
+                else:
+                    _pwrite_all(fd, part, offsets[key] + offset)
+            nonfinite.append(found)
+    finally:
+        if writer:
+            writer.close()
+    return nonfinite
 
-    os.pwrite, xxhash and numpy all release the GIL, so on two cores a save costs about
-    as much as the write alone. The thread writes through its own duplicate of `fd`:
-    however the caller leaves (an error, Ctrl-C), closing `fd` can never send the rest of
-    the payload into another file that reused the number.
+
+class _Writer(threading.Thread):
+    """Writes chunks handed to it while the caller copies and hashes the next: os.pwrite, xxhash and
+    numpy release the GIL, so on two cores a save costs about as much as the write alone.
+
+    It writes through its own duplicate of the descriptor: however the caller leaves (an error,
+    Ctrl-C), closing the caller's descriptor never sends a chunk into another file that reused it.
     """
 
-    def __init__(self, fd: int, offset: int, arrays: list[np.ndarray]):
-        super().__init__(name="statefmt-writer")
-        self._fd, self._offset, self._arrays = os.dup(fd), offset, arrays
+    BUFFERS = 4
+
+    def __init__(self, fd: int):
+        super().__init__(name="statefmt-writer", daemon=True)
+        self._fd = os.dup(fd)
+        self._work: queue.Queue[tuple[np.ndarray, int, int] | None] = queue.Queue()
+        self._free: queue.Queue[np.ndarray] = queue.Queue()
+        self._made = 0
         self._error: BaseException | None = None
         self.start()
 
+    def buffer(self, size: int) -> np.ndarray:
+        self._raise()
+        if self._made < self.BUFFERS:
+            self._made += 1
+            return np.empty(size, np.uint8)
+        while True:
+            try:
+                return self._free.get(timeout=0.1)
+            except queue.Empty:
+                self._raise()
+                if not self.is_alive():
+                    raise StateFormatError("internal error: the writer thread stopped") from None
+
+    def put(self, buffer: np.ndarray, size: int, position: int) -> None:
+        self._work.put((buffer, size, position))
+
     def run(self) -> None:
         try:
-            position = self._offset
-            for array in self._arrays:
-                view = memoryview(_bytes_of(array))
-                while view:
-                    written = os.pwrite(self._fd, view, position)
-                    view, position = view[written:], position + written
-        except BaseException as error:
+            while (item := self._work.get()) is not None:
+                buffer, size, position = item
+                if self._error is None:
+                    _pwrite_all(self._fd, buffer[:size], position)
+                self._free.put(buffer)
+        except BaseException as error:  # handed to the caller by close()
             self._error = error
+            while self._work.get() is not None:
+                pass
         finally:
             os.close(self._fd)
 
-    def join(self, timeout: float | None = None) -> None:
-        """Wait for the payload, and raise what stopped it (a full disk, say)."""
-        super().join(timeout)
+    def close(self) -> None:
+        """Wait for every chunk, and raise what stopped the writes (a full disk, say)."""
+        self._work.put(None)
+        self.join()
+        self._raise()
+
+    def _raise(self) -> None:
         if self._error is not None:
             raise self._error
 
 
-def _pwrite_all(fd: int, data: bytes, position: int) -> None:
-    view = memoryview(data)
+def _pwrite_all(fd: int, data: Any, position: int) -> None:
+    view = memoryview(data).cast("B")
     while view:
         written = os.pwrite(fd, view, position)
         view, position = view[written:], position + written
 
 
-class Reader:
-    """An open safetensors file: its metadata, the dtype code and shape of each tensor, and reads."""
+def _upload(url: str, fill: Callable[[int], None], size: int, storage_options: Mapping[str, Any] | None) -> None:
+    """Build the file in a local temporary, then put it whole: an object appears complete or not at all."""
+    import tempfile
 
-    def __init__(self, handle, source: str):
-        self._handle = handle
-        self.source = source
-        self._file = None  # our own handle on the bytes, opened by the first whole-tensor read
-        self._starts: dict[str, int] = {}
-        self._map = None
-        self.metadata: dict[str, str] = handle.metadata() or {}
-        self.tensors: dict[str, tuple[str, list[int]]] = {}
-        for key in handle.keys():
-            part = handle.get_slice(key)
-            self.tensors[key] = (part.get_dtype(), list(part.get_shape()))
-        if any(code == "BF16" for code, _ in self.tensors.values()):
-            numpy_dtype("bfloat16")  # safetensors finds numpy's bfloat16 only once ml_dtypes is imported
-
-    def read(self, key: str) -> np.ndarray:
-        return self.scan(key)[0]
-
-    def scan(self, key: str, *, keep: bool = True) -> tuple[np.ndarray | None, str, int]:
-        """The tensor (None unless `keep`), its checksum and its number of non-finite values.
-
-        This is the fast path for whole tensors, as fast as a copy from the page cache allows.
-        `safe_open(...).get_tensor` copies from a memory map: every page faults twice (file and
-        copy), the mapped file counts against RSS as well as the copy, and checking afterwards
-        reads the payload again. Here each cache-sized chunk is read with `readinto` straight
-        into the result and hashed and checked while it is still in cache. With `keep=False`
-        the chunks go through one small buffer: `validate` checks every byte, holding none.
-        """
-        file, start = self._open_file(), self._starts[key]
-        code, shape = self.tensors[key]
-        dtype = numpy_dtype(_DTYPE_NAMES.get(code, code))
-        size = int(np.prod(shape, dtype=np.int64))
-        step = _chunk_items(dtype)
-        array = np.empty(size, dtype) if keep else None
-        buffer = None if keep else np.empty(min(size, step), dtype)
-        digest, nonfinite = xxhash.xxh3_64(), 0
-        file.seek(start)
-        for first in range(0, size, step):
-            count = min(step, size - first)
-            part = array[first:first + count] if keep else buffer[:count]
-            self._read_exactly(file, part.view(np.uint8))
-            digest.update(part.view(np.uint8))
-            nonfinite += count_nonfinite(part)
-        tensor = array.reshape(shape) if keep else None
-        return tensor, CHECKSUM_PREFIX + digest.hexdigest(), nonfinite
-
-    def view(self, key: str) -> np.ndarray:
-        """A read-only view of the tensor in a memory map of the file: no copy, no read until used."""
-        if self._map is None:
-            self._map = mmap.mmap(self._open_file().fileno(), 0, access=mmap.ACCESS_READ)
-        code, shape = self.tensors[key]
-        dtype = numpy_dtype(_DTYPE_NAMES.get(code, code))
-        count = int(np.prod(shape, dtype=np.int64))
-        return np.frombuffer(self._map, dtype, count, self._starts[key]).reshape(shape)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()  # a map made by `view` lives on with the arrays that use it
-
-    def _open_file(self):
-        """Open the file again, for its bytes: safe_open tells no offsets and reads only by mmap.
-
-        The header is read again here and must equal what safe_open checked, so a file that was
-        replaced between the two opens is refused instead of being read half from each.
-        """
-        if self._file is not None:
-            return self._file
-        self._file = open(self.source, "rb", buffering=0)
-        try:
-            (length,) = struct.unpack("<Q", self._file.read(8))
-            header = json.loads(self._file.read(length)) if length <= _MAX_HEADER_BYTES else {}
-            metadata = header.pop("__metadata__", None) or {}
-            layout = {key: (entry["dtype"], entry["shape"]) for key, entry in header.items()}
-            starts = {key: 8 + length + entry["data_offsets"][0] for key, entry in header.items()}
-            same = metadata == self.metadata and layout == self.tensors and min(starts.values(), default=8) >= 8
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error):
-            same = False
-        if not same:
-            raise StateFormatError("the file changed while it was being opened; read it again", source=self.source)
-        self._starts = starts
-        return self._file
-
-    def _read_exactly(self, file, view: np.ndarray) -> None:
-        done = 0
-        while done < view.nbytes:
-            count = file.readinto(memoryview(view)[done:])
-            if not count:
-                raise StateFormatError("the file ends before its last tensor does; it is truncated",
-                                       source=self.source)
-            done += count
-
-    def read_rows(self, key: str, rows: list[int]) -> np.ndarray:
-        """Rows of axis 1, reading only their bytes: one slice per run of consecutive rows."""
-        part = self._handle.get_slice(key)
-        if part.get_shape()[1] == 0:  # safetensors refuses even an empty slice of an empty axis
-            return self.read(key)
-        pieces = [part[:, start:stop] for start, stop in _runs(rows)] or [part[:, 0:0]]
-        if len(pieces) == 1:
-            return pieces[0]
-        return np.concatenate(pieces, axis=1)
-
-
-@contextmanager
-def open_reader(path: str | os.PathLike) -> Iterator[Reader]:
-    source = os.fspath(path)
-    if os.path.isdir(source):
-        raise StateFormatError("is a directory, not a state file", source=source)
     try:
-        handle = safe_open(source, framework="numpy")
-    except SafetensorError as error:
-        raise StateFormatError(f"not a valid safetensors file ({error})", source=source) from None
-    with handle:
-        reader = Reader(handle, source)
+        import fsspec
+    except ImportError:
+        raise ImportError('saving to a URL needs fsspec: pip install "statefmt[remote]"') from None
+    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    with tempfile.TemporaryDirectory(prefix="statefmt-upload-") as folder:
+        local = os.path.join(folder, "file.statefmt")
+        _files.replace_atomically(local, fill, size=size, durable=False)
         try:
-            yield reader
-        except SafetensorError as error:
-            raise StateFormatError(f"unreadable tensor data ({error})", source=source) from None
-        finally:
-            reader.close()
-
-
-def _runs(rows: list[int]) -> Iterator[tuple[int, int]]:
-    if not rows:
-        return
-    start = previous = rows[0]
-    for row in rows[1:]:
-        if row != previous + 1:
-            yield start, previous + 1
-            start = row
-        previous = row
-    yield start, previous + 1
+            fs.put_file(local, path)
+        except (OSError, ValueError) as error:
+            if isinstance(error, StateError):
+                raise
+            raise StateFormatError(f"upload failed: {type(error).__name__}: {error}", source=url) from None

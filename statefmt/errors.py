@@ -10,6 +10,9 @@ class StateError(ValueError):
     message joins them so that ``str(error)`` is one line a person can act on.
     """
 
+    step: int | None = None  # a file that fails a reader check: the spec's step number, and its stable code
+    code: str | None = None
+
     def __init__(self, problems: str | list[str], *, source: str | None = None):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         self.source = source

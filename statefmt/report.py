@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
 
-from .io import _tensor_names
+from .api import _tensor_names
 from .states import StateSet
 from .weights import WeightSet
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped, so a name or id read from a file cannot forge lines,
+    move the cursor or send terminal escapes (OSC, BEL, carriage return, bidi overrides)."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates, escaped too
+    return _CONTROL.sub(lambda match: ascii(match.group())[1:-1], text)
 
 
 def describe(data: StateSet | WeightSet) -> dict[str, Any]:
@@ -50,7 +60,8 @@ def compare(a: StateSet | WeightSet, b: StateSet | WeightSet, *, atol: float = 0
     fields = ("name", "kind", "units", "directions", "proj_units", "dtype")
     for index, (x, y) in enumerate(zip(a.layers, b.layers)):
         where = f"layer {index} {x.name!r}"
-        structural = [f"{where}: {f}: {getattr(x, f)} vs {getattr(y, f)}" for f in fields if getattr(x, f) != getattr(y, f)]
+        structural = [f"{where}: {f}: {getattr(x, f)} vs {getattr(y, f)}" for f in fields
+                      if getattr(x, f) != getattr(y, f)]
         differences += structural
         if structural or (isinstance(a, StateSet) and a.batch_size != b.batch_size):
             continue

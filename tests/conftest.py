@@ -1,5 +1,5 @@
-import socket
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -9,24 +9,32 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests import the numpy yardsti
 from s3server import S3Server
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_server():
-    """moto's S3 server on 127.0.0.1 at a free port, for the whole session; stopped after."""
-    from moto.server import ThreadedMotoServer
+    """moto's S3 server on 127.0.0.1 at a free port, for the whole session; stopped after.
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    It is moto's own WSGI application in moto's request handler, as `moto_server` runs it, with
+    one addition: every request is logged (method, path, Range header) in `S3Server.requests`,
+    so tests count what a client really sent.
+    """
+    from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    requests: list[tuple[str, str, str | None]] = []
+    app = DomainDispatcherApplication(create_backend_app)
+
+    def logged(environ, start_response):
+        requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), environ.get("HTTP_RANGE")))
+        return app(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, logged, threaded=True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     try:
-        yield S3Server(f"http://127.0.0.1:{port}")
+        yield S3Server(f"http://127.0.0.1:{server.server_address[1]}", requests)
     finally:
-        server.stop()
+        server.shutdown()
+        thread.join(timeout=10)
 
 
 @pytest.fixture

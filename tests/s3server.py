@@ -14,6 +14,7 @@ from typing import Any
 @dataclasses.dataclass(frozen=True)
 class S3Server:
     endpoint: str  # http://127.0.0.1:PORT
+    requests: list[tuple[str, str, str | None]] = dataclasses.field(default_factory=list)  # method, path, Range
 
     @property
     def fsspec_options(self) -> dict[str, Any]:

@@ -61,10 +61,14 @@ def test_validate_bad_signature_file(state_file, tmp_path):
     assert result.exit_code == 1 and result.stderr.startswith(f"{signature}: not a statefmt signature")
 
 
-@pytest.mark.parametrize("args", [["validate"], ["validate", "missing.statefmt"], ["frobnicate"],
-                                  ["diff", "--atol", "-1", "a", "b"]])
+@pytest.mark.parametrize("args", [["validate"], ["frobnicate"], ["diff", "--atol", "-1", "a", "b"]])
 def test_usage_errors_exit_2(args):
     assert run(*args).exit_code == 2
+
+
+def test_a_missing_file_is_invalid_input_named_in_one_line():
+    result = run("validate", "missing.statefmt")
+    assert result.exit_code == 1 and result.stderr == "missing.statefmt: no such file\n"
 
 
 def test_inspect_text(state_file):
@@ -124,7 +128,7 @@ def test_diff_structure(tmp_path, state_file):
 
 def test_diff_unreadable_file_exits_2(state_file):
     result = run("diff", state_file, "spec/vectors/truncated.statefmt")
-    assert result.exit_code == 2 and "not a valid safetensors file" in result.stderr
+    assert result.exit_code == 2 and "the file is cut short" in result.stderr
 
 
 def test_debug_shows_the_traceback():

@@ -18,7 +18,7 @@ from cli_check import assert_cli_reports
 
 import statefmt
 from statefmt import LayerState, LayerWeights, StateError, StateMismatchError, StateSet, WeightSet
-from statefmt.states import STATE_NAMES
+from statefmt.cells import STATE_NAMES
 
 keras = pytest.importorskip("keras")
 ka = pytest.importorskip("statefmt.adapters.keras")
@@ -65,8 +65,11 @@ class Net:
         self.model = keras.Model(inputs, [x, *finals])
 
     def run(self, x, init=None):
-        """(last layer's output sequence, [each layer's final state list]) from `init` (zeros when None)."""
+        """(last layer's output sequence, [each layer's final state list]) from `init` (zeros when None).
+
+        `init` is what `initial_state(states, self.model)` returns."""
         x = keras.ops.convert_to_tensor(x, self.dtype)
+        init = None if init is None else per_layer(init, self.model)
         finals = []
         for index, layer in enumerate(self.layers):
             x, *state = layer(x, initial_state=None if init is None else init[index])
@@ -117,6 +120,11 @@ def through_file(data, tmp_path, name="state.statefmt"):
     return statefmt.load(path) if isinstance(data, StateSet) else statefmt.load_weights(path)
 
 
+def per_layer(result, model):
+    """A model-level `initial_state` result as one list per recurrent layer (one layer: its own list)."""
+    return [result] if len(ka.signature(model).layers) == 1 else result
+
+
 def numpy(tensors):
     return [keras.ops.convert_to_numpy(t).astype(np.float64) for t in tensors]
 
@@ -143,7 +151,7 @@ def test_return_state_round_trips_exactly(kind, layout, dtype, tmp_path):
     assert [layer.dtype for layer in states] == [dtype] * len(finals)
     assert states.metadata["source"] == {"framework": "keras", "version": keras.__version__,
                                          "model": target.model.name}
-    back = ka.initial_state(states, target.model, strict=True)
+    back = per_layer(ka.initial_state(states, target.model, strict=True), target.model)
     assert len(back) == len(finals)
     for found, expected in zip(flat(back), flat(finals)):
         assert found.dtype == expected.dtype and tuple(found.shape) == tuple(expected.shape)
@@ -157,7 +165,7 @@ def test_stateful_states_round_trip_exactly(kind, layout, tmp_path):
     model(inputs())
     states = through_file(ka.export(model), tmp_path)
     variables = [v for layer in ka._layers(model) for v in layer.variables()]
-    back = flat(ka.initial_state(states, model, strict=True))
+    back = flat(per_layer(ka.initial_state(states, model, strict=True), model))
     assert len(back) == len(variables)
     for found, variable in zip(back, variables):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(found), keras.ops.convert_to_numpy(variable))
@@ -188,7 +196,7 @@ def test_signature_names_nested_layers_by_path_and_reports_batch_and_dtype():
 def test_initial_state_casts_to_the_layer_dtype_unless_strict():
     target = net("gru", "single")
     states = random_states(target.model, dtype="float64")
-    (h,), = ka.initial_state(states, target.model)
+    (h,) = ka.initial_state(states, target.model)
     assert h.dtype == "float32"
     with pytest.raises(StateMismatchError, match="layer 0 'gru.*': dtype: expected float32, found float64"):
         ka.initial_state(states, target.model, strict=True)
@@ -196,7 +204,7 @@ def test_initial_state_casts_to_the_layer_dtype_unless_strict():
 
 def test_initial_state_places_tensors_on_the_device_given():
     target = net("rnn", "single")
-    (h,), = ka.initial_state(random_states(target.model), target.model, device="cpu:0")
+    (h,) = ka.initial_state(random_states(target.model), target.model, device="cpu:0")
     assert "CPU:0" in h.device
 
 
@@ -314,11 +322,15 @@ def test_load_into_refuses_a_batch_mismatch_and_broadcasts_one_stream(tmp_path):
 def test_initial_state_broadcast_n_for_a_layer_without_batch():
     target = net("gru", "single")
     states = random_states(target.model, batch=1)
-    (h,), = ka.initial_state(states, target.model, broadcast=4)
+    (h,) = ka.initial_state(states, target.model, broadcast=True, batch_size=4)
     assert tuple(h.shape) == (4, UNITS)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(h), np.repeat(states[0]["h"][0], 4, axis=0))
-    with pytest.raises(StateMismatchError, match="broadcast=True needs a target with a fixed batch size"):
+    with pytest.raises(StateMismatchError, match="broadcast=True needs a batch size, and the target fixes none: "
+                                                 "pass batch_size=N"):
         ka.initial_state(states, target.model, broadcast=True)
+    with pytest.raises(StateMismatchError, match=r"broadcast: expected True or False, found 4; .* \(here "
+                                                 r"broadcast=True, batch_size=4\)"):
+        ka.initial_state(states, target.model, broadcast=4)
 
 
 # 3. weights: the exported neutral weights run by the numpy reference equal Keras
@@ -364,7 +376,7 @@ def test_weights_through_a_file_into_a_fresh_model_give_identical_outputs(kind, 
     x, init = inputs(), ka.initial_state(random_states(source.model), source.model)
     expected = keras.ops.convert_to_numpy(source.run(x, init)[0])
     assert np.max(np.abs(keras.ops.convert_to_numpy(fresh.run(x, init)[0]) - expected)) > 1e-3
-    ka.load_weights(weights, fresh.model)
+    assert ka.import_weights(weights, fresh.model) is fresh.model
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(fresh.run(x, init)[0]), expected)
 
 
@@ -376,7 +388,7 @@ def test_a_reset_after_gru_with_diagonal_candidate_loads_exactly_into_reset_befo
     Rb[0, 2 * u:] = 0
     weights = WeightSet([LayerWeights("gru", "gru", source["W"], R, source["Wb"], Rb)])
     target = Net("gru_reset_before", "single", seed=5)
-    ka.load_weights(weights, target.model)
+    ka.import_weights(weights, target.model)
     states = random_states(target.model)
     output, _ = target.run(inputs(), ka.initial_state(states, target.model))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(output), reference.run(weights, inputs(), states)[0],
@@ -457,49 +469,49 @@ LOAD_REFUSALS = {
     "projection": (
         lambda: weights_of("lstm", P=np.ones((1, 3, UNITS), "float32"), R=np.ones((1, 4 * UNITS, 3), "float32")),
         "lstm",
-        ["layer 0 'rec': P: Keras layers have no projection of h (proj_units=3); load into a PyTorch LSTM with "
-         "proj_size, or use weights without P"]),
+        ["layer 0 'rec': proj_units: expected None, found 3; Keras layers have no projection of h: load them into a "
+         "PyTorch LSTM with proj_size=3, or use weights without P"]),
     "reset before into reset after": (
         lambda: weights_of("gru_reset_before"), "gru",
         ["layer 0 'rec': linear_before_reset: the weights apply r before the recurrent matmul "
-         "(linear_before_reset=False), the target GRU(reset_after=True) after it; they do not map exactly: "
-         "build the GRU with reset_after=False"]),
+         "(linear_before_reset=False), the target after it; that is exact only when R_n is diagonal and Rb_n "
+         "zero, not so in direction 0; build the GRU with reset_after=False"]),
     "reset after into reset before": (
         lambda: weights_of("gru"), "gru_reset_before",
         ["layer 0 'rec': linear_before_reset: the weights apply r after the recurrent matmul "
-         "(n = tanh(W_n x + Wb_n + r * (R_n h + Rb_n))), the target GRU(reset_after=False) before it; that is "
-         "exact only when R_n is diagonal and Rb_n zero, not so in direction 0: build the GRU with "
-         "reset_after=True (the Keras default)"]),
+         "(linear_before_reset=True), the target before it; that is exact only when R_n is diagonal and Rb_n "
+         "zero, not so in direction 0; build the GRU with reset_after=True (the Keras default)"]),
     "biases into use_bias=False": (
         lambda: weights_of("lstm"), "lstm_no_bias",
-        ["layer 0 'rec': Wb, Rb: the weights have non-zero biases and the target layer has use_bias=False, "
-         "so they cannot be mapped; build the layer with use_bias=True"]),
+        ["layer 0 'rec': Wb and Rb: the weights have non-zero biases and the target has none; build the layer "
+         "with use_bias=True"]),
     "activation": (
         lambda: weights_of("lstm", recurrent_activation="hard_sigmoid"), "lstm",
-        ["layer 0 'rec': recurrent_activation: the weights use hard_sigmoid, the target layer uses sigmoid; "
+        ["layer 0 'rec': recurrent_activation: the weights use hard_sigmoid, the target uses sigmoid; "
          "build the layer with recurrent_activation='hard_sigmoid'"]),
     "shapes": (
         lambda: WeightSet([*weights_of("rnn", "a"), *weights_of("rnn", "b")]), "gru",
-        ["layer count: expected 1, found 2", "layer 0 'a': kind: expected gru, found rnn"]),
+        ["layer count: expected 1, found 2 (pick the layers with WeightSet(weights.layers[i:j]))",
+         "layer 0 'a': kind: expected gru, found rnn"]),
 }
 
 
 @pytest.mark.parametrize("case", LOAD_REFUSALS)
-def test_load_weights_refuses(case):
+def test_import_weights_refuses(case):
     weights, kind, expected = LOAD_REFUSALS[case]
     target = Net(kind, "single", seed=7)
     before = [keras.ops.convert_to_numpy(v) for v in target.model.weights]
     with pytest.raises(StateMismatchError) as error:
-        ka.load_weights(weights(), target.model)
+        ka.import_weights(weights(), target.model)
     assert error.value.problems == expected
     assert all(np.array_equal(a, keras.ops.convert_to_numpy(v)) for a, v in zip(before, target.model.weights))
 
 
-def test_load_weights_checks_sizes_all_at_once():
+def test_import_weights_checks_sizes_all_at_once():
     target = Net("lstm", "bidir", seed=7)
     weights = ka.export_weights(net("lstm", "stack").model)  # the second layer: units 6, input 4, one direction
     with pytest.raises(StateMismatchError) as error:
-        ka.load_weights(WeightSet(weights.layers[1:]), target.model)
+        ka.import_weights(WeightSet(weights.layers[1:]), target.model)
     name = weights[1].name
     assert error.value.problems == [f"layer 0 {name!r}: units: expected 4, found 6",
                                     f"layer 0 {name!r}: input_size: expected 5, found 4",
@@ -512,9 +524,16 @@ def test_export_weights_records_activations_keras_has_and_others_may_refuse():
     layer(inputs())
     weights = ka.export_weights(layer)
     assert (weights[0].activation, weights[0].recurrent_activation) == ("tanh", "hard_sigmoid")
-    with pytest.raises(StateMismatchError, match="recurrent_activation: the weights use sigmoid, the target layer "
-                                                 "uses hard_sigmoid"):
-        ka.load_weights(ka.export_weights(net("lstm", "single").model), layer)
+    with pytest.raises(StateMismatchError, match="recurrent_activation: the weights use sigmoid, the target "
+                                                 "uses hard_sigmoid; build the layer with "
+                                                 "recurrent_activation='sigmoid'"):
+        ka.import_weights(ka.export_weights(net("lstm", "single").model), layer)
+    elu = L.SimpleRNN(UNITS, activation="elu")
+    elu(inputs())
+    with pytest.raises(StateMismatchError) as error:
+        ka.export_weights(elu)
+    assert error.value.problems == [f"layer 0 {elu.name!r}: activation: elu has no neutral name; the neutral layout "
+                                    "knows tanh, sigmoid, relu, hard_sigmoid"]
 
 
 REFUSED_TARGETS = {
@@ -612,7 +631,7 @@ def test_other_backends_export_and_continue(backend, tmp_path):
         model(x[:, :4]); states = ka.export(model); expected = n(model(x[:, 4:]))
         ka.load_into(states, model)
         print(float(np.abs(n(model(x[:, 4:])) - expected).max()))
-        ka.load_weights(ka.export_weights(layer), layer)
+        ka.import_weights(ka.export_weights(layer), layer)
         import sys
         print("tensorflow" in sys.modules)  # the adapter needs no other backend's framework
         """, KERAS_BACKEND=backend)

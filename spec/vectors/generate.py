@@ -1,10 +1,13 @@
-"""Write the conformance vectors and their expected verdicts (`index.json`).
+"""Write the format 2.0 conformance vectors and their expected verdicts (`index.json`).
 
     python spec/vectors/generate.py [OUTPUT_DIR]
 
-The output is deterministic: running it again gives the same bytes, which a test checks.
-Invalid files are built by hand around the container writer so that each one breaks exactly
-one rule of the spec.
+Files are written with the safetensors library's own writer, xxhash and json, not with
+statefmt: this is how another language's implementation would write them, and the suite
+checks that statefmt reads them. The output is deterministic (no statefmt version inside),
+which a test checks. Each invalid file breaks exactly one rule of the spec; its verdict is the
+reader check that must fail, by step number and code. Valid files list their expected values.
+The frozen 1.0 vectors are in `1.0/`: files a 2.x reader must still read.
 """
 
 from __future__ import annotations
@@ -13,155 +16,284 @@ import json
 import pickle
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
-
-import statefmt
-from statefmt import LayerState, LayerWeights, StateSet, WeightSet, _container
-from statefmt.io import METADATA_KEY, metadata_entries
+import xxhash
+from safetensors.numpy import save as safetensors_bytes
 
 HERE = Path(__file__).parent
+BLOCK = 4096  # small blocks, so that tiny tensors still span several
+CREATED_BY = "statefmt conformance vectors"
+Document = dict[str, Any]
+Tensors = dict[str, np.ndarray]
 
 
-def _rng():
+def _rng() -> np.random.Generator:
     return np.random.default_rng(20261125)
 
 
-def _lstm_state() -> StateSet:
+def _lstm() -> tuple[Document, Tensors, list[str] | None]:
     rng = _rng()
-    layer = LayerState("encoder", "lstm", h=rng.standard_normal((1, 2, 3), "float32"),
-                       c=rng.standard_normal((1, 2, 3), "float32"))
-    return StateSet([layer], stream_ids=["sensor-a", "sensor-b"], metadata={"source": {"framework": "numpy"}})
+    tensors = {"layers.0.h": rng.standard_normal((1, 2, 3), "float32"),
+               "layers.0.c": rng.standard_normal((1, 2, 3), "float32")}
+    layers = [{"name": "encoder", "kind": "lstm", "units": 3, "directions": 1, "proj_units": None, "dtype": "float32"}]
+    return _state(layers, 2, source={"framework": "numpy"}), tensors, ["sensor-a", "sensor-b"]
 
 
-def _mixed_state() -> StateSet:
+def _mixed() -> tuple[Document, Tensors, list[str] | None]:
     rng = _rng()
-    return StateSet([
-        LayerState("enc/fwd.bwd 0", "lstm", h=rng.standard_normal((2, 3, 2), "float32"),
-                   c=rng.standard_normal((2, 3, 4), "float32")),
-        LayerState("dec", "gru", h=rng.standard_normal((1, 3, 5)).astype(ml_dtypes.bfloat16)),
-        LayerState("head", "rnn", h=rng.standard_normal((1, 3, 2)).astype("float16")),
-        LayerState("tail", "rnn", h=rng.standard_normal((1, 3, 1))),
-    ])
+    tensors = {"layers.0.h": rng.standard_normal((2, 3, 2), "float32"),
+               "layers.0.c": rng.standard_normal((2, 3, 4), "float32"),
+               "layers.1.h": rng.standard_normal((1, 3, 5)).astype(ml_dtypes.bfloat16),
+               "layers.2.h": rng.standard_normal((1, 3, 2)).astype("float16"),
+               "layers.3.h": rng.standard_normal((1, 3, 1))}
+    layers = [{"name": "enc/fwd.bwd 0", "kind": "lstm", "units": 4, "directions": 2, "proj_units": 2,
+               "dtype": "float32"},
+              {"name": "dec", "kind": "gru", "units": 5, "directions": 1, "proj_units": None, "dtype": "bfloat16"},
+              {"name": "head", "kind": "rnn", "units": 2, "directions": 1, "proj_units": None, "dtype": "float16"},
+              {"name": "tail ✓", "kind": "rnn", "units": 1, "directions": 1, "proj_units": None, "dtype": "float64"}]
+    return _state(layers, 3), tensors, None
 
 
-def _weights() -> WeightSet:
+def _many_ids() -> tuple[Document, Tensors, list[str] | None]:
+    """300 streams: 32 hash buckets, ids of 1 to 40 bytes, non-ASCII among them."""
+    rng = _rng()
+    tensors = {"layers.0.h": rng.standard_normal((1, 300, 2), "float32")}
+    layers = [{"name": "gru", "kind": "gru", "units": 2, "directions": 1, "proj_units": None, "dtype": "float32"}]
+    ids = [f"pump-{i}" if i % 7 else f"Straße {i} " + "x" * (i % 23) for i in range(300)]
+    return _state(layers, 300), tensors, ids
+
+
+def _weights() -> tuple[Document, Tensors, list[str] | None]:
     rng = _rng()
     f = lambda *shape: rng.standard_normal(shape, "float32")  # noqa: E731
-    return WeightSet([LayerWeights("gru", "gru", W=f(1, 9, 2), R=f(1, 9, 3), Wb=f(1, 9), Rb=f(1, 9))])
+    tensors = {"layers.0.W": f(1, 9, 2), "layers.0.R": f(1, 9, 3), "layers.0.Wb": f(1, 9), "layers.0.Rb": f(1, 9)}
+    layers = [{"name": "gru", "kind": "gru", "units": 3, "directions": 1, "proj_units": None, "dtype": "float32",
+               "input_size": 2, "activation": "tanh", "recurrent_activation": "sigmoid", "linear_before_reset": True}]
+    return {"format_version": "2.0", "content": "weights", "layers": layers, "created_by": CREATED_BY}, tensors, None
 
 
-def _document(states: StateSet) -> tuple[dict, list[tuple[str, np.ndarray]]]:
-    """The metadata document and tensors `statefmt.save` would write, for editing."""
-    document = {"format_version": "1.0", "content": "state", "batch_size": states.batch_size, "layers": []}
-    if states.stream_ids:
-        document["stream_ids"] = list(states.stream_ids)
-    tensors = []
-    for index, layer in enumerate(states.layers):
-        entry = {"name": layer.name, "kind": layer.kind, "units": layer.units, "directions": layer.directions,
-                 "proj_units": layer.proj_units, "dtype": layer.dtype, "checksums": {}}
-        for name in layer.state_names:
-            entry["checksums"][name] = _container.checksum(layer[name])
-            tensors.append((f"layers.{index}.{name}", layer[name]))
-        document["layers"].append(entry)
-    return document, tensors
+def _state(layers: list[dict[str, Any]], batch: int, **fields: Any) -> Document:
+    return {"format_version": "2.0", "content": "state", "batch_size": batch, "stream_ids": False, "layers": layers,
+            "created_by": CREATED_BY, **fields}
 
 
-def _write(path: Path, document, tensors) -> None:
-    text = document if isinstance(document, str) else json.dumps(document, sort_keys=True, separators=(",", ":"))
-    _container.write(path, tensors, metadata_entries(text), durable=False)
+# --- an independent writer: safetensors + xxhash + json, as the spec describes ---------------------------------
+
+def stream_tensors(ids: list[str]) -> Tensors:
+    encoded = [i.encode() for i in ids]
+    offsets = np.concatenate([[0], np.cumsum([len(e) for e in encoded])]).astype(np.uint64)
+    hashes = [xxhash.xxh3_64_intdigest(e) for e in encoded]
+    entries = sorted((h, row) for row, h in enumerate(hashes))
+    bits = max(0, (max(1, len(ids) // 8) - 1).bit_length())
+    bucket = (lambda h: h >> (64 - bits)) if bits else (lambda h: 0)
+    bounds = [sum(1 for h, _ in entries if bucket(h) < b) for b in range(2**bits + 1)]
+    return {"stream_ids.bytes": np.frombuffer(b"".join(encoded), np.uint8).copy(),
+            "stream_ids.offsets": offsets,
+            "stream_ids.index": np.array(entries, np.uint64).reshape(len(ids), 2),
+            "stream_ids.buckets": np.array(bounds, np.uint64)}
 
 
-def _edited(path: Path, edit) -> None:
-    document, tensors = _document(_lstm_state())
-    tensors = dict(tensors)
-    edit(document, tensors)
-    _write(path, document, list(tensors.items()))
+def order(document: Document, tensors: Tensors) -> list[str]:
+    """Checksum order: layers in order, each's tensors in the spec's order, then the stream index."""
+    names = ["h", "c", "W", "R", "Wb", "Rb", "P"]
+    keys = [f"layers.{i}.{n}" for i in range(len(document["layers"])) for n in names if f"layers.{i}.{n}" in tensors]
+    return keys + [k for k in ("stream_ids.bytes", "stream_ids.offsets", "stream_ids.buckets", "stream_ids.index")
+                   if k in tensors]
 
 
-def generate(out: Path) -> list[dict]:
+def hexdigest(data: bytes) -> str:
+    return "xxh3_64:" + xxhash.xxh3_64_hexdigest(data)
+
+
+def seal(document: Document, tensors: Tensors) -> tuple[Document, Tensors]:
+    """Add the block checksums: the `checksums` tensor and the document's `checksum_blocks`."""
+    sums = []
+    for key in order(document, tensors):
+        raw = np.ascontiguousarray(tensors[key]).tobytes()
+        sums += [xxhash.xxh3_64_intdigest(raw[i:i + BLOCK]) for i in range(0, len(raw), BLOCK)]
+    checksums = np.array(sums, "<u8")
+    raw = checksums.tobytes()
+    document = {**document, "block_bytes": BLOCK,
+                "checksum_blocks": [hexdigest(raw[i:i + BLOCK]) for i in range(0, len(raw), BLOCK)]}
+    return document, {**tensors, "checksums": checksums}
+
+
+def file_bytes(document: Document | str, tensors: Tensors, **metadata: str) -> bytes:
+    text = document if isinstance(document, str) else json.dumps(document, sort_keys=True, separators=(",", ":"),
+                                                                   ensure_ascii=False)
+    entries = {"statefmt": text, "statefmt_checksum": hexdigest(text.encode()), **metadata}
+    return sorted_metadata(safetensors_bytes({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                                             metadata=entries))
+
+
+def sorted_metadata(data: bytes) -> bytes:
+    """The same file with its `__metadata__` keys sorted: safetensors' writer orders them as a hash map
+    does, which would make the vectors differ from run to run in those bytes alone."""
+    length = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + length])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (length - len(text))
+    return data[:8] + text + data[8 + length:]
+
+
+def build(make: Callable[[], tuple[Document, Tensors, list[str] | None]],
+          edit: Callable[[Document, Tensors], Any] | None = None, *, reseal: bool = True) -> bytes:
+    document, tensors, ids = make()
+    if ids is not None:
+        document["stream_ids"] = True
+        tensors.update(stream_tensors(ids))
+    if edit is not None and reseal:
+        edit(document, tensors)
+    document, tensors = seal(document, tensors)
+    if edit is not None and not reseal:
+        edit(document, tensors)
+    return file_bytes(document, tensors)
+
+
+def expected_values(make: Callable[[], tuple[Document, Tensors, list[str] | None]]) -> dict[str, Any]:
+    document, tensors, ids = make()
+    layers = []
+    for i, layer in enumerate(document["layers"]):
+        values = {k.split(".")[-1]: {"shape": list(v.shape), "values": np.asarray(v, np.float64).ravel().tolist()}
+                  for k, v in tensors.items() if k.startswith(f"layers.{i}.")}
+        layers.append({"name": layer["name"], **values})
+    return {"stream_ids": ids, "layers": layers}
+
+
+def _flip(tensor_key: str, byte: int) -> Callable[[Document, Tensors], None]:
+    def edit(document: Document, tensors: Tensors) -> None:
+        raw = np.ascontiguousarray(tensors[tensor_key]).copy()
+        raw.reshape(-1).view(np.uint8)[byte] ^= 0x10
+        tensors[tensor_key] = raw
+    return edit
+
+
+def _poison(value: float) -> Callable[[Document, Tensors], None]:
+    def edit(document: Document, tensors: Tensors) -> None:
+        tensors["layers.0.h"][0, 1, 2] = value
+    return edit
+
+
+def generate(out: Path) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
-    verdicts = []
+    verdicts: list[dict[str, Any]] = []
 
-    def vector(name: str, description: str, error: str | None = None) -> Path:
-        verdicts.append({"file": name, "valid": error is None, "error": error, "description": description})
-        return out / name
+    def vector(name: str, description: str, data: bytes, step: int | None = None, code: str | None = None,
+               expected: dict[str, Any] | None = None) -> None:
+        verdict: dict[str, Any] = {"file": name, "valid": step is None, "description": description}
+        if step is None:
+            verdict["expected"] = expected
+        else:
+            verdict.update(step=step, code=code)
+        verdicts.append(verdict)
+        (out / name).write_bytes(data)
 
-    statefmt.save(_lstm_state(), vector("lstm.statefmt", "one LSTM layer, two named streams"), durable=False)
-    statefmt.save(_mixed_state(), vector("mixed.statefmt", "bidirectional projected LSTM, bfloat16 GRU, "
-                                         "float16 and float64 RNNs, odd names"), durable=False)
-    statefmt.save(_lstm_state().rows([]), vector("zero_batch.statefmt", "a batch of 0 rows"), durable=False)
-    statefmt.save(_weights(), vector("gru_weights.statefmt", "weights of one GRU layer"), durable=False)
-    _edited(vector("future_minor.statefmt", "version 1.7 with keys a 1.0 reader does not know: ignored"),
-            lambda d, t: d.update(format_version="1.7", future_field={"x": 1}))
+    vector("lstm.statefmt", "one LSTM layer, two named streams", build(_lstm), expected=expected_values(_lstm))
+    vector("mixed.statefmt", "bidirectional projected LSTM, bfloat16 GRU, float16 and float64 RNNs, odd names",
+           build(_mixed), expected=expected_values(_mixed))
+    vector("many_ids.statefmt", "300 named streams in 32 hash buckets, non-ASCII ids", build(_many_ids),
+           expected=expected_values(_many_ids))
 
-    (vector("empty.statefmt", "an empty file", "not a valid safetensors file")).write_bytes(b"")
-    vector("random.statefmt", "random bytes", "not a valid safetensors file").write_bytes(
-        _rng().bytes(256))
-    good = (out / "lstm.statefmt").read_bytes()
-    vector("truncated.statefmt", "the valid LSTM file cut short", "not a valid safetensors file").write_bytes(
-        good[:-5])
+    def zero_batch() -> tuple[Document, Tensors, list[str] | None]:
+        document, tensors, _ = _lstm()
+        document["batch_size"] = 0
+        return document, {k: v[:, :0] for k, v in tensors.items()}, []
+    vector("zero_batch.statefmt", "a batch of 0 rows, with an (empty) stream index", build(zero_batch),
+           expected=expected_values(zero_batch))
+    vector("gru_weights.statefmt", "weights of one GRU layer", build(_weights), expected=expected_values(_weights))
+    vector("future_minor.statefmt", "version 2.7 with keys a 2.0 reader does not know: ignored",
+           build(_lstm, lambda d, t: d.update(format_version="2.7", future_field={"x": 1})),
+           expected=expected_values(_lstm))
+
+    good = build(_lstm)
+    vector("empty.statefmt", "an empty file", b"", 1, "container")
+    vector("random.statefmt", "random bytes", _rng().bytes(256), 1, "container")
+    vector("truncated.statefmt", "the valid LSTM file cut short", good[:-5], 1, "container")
+    vector("trailing.statefmt", "bytes after the last tensor", good + b"\0" * 8, 1, "container")
     vector("huge_header_length.statefmt", "a header length far beyond the file",
-           "not a valid safetensors file").write_bytes(struct.pack("<Q", 2**40) + good[8:])
+           struct.pack("<Q", 2**40) + good[8:], 1, "container")
     broken = b"{not json" + b" " * 7
-    vector("header_not_json.statefmt", "a header that is not JSON", "not a valid safetensors file").write_bytes(
-        struct.pack("<Q", len(broken)) + broken)
-    vector("pickle.safetensors", "a pickle under a safetensors name", "not a valid safetensors file").write_bytes(
-        pickle.dumps({"h": [1.0, 2.0]}, protocol=4))
-    _container.write(vector("plain.safetensors", "a plain safetensors file without statefmt metadata",
-                            "not a statefmt file"), [("h", np.zeros((1, 2, 3), "float32"))], {}, durable=False)
-    document, tensors = _document(_lstm_state())
+    vector("header_not_json.statefmt", "a header that is not JSON", struct.pack("<Q", len(broken)) + broken, 1,
+           "container")
+    header_len = struct.unpack("<Q", good[:8])[0]
+    header = good[8:8 + header_len].rstrip(b" ")
+    doubled = header[:-1] + b',"__metadata__":{}}'
+    doubled += b" " * (-len(doubled) % 8)
+    vector("duplicate_header_key.statefmt", "the safetensors header holds `__metadata__` twice",
+           struct.pack("<Q", len(doubled)) + doubled + good[8 + header_len:], 1, "container")
+    vector("pickle.safetensors", "a pickle under a safetensors name", pickle.dumps({"h": [1.0, 2.0]}, protocol=4), 1,
+           "container")
+    vector("plain.safetensors", "a plain safetensors file without statefmt metadata",
+           safetensors_bytes({"h": np.zeros((1, 2, 3), "float32")}), 2, "metadata")
+    document, tensors = seal(*_lstm()[:2])
+    vector("metadata_not_json.statefmt", "statefmt metadata that is not JSON", file_bytes("{'layers': ", tensors), 2,
+           "metadata")
     text = json.dumps(document, sort_keys=True, separators=(",", ":"))
-    _container.write(vector("metadata_checksum.statefmt", "a layer name changed after the metadata checksum "
-                            "was taken", "the metadata checksum ('statefmt_checksum') does not match"), tensors,
-                     {**metadata_entries(text), METADATA_KEY: text.replace("encoder", "encodes")}, durable=False)
-    _container.write(vector("metadata_no_checksum.statefmt", "no metadata checksum",
-                            "the metadata checksum ('statefmt_checksum') is missing"), tensors,
-                     {METADATA_KEY: text}, durable=False)
-    _edited(vector("future_major.statefmt", "format_version 2.0", "format_version 2.0 is not supported"),
-            lambda d, t: d.update(format_version="2.0"))
-    _write(vector("metadata_not_json.statefmt", "statefmt metadata that is not JSON",
-                  "statefmt metadata is not valid JSON"), "{'layers': ", _document(_lstm_state())[1])
-    _edited(vector("units_lie.statefmt", "metadata says 4 units, tensors have 3", "metadata says [1, 2, 4] float32"),
-            lambda d, t: d["layers"][0].update(units=4))
-    _edited(vector("batch_lie.statefmt", "metadata says batch 5, tensors have 2", "metadata says [1, 5, 3] float32"),
-            lambda d, t: d.update(batch_size=5, stream_ids=["a", "b", "c", "d", "e"]))
-    _edited(vector("dtype_lie.statefmt", "metadata says float64, tensors are float32", "metadata says [1, 2, 3] float64"),
-            lambda d, t: d["layers"][0].update(dtype="float64"))
-    _edited(vector("unknown_kind.statefmt", "kind 'transformer'", "kind: 'transformer' is not one of"),
-            lambda d, t: d["layers"][0].update(kind="transformer"))
-    _edited(vector("duplicate_names.statefmt", "two layers named 'encoder'", "duplicate layer names: 'encoder'"),
-            lambda d, t: (d["layers"].append({**d["layers"][0]}),
-                          t.update({"layers.1.h": t["layers.0.h"], "layers.1.c": t["layers.0.c"]})))
-    _edited(vector("stream_count.statefmt", "3 stream ids for a batch of 2", "stream_ids: expected 2 (batch_size), found 3"),
-            lambda d, t: d.update(stream_ids=["a", "b", "c"]))
-    _edited(vector("gru_projection.statefmt", "proj_units on a GRU", "proj_units: only an LSTM may project"),
-            lambda d, t: (d["layers"][0].update(kind="gru", proj_units=2), d["layers"][0]["checksums"].pop("c"),
-                          t.pop("layers.0.c")))
-    _edited(vector("missing_tensor.statefmt", "the LSTM's c tensor is absent", "tensor `layers.0.c` is missing"),
-            lambda d, t: t.pop("layers.0.c"))
-    _edited(vector("extra_tensor.statefmt", "a tensor no layer describes", "tensors not described by the metadata: extra"),
-            lambda d, t: t.update(extra=np.zeros(2, "float32")))
-    _edited(vector("checksum.statefmt", "one bit of h flipped after the checksum was taken", "checksum mismatch"),
-            lambda d, t: t.update({"layers.0.h": _flip_bit(t["layers.0.h"])}))
+    vector("metadata_duplicate_key.statefmt", "the document holds `batch_size` twice, each parser would keep another",
+           file_bytes(text[:-1] + ',"batch_size":5}', tensors), 2, "metadata")
+    vector("metadata_nan.statefmt", "NaN as a JSON value in the document",
+           file_bytes(text[:-1] + ',"user":{"x":NaN}}', tensors), 2, "metadata")
+    vector("future_major.statefmt", "format_version 3.0", build(_lstm, lambda d, t: d.update(format_version="3.0")),
+           3, "version")
+    vector("metadata_checksum.statefmt", "a layer name changed after the metadata checksum was taken",
+           sorted_metadata(safetensors_bytes(tensors, metadata={"statefmt": text.replace("encoder", "encodes"),
+                                                                "statefmt_checksum": hexdigest(text.encode())})), 4,
+           "metadata-checksum")
+    vector("metadata_no_checksum.statefmt", "no metadata checksum",
+           safetensors_bytes(tensors, metadata={"statefmt": text}), 4, "metadata-checksum")
+    vector("unknown_kind.statefmt", "kind 'transformer'",
+           build(_lstm, lambda d, t: d["layers"][0].update(kind="transformer")), 5, "schema")
+    vector("batch_float.statefmt", "batch_size 2.0, a float",
+           build(_lstm, lambda d, t: d.update(batch_size=2.0)), 5, "schema")
+    vector("activation_unknown.statefmt", "weights with activation 'gelu', outside the spec's list",
+           build(_weights, lambda d, t: d["layers"][0].update(activation="gelu")), 5, "schema")
+    vector("weights_missing_activation.statefmt", "weights without recurrent_activation",
+           build(_weights, lambda d, t: d["layers"][0].pop("recurrent_activation")), 5, "schema")
+    vector("duplicate_names.statefmt", "two layers named 'encoder'",
+           build(_lstm, lambda d, t: (d["layers"].append({**d["layers"][0]}),
+                                      t.update({"layers.1.h": t["layers.0.h"], "layers.1.c": t["layers.0.c"]}))),
+           6, "semantics")
+    vector("gru_projection.statefmt", "proj_units on a GRU",
+           build(_lstm, lambda d, t: (d["layers"][0].update(kind="gru", proj_units=2), t.pop("layers.0.c"))),
+           6, "semantics")
+    vector("units_lie.statefmt", "metadata says 4 units, tensors have 3",
+           build(_lstm, lambda d, t: d["layers"][0].update(units=4)), 7, "tensors")
+    vector("batch_lie.statefmt", "metadata says batch 5, tensors have 2",
+           build(_lstm, lambda d, t: d.update(batch_size=5)), 7, "tensors")
+    vector("dtype_lie.statefmt", "metadata says float64, tensors are float32",
+           build(_lstm, lambda d, t: d["layers"][0].update(dtype="float64")), 7, "tensors")
+    vector("missing_tensor.statefmt", "the LSTM's c tensor is absent", build(_lstm, lambda d, t: t.pop("layers.0.c")),
+           7, "tensors")
+    vector("extra_tensor.statefmt", "a tensor no layer describes",
+           build(_lstm, lambda d, t: t.update(extra=np.zeros(2, "float32"))), 7, "tensors")
+    vector("weights_shape.statefmt", "weights whose R has the wrong width",
+           build(_weights, lambda d, t: t.update({"layers.0.R": np.zeros((1, 9, 4), "float32")})), 7, "tensors")
+    vector("checksum.statefmt", "one bit of h flipped after the checksums were taken",
+           build(_lstm, _flip("layers.0.h", 3), reseal=False), 8, "checksum")
+    vector("checksum_table.statefmt", "one bit of the checksums tensor flipped",
+           build(_lstm, _flip("checksums", 0), reseal=False), 8, "checksum")
+    vector("weights_checksum.statefmt", "one bit of a weight flipped after the checksums were taken",
+           build(_weights, _flip("layers.0.W", 5), reseal=False), 8, "checksum")
     for value, name in ((np.nan, "nan"), (np.inf, "inf")):
-        def poison(d, t, value=value):
-            h = t["layers.0.h"].copy()
-            h[0, 1, 2] = value
-            d["layers"][0]["checksums"]["h"] = _container.checksum(h)
-            t["layers.0.h"] = h
-        _edited(vector(f"{name}.statefmt", f"{name.upper()} in a state", "non-finite values"), poison)
-
-    (out / "index.json").write_text(json.dumps(verdicts, indent=2) + "\n")
+        vector(f"{name}.statefmt", f"{name.upper()} in a state", build(_lstm, _poison(value)), 9, "nonfinite")
+    vector("weights_nan.statefmt", "NaN in the weights",
+           build(_weights, lambda d, t: t["layers.0.W"].__setitem__((0, 0, 0), np.nan)), 9, "nonfinite")
+    vector("stream_ids_duplicate.statefmt", "the same stream id twice, indexed consistently",
+           build(lambda: (_lstm()[0], _lstm()[1], ["same", "same"])), 10, "stream-index")
+    vector("stream_index_wrong.statefmt", "an index that points a hash at the wrong row (checksums valid)",
+           build(_lstm, lambda d, t: t["stream_ids.index"].__setitem__((slice(None), 1),
+                                                                         t["stream_ids.index"][::-1, 1].copy())),
+           10, "stream-index")
+    vector("stream_ids_not_utf8.statefmt", "a stream id that is not UTF-8",
+           build(_lstm, lambda d, t: t["stream_ids.bytes"].__setitem__(0, 0xFF)), 10, "stream-index")
+    (out / "index.json").write_text(json.dumps(verdicts, indent=1, ensure_ascii=False) + "\n")
     return verdicts
-
-
-def _flip_bit(array: np.ndarray) -> np.ndarray:
-    raw = array.copy().reshape(-1).view(np.uint8)
-    raw[3] ^= 0x10
-    return raw.view(array.dtype).reshape(array.shape)
 
 
 if __name__ == "__main__":

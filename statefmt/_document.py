@@ -1,0 +1,456 @@
+"""The metadata document: parsed and checked once, at the edge, into frozen dataclasses.
+
+A file's `__metadata__["statefmt"]` is a JSON text; `Document.parse` turns it into a typed
+`Document` (or raises `StateFormatError` naming the step of the spec that failed), and
+`Document.text` writes one. Writers build their document with the same checks readers run,
+so statefmt never writes a file it would refuse to read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from . import cells
+from ._dtypes import SAFETENSORS_CODES
+from .errors import StateFormatError
+
+FORMAT_VERSION = "2.0"
+READABLE_MAJORS = ("1", "2")
+METADATA_KEY = "statefmt"
+CHECKSUM_KEY = "statefmt_checksum"  # beside the document: a checksum cannot sit inside what it covers
+CHECKSUM_PREFIX = "xxh3_64:"
+MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
+MAX_LAYERS = 65_536
+MAX_DEPTH = 64  # JSON nesting, the same for every caller: not the interpreter's recursion limit
+MAX_PROBLEMS = 100
+BLOCK_BYTES = 65_536
+DESCRIPTIVE_FIELDS = ("source", "created_by", "user")
+STREAM_TENSORS = ("stream_ids.bytes", "stream_ids.offsets", "stream_ids.buckets", "stream_ids.index")
+CHECKSUMS_TENSOR = "checksums"
+
+# The checks of the spec's "What a reader MUST check", by step: a stable code for each.
+STEPS = {1: "container", 2: "metadata", 3: "version", 4: "metadata-checksum", 5: "schema", 6: "semantics",
+         7: "tensors", 8: "checksum", 9: "nonfinite", 10: "stream-index"}
+
+
+def fail(step: int, problems: str | list[str], source: str | None = None) -> StateFormatError:
+    """A `StateFormatError` for a failed reader check, carrying the spec's step and code."""
+    error = StateFormatError(cap(problems), source=source)
+    error.step, error.code = step, STEPS[step]
+    return error
+
+
+def cap(problems: str | list[str]) -> str | list[str]:
+    """At most MAX_PROBLEMS lines, and a count of the rest: an error stays small whatever the input."""
+    if isinstance(problems, str) or len(problems) <= MAX_PROBLEMS:
+        return problems
+    return [*problems[:MAX_PROBLEMS], f"and {len(problems) - MAX_PROBLEMS} more problems"]
+
+
+def text_checksum(text: str) -> str:
+    """The checksum of a metadata document: xxh3-64 of its UTF-8 bytes."""
+    return CHECKSUM_PREFIX + xxhash.xxh3_64_hexdigest(text.encode())
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    """One layer as the document describes it. `checksums` exists in 1.x files only (whole tensors)."""
+
+    name: str
+    kind: str
+    units: int
+    directions: int
+    proj_units: int | None
+    dtype: str
+    input_size: int | None = None
+    activation: str | None = None
+    recurrent_activation: str | None = None
+    linear_before_reset: bool | None = None
+    checksums: Mapping[str, str] | None = None
+
+    @property
+    def h_units(self) -> int:
+        return self.proj_units or self.units
+
+    def shapes(self, batch_size: int | None) -> dict[str, tuple[int, ...]]:
+        """Each tensor of the layer, in the spec's order, with its shape."""
+        d, units, h_units = self.directions, self.units, self.h_units
+        if batch_size is not None:
+            shapes = {"h": (d, batch_size, h_units)}
+            if self.kind == "lstm":
+                shapes["c"] = (d, batch_size, units)
+            return shapes
+        rows = cells.GATES[self.kind] * units
+        assert self.input_size is not None
+        shapes = {"W": (d, rows, self.input_size), "R": (d, rows, h_units), "Wb": (d, rows), "Rb": (d, rows)}
+        if self.proj_units is not None:
+            shapes["P"] = (d, h_units, units)
+        return shapes
+
+
+@dataclass(frozen=True)
+class Document:
+    """The metadata document of a file (format 1.x or 2.x), checked."""
+
+    format_version: str
+    content: str  # "state" or "weights"
+    layers: tuple[LayerEntry, ...]
+    batch_size: int | None = None
+    stream_ids: bool = False  # 2.x: the ids live in the stream_ids.* tensors
+    block_bytes: int = BLOCK_BYTES
+    checksum_blocks: tuple[str, ...] = ()  # 2.x: xxh3-64 of each block of the `checksums` tensor
+    ids_v1: tuple[str, ...] | None = None  # 1.x: the ids, in the document
+    source: Mapping[str, Any] | None = None
+    created_by: str | None = None
+    user: Mapping[str, Any] | None = None
+
+    @property
+    def major(self) -> str:
+        return self.format_version.split(".")[0]
+
+    @property
+    def is_state(self) -> bool:
+        return self.content == "state"
+
+    @property
+    def has_stream_ids(self) -> bool:
+        return self.stream_ids or self.ids_v1 is not None
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The descriptive fields a set carries as its `metadata`."""
+        return {key: getattr(self, key) for key in DESCRIPTIVE_FIELDS if getattr(self, key) is not None}
+
+    def tensors(self) -> Iterator[tuple[str, str, tuple[int, ...]]]:
+        """(name, dtype, shape) of every tensor the document calls for, in checksum order; 2.x without
+        the `checksums` tensor (see `checksums_shape`) and without the stream index (see `stream_shapes`)."""
+        batch = self.batch_size if self.is_state else None
+        for index, layer in enumerate(self.layers):
+            for name, shape in layer.shapes(batch).items():
+                yield f"layers.{index}.{name}", layer.dtype, shape
+
+    def to_dict(self) -> dict[str, Any]:
+        document: dict[str, Any] = {"format_version": self.format_version, "content": self.content}
+        if self.is_state:
+            document["batch_size"] = self.batch_size
+            document["stream_ids"] = self.stream_ids
+        document["block_bytes"] = self.block_bytes
+        document["checksum_blocks"] = list(self.checksum_blocks)
+        layers = []
+        for layer in self.layers:
+            entry = {f.name: getattr(layer, f.name) for f in dataclasses.fields(layer) if f.name != "checksums"}
+            if not self.is_state:
+                layers.append(entry)
+                continue
+            layers.append({key: value for key, value in entry.items() if key in _STATE_LAYER_KEYS})
+        document["layers"] = layers
+        document.update(self.fields)
+        return document
+
+    def text(self) -> str:
+        """The document as a writer stores it: sorted keys, no insignificant whitespace, no NaN."""
+        document = self.to_dict()
+        check_depth(document)
+        return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+    @classmethod
+    def parse(cls, metadata: Mapping[str, str], source: str | None = None) -> Document:
+        """The document of a file's `__metadata__`, checked (spec steps 2 to 6)."""
+        if METADATA_KEY not in metadata:
+            raise fail(2, f"no '{METADATA_KEY}' entry in the safetensors metadata: a plain safetensors file, "
+                          "not a statefmt file", source)
+        text = metadata[METADATA_KEY]
+        if len(text) > MAX_DOCUMENT_BYTES:
+            raise fail(2, f"statefmt metadata of {len(text)} bytes exceeds the {MAX_DOCUMENT_BYTES}-byte cap", source)
+        try:
+            document = strict_json(text)
+        except StateFormatError as error:
+            raise fail(2, f"statefmt metadata: {error.problems[0]}", source) from None
+        if not isinstance(document, dict):
+            raise fail(2, f"statefmt metadata must be a JSON object, found {type(document).__name__}", source)
+        version = document.get("format_version")
+        if not (isinstance(version, str) and re.fullmatch(r"(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})", version)):
+            raise fail(3, f"format_version: expected a version such as {FORMAT_VERSION!r}, found {_short(version)}",
+                       source)
+        if version.split(".")[0] not in READABLE_MAJORS:
+            raise fail(3, f"format_version {version} is not supported: this statefmt reads 1.x and 2.x files; "
+                          "upgrade statefmt", source)
+        if metadata.get(CHECKSUM_KEY) != text_checksum(text):
+            found = "is missing" if CHECKSUM_KEY not in metadata else "does not match"
+            raise fail(4, f"the metadata checksum ('{CHECKSUM_KEY}') {found}: the metadata is corrupt or was "
+                          "edited by hand", source)
+        return cls.from_dict(document, source)
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any], source: str | None = None) -> Document:
+        """A checked `Document` from a parsed JSON object (spec steps 5 and 6)."""
+        major = str(document.get("format_version", "")).split(".")[0]
+        problems = _schema_problems(document, major)
+        if problems:
+            raise fail(5, problems, source)
+        problems = _semantic_problems(document, major)
+        if problems:
+            raise fail(6, problems, source)
+        is_state = document["content"] == "state"
+        layers = []
+        for entry in document["layers"]:
+            weights = {} if is_state else {
+                "input_size": entry["input_size"], "activation": entry.get("activation", "tanh"),
+                "recurrent_activation": entry.get("recurrent_activation", "sigmoid"),
+                "linear_before_reset": entry.get("linear_before_reset", True)}
+            layers.append(LayerEntry(entry["name"], entry["kind"], entry["units"], entry["directions"],
+                                     entry["proj_units"], entry["dtype"], **weights,
+                                     checksums=entry.get("checksums") if major == "1" else None))
+        ids = document.get("stream_ids")
+        return cls(
+            format_version=document["format_version"], content=document["content"], layers=tuple(layers),
+            batch_size=document.get("batch_size"),
+            stream_ids=ids is True,
+            block_bytes=document.get("block_bytes", BLOCK_BYTES),
+            checksum_blocks=tuple(document.get("checksum_blocks", ())),
+            ids_v1=tuple(ids) if isinstance(ids, list) else None,
+            **{key: document[key] for key in DESCRIPTIVE_FIELDS if key in document},
+        )
+
+
+_STATE_LAYER_KEYS = ("name", "kind", "units", "directions", "proj_units", "dtype")
+
+
+def metadata_entries(text: str) -> dict[str, str]:
+    """The safetensors `__metadata__` of a file whose metadata document is `text`: it and its checksum."""
+    return {METADATA_KEY: text, CHECKSUM_KEY: text_checksum(text)}
+
+
+def strict_json(text: str | bytes) -> Any:
+    """Parse JSON as RFC 8259 says and RFC 7493 (I-JSON) asks: no duplicate keys, no NaN or
+    Infinity, nesting at most MAX_DEPTH deep. `StateFormatError` says what is wrong."""
+    try:
+        value = json.loads(text, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise StateFormatError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        message = str(error) if isinstance(error, StateFormatError) else f"not valid JSON ({error})"
+        raise StateFormatError(message[:300]) from None
+    check_depth(value)
+    return value
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        repeated = sorted(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+        raise StateFormatError(f"duplicate JSON key {_short(repeated[0])}: a key may appear once per object")
+    return result
+
+
+def _refuse_constant(name: str) -> Any:
+    raise StateFormatError(f"{name} is not a JSON number; NaN and Infinity are not allowed")
+
+
+def check_depth(value: Any) -> None:
+    """Refuse JSON values nested deeper than MAX_DEPTH: the same limit when writing and reading."""
+    level: list[Any] = [value]
+    for _ in range(MAX_DEPTH + 1):
+        below: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                below.extend(v for v in item.values() if isinstance(v, (dict, list)))
+            elif isinstance(item, list) and not set(map(type, item)) <= {str, int, float, bool, type(None)}:
+                below.extend(v for v in item if isinstance(v, (dict, list)))
+        if not below:
+            return
+        level = below
+    raise StateFormatError(f"JSON nested deeper than {MAX_DEPTH} levels")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# --- step 5: the schema ---------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=2)
+def schema(major: str = "2") -> dict[str, Any]:
+    """The JSON Schema of a document of this major version (statefmt.schema.json is 2.x)."""
+    name = "statefmt.schema.json" if major == "2" else "statefmt.schema.v1.json"
+    return json.loads((Path(__file__).parent / name).read_text())
+
+
+@lru_cache(maxsize=2)
+def _validator(major: str) -> Any:
+    import jsonschema  # loaded only for a document that the quick check does not pass
+
+    return jsonschema.Draft202012Validator(schema(major))
+
+
+def _schema_problems(document: dict[str, Any], major: str) -> list[str]:
+    layers = document.get("layers")
+    if isinstance(layers, list) and len(layers) > MAX_LAYERS:  # before the schema: a bounded error, fast
+        return [f"layers: expected at most {MAX_LAYERS}, found {len(layers)}"]
+    ids = document.get("stream_ids")
+    if isinstance(ids, list) and not set(map(type, ids)) <= {str}:  # at C speed: 65,536 ids
+        # jsonschema's uniqueItems compares mixed-type items pairwise: a crafted list would take hours
+        index = next(i for i, item in enumerate(ids) if not isinstance(item, str))
+        return [f"stream_ids.{index}: every stream id must be a string, found {type(ids[index]).__name__}"]
+    floats = [f"{where}: expected an integer, found {value!r}" for where, value in _integer_fields(document)
+              if isinstance(value, float)]
+    if floats:  # 2.0 is an integer to JSON Schema, not to the code that sizes arrays with it
+        return floats[:MAX_PROBLEMS]
+    try:
+        if _conforms(document, schema(major)):
+            return []
+    except _Undecided:
+        pass
+    problems = []
+    for error in _validator(major).iter_errors(document):
+        path = list(error.absolute_path)
+        if len(path) >= 2 and path[0] == "layers" and isinstance(path[1], int):
+            layer = document["layers"][path[1]]
+            name = layer.get("name") if isinstance(layer, dict) else None
+            field = ".".join(map(str, path[2:])) or "entry"
+            where = f"layer {path[1]} {_short(name)}: {field}"
+        else:
+            where = ".".join(map(str, path)) or "metadata"
+        message = error.message if len(error.message) <= 200 else error.message[:200] + " … (cut)"
+        problems.append(f"{where}: {message}")  # jsonschema quotes the whole bad value: keep a line short
+        if len(problems) > MAX_PROBLEMS:
+            break
+    return sorted(problems)
+
+
+def _integer_fields(document: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    for key in ("batch_size", "block_bytes"):
+        yield key, document.get(key)
+    layers = document.get("layers")
+    for index, layer in enumerate(layers if isinstance(layers, list) else []):
+        if isinstance(layer, dict):
+            for key in ("units", "directions", "proj_units", "input_size"):
+                yield f"layer {index}: {key}", layer.get(key)
+
+
+class _Undecided(Exception):
+    """The quick schema check met what it does not decide exactly; jsonschema decides."""
+
+
+_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+_TYPED_KEYWORDS = {"required", "properties", "additionalProperties", "items", "minItems", "maxItems",
+                   "uniqueItems", "minLength", "pattern", "minimum", "maximum"}  # each ignores other types
+
+
+def _conforms(value: Any, rules: dict[str, Any] | bool, root: dict[str, Any] | None = None) -> bool:
+    """Whether `value` conforms to the schema `rules`: the keywords statefmt's schemas use, exactly.
+
+    Why: `import jsonschema` costs more than the rest of the CLI's cold start (see `make bench`,
+    the ablation rows). It raises `_Undecided` for anything else (an unknown keyword, a float
+    where an integer is expected), so a schema change never weakens the check; jsonschema then
+    decides, and it alone writes the messages for a document that fails.
+    """
+    root = rules if root is None else root
+    if isinstance(rules, bool):
+        return rules
+    return all(_keyword_holds(value, keyword, rule, rules, root) for keyword, rule in rules.items())
+
+
+def _keyword_holds(value: Any, keyword: str, rule: Any, rules: dict[str, Any], root: dict[str, Any]) -> bool:
+    if keyword in ("$schema", "$id", "$defs", "title", "description", "then", "else"):
+        return True
+    if keyword == "$ref":
+        if not rule.startswith("#/$defs/"):
+            raise _Undecided(keyword)
+        return _conforms(value, root["$defs"][rule[len("#/$defs/"):]], root)
+    if keyword == "type":
+        return any(_is_type(value, name) for name in ([rule] if isinstance(rule, str) else rule))
+    if keyword in ("enum", "const"):
+        return any(_equal(value, candidate) for candidate in (rule if keyword == "enum" else [rule]))
+    if keyword == "if":
+        return _conforms(value, rules.get("then" if _conforms(value, rule, root) else "else", True), root)
+    if keyword == "not":
+        return not _conforms(value, rule, root)
+    if keyword in ("anyOf", "oneOf"):
+        matches = sum(_conforms(value, option, root) for option in rule)
+        return matches >= 1 if keyword == "anyOf" else matches == 1
+    if isinstance(value, dict) and keyword in ("required", "properties", "additionalProperties"):
+        if keyword == "required":
+            return all(key in value for key in rule)
+        if keyword == "properties":
+            return all(_conforms(value[key], option, root) for key, option in rule.items() if key in value)
+        if "patternProperties" in rules:
+            raise _Undecided(keyword)
+        known = rules.get("properties", {})
+        return all(_conforms(item, rule, root) for key, item in value.items() if key not in known)
+    if isinstance(value, list) and keyword in ("items", "minItems", "maxItems", "uniqueItems"):
+        if keyword == "items" and rule == {"type": "string"}:  # 1.x stream_ids: 65,536 of them, at C speed
+            return set(map(type, value)) <= {str}
+        if keyword == "items":
+            return all(_conforms(item, rule, root) for item in value)
+        if keyword != "uniqueItems":
+            return len(value) >= rule if keyword == "minItems" else len(value) <= rule
+        if rule and not set(map(type, value)) <= {str}:
+            raise _Undecided(keyword)
+        return not rule or len(set(value)) == len(value)
+    if isinstance(value, str) and keyword in ("minLength", "pattern"):
+        return len(value) >= rule if keyword == "minLength" else re.search(rule, value) is not None
+    if _is_type(value, "number") and keyword in ("minimum", "maximum"):
+        return value >= rule if keyword == "minimum" else value <= rule
+    if keyword in _TYPED_KEYWORDS:
+        return True
+    raise _Undecided(keyword)
+
+
+def _is_type(value: Any, name: str) -> bool:
+    if name in ("integer", "number"):
+        if isinstance(value, float) and name == "integer":
+            raise _Undecided("type")  # 1.0 is an integer to JSON Schema
+        return isinstance(value, (int, float) if name == "number" else int) and not isinstance(value, bool)
+    if name not in _TYPES:
+        raise _Undecided("type")
+    return isinstance(value, _TYPES[name])
+
+
+def _equal(value: Any, candidate: Any) -> bool:
+    if any(isinstance(x, (float, dict, list)) for x in (value, candidate)):
+        raise _Undecided("enum")  # 1 == 1.0 in JSON Schema; containers are not compared here
+    return type(value) is type(candidate) and value == candidate
+
+
+# --- step 6: what the schema cannot say ------------------------------------------------------------------------
+
+def _semantic_problems(document: dict[str, Any], major: str) -> list[str]:
+    problems = []
+    counts = Counter(layer["name"] for layer in document["layers"])  # not list.count: quadratic in 65,536 layers
+    duplicates = sorted(name for name, count in counts.items() if count > 1)
+    if duplicates:
+        problems.append(f"duplicate layer names: {', '.join(_short(name) for name in duplicates[:10])}")
+    ids = document.get("stream_ids")
+    if isinstance(ids, list) and len(ids) != document["batch_size"]:
+        problems.append(f"stream_ids: expected {document['batch_size']} (batch_size), found {len(ids)}")
+    for index, layer in enumerate(document["layers"]):
+        proj = layer["proj_units"]
+        where = f"layer {index} {_short(layer['name'])}"
+        if proj is not None and (layer["kind"] != "lstm" or proj >= layer["units"]):
+            problems.append(f"{where}: proj_units: only an LSTM may project, to fewer than its {layer['units']} "
+                            f"units; found {proj} on a {layer['kind']}")
+        if major == "1":
+            entry = LayerEntry(layer["name"], layer["kind"], layer["units"], layer["directions"], proj,
+                               layer["dtype"], input_size=layer.get("input_size"))
+            expected = set(entry.shapes(document.get("batch_size") if document["content"] == "state" else None))
+            if set(layer["checksums"]) != expected:
+                problems.append(f"{where}: checksums: expected keys {sorted(expected)}, "
+                                f"found {sorted(layer['checksums'])}")
+    return problems
+
+
+def dtype_code(name: str) -> str:
+    """The safetensors dtype code of a tensor dtype name (the four floats, and the index's integers)."""
+    return {**SAFETENSORS_CODES, "uint8": "U8", "uint64": "U64"}[name]
