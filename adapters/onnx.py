@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -31,31 +30,33 @@ from statefmt import (
     LayerSignature,
     LayerState,
     LayerWeights,
+    LayerWeightSignature,
     StateError,
     StateMismatchError,
     StateSet,
     StateSignature,
     WeightSet,
+    WeightSignature,
 )
+from statefmt.cells import FRAMEWORK_GATE_ORDER, gate_rows
 
-from ._common import fit, require, source_metadata
+from ._common import deprecated, fit, fit_weights, prefixed, require, source_metadata
 
 _KINDS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
-_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-# ONNX gate blocks -> neutral gate blocks: LSTM i,o,f,c -> i,f,g,o; GRU z,r,h -> r,z,n.
-_TO_NEUTRAL = {"lstm": (0, 2, 3, 1), "gru": (1, 0, 2), "rnn": (0,)}
-_TO_ONNX = {"lstm": (0, 3, 1, 2), "gru": (1, 0, 2), "rnn": (0,)}
 # Default activations per direction: LSTM (f, g, h), GRU (f, g), RNN (f).
 _DEFAULT_ACTIVATIONS = {"lstm": ("Sigmoid", "Tanh", "Tanh"), "gru": ("Sigmoid", "Tanh"), "rnn": ("Tanh",)}
-# Neutral activation name -> ONNX (name, alpha, beta). Keras 3's hard_sigmoid is x/6 + 1/2, clipped to [0, 1].
+# The spec's activations (statefmt.cells.ACTIVATIONS) as ONNX functions (name, alpha, beta).
 _ACTIVATIONS: dict[str, tuple[str, float | None, float | None]] = {
     "tanh": ("Tanh", None, None),
     "sigmoid": ("Sigmoid", None, None),
     "relu": ("Relu", None, None),
-    "hard_sigmoid": ("HardSigmoid", 1 / 6, 0.5),
-    "softsign": ("Softsign", None, None),
-    "softplus": ("Softplus", None, None),
+    "hard_sigmoid": ("HardSigmoid", 1 / 6, 0.5),  # Keras 3's: x/6 + 1/2, clipped to [0, 1]
+    "linear": ("Affine", 1.0, 0.0),
 }
+_ADVICE = {"proj_units": "ONNX's LSTM has no projection (its input P is a peephole); serve the model in PyTorch, "
+                         "which has proj_size",
+           "activation": "ONNX's recurrent nodes compute " + ", ".join(_ACTIVATIONS) + " only",
+           "recurrent_activation": "ONNX's recurrent nodes compute " + ", ".join(_ACTIVATIONS) + " only"}
 # Ops that only move elements, and which of their inputs carry the elements moved.
 _MOVES = {"Identity": (0,), "Cast": (0,), "Transpose": (0,), "Reshape": (0,), "Squeeze": (0,), "Unsqueeze": (0,),
           "Slice": (0,), "Gather": (0,), "Split": (0,), "Flatten": (0,), "Expand": (0,), "Concat": None}
@@ -64,18 +65,18 @@ _OPSET = 17
 
 # --- the adapter's verbs ---------------------------------------------------------------------------
 
-def signature(model) -> StateSignature:
-    """What `model` expects: one layer per recurrent node in graph order, the batch size static state inputs fix.
+def signature(target: Any, *, name: str | None = None) -> StateSignature:
+    """What `target` expects: one layer per recurrent node in graph order, the batch size static state inputs fix.
 
     >>> signature("forecaster.onnx").layers[0]  # doctest: +SKIP
     LayerSignature(kind='lstm', units=64, directions=1, proj_units=None, name='l0')
     """
-    graph = _Graph.of(model)
+    graph = _Graph.of(target)
     dtypes = {graph.input_dtype(name) for node in graph.nodes for name in node.state_inputs}
     if not dtypes:
         stored = graph.tensor(graph.nodes[0].inputs[1])
         dtypes = {_dtype_name(stored.dtype)} if stored is not None else set()
-    return StateSignature([LayerSignature(node.kind, node.hidden_size, node.directions, None, _name(k))
+    return StateSignature([LayerSignature(node.kind, node.hidden_size, node.directions, None, _name(name, k))
                            for k, node in enumerate(graph.nodes)],
                           batch_size=graph.static_batch(), dtype=dtypes.pop() if len(dtypes) == 1 else None)
 
@@ -96,7 +97,7 @@ class Node:
     Y_c: tuple[str, ...]
 
 
-def nodes(model) -> tuple[Node, ...]:
+def nodes(model: Any) -> tuple[Node, ...]:
     """The recurrent nodes of `model` in graph order, with the graph inputs feeding their initial states
     and the graph outputs carrying their final ones.
 
@@ -115,58 +116,48 @@ def nodes(model) -> tuple[Node, ...]:
     return tuple(result)
 
 
-def export(model, outputs) -> StateSet:
-    """The final states of a run, read from what `session.run` returned.
+def export(source: Any, state: Any = None, *, name: str | None = None) -> StateSet:
+    """The final states of a run, read from what `session.run` returned (`state`, as in every adapter).
 
     >>> outputs = session.run(None, {"x": x, **feeds})  # doctest: +SKIP
     >>> statefmt.save(export(session, outputs), "today.statefmt")  # doctest: +SKIP
 
-    `outputs` is a list in the graph's output order, or a dict by output name (then only the
-    outputs that carry state are needed). Each node's `Y_h`/`Y_c` is gathered from wherever
+    `state` is the list of outputs in the graph's order, or a dict by output name (then only
+    the outputs that carry state are needed). Each node's `Y_h`/`Y_c` is gathered from wherever
     the graph put it; a node whose final state no graph output carries is refused.
     """
-    graph = _Graph.of(model)
-    arrays = graph.named_outputs(outputs)
+    if state is None:
+        raise StateError("ONNX Runtime keeps no state: pass what session.run returned, e.g. "
+                         "export(session, session.run(None, feeds))")
+    graph = _Graph.of(source)
+    arrays = graph.named_outputs(state)
     states = graph.gather_states(arrays)
-    layers = [LayerState(_name(k), node.kind, **states[k]) for k, node in enumerate(graph.nodes)]
+    layers = [LayerState(_name(name, k), node.kind, **states[k]) for k, node in enumerate(graph.nodes)]
     return StateSet(layers, metadata={"source": graph.source()})
 
 
-def initial_state(states: StateSet, model, *, strict: bool = False, broadcast: bool = False,
-                  batch_size: int | None = None, device=None) -> dict[str, np.ndarray]:
-    """The feeds that start `model` from `states`: a dict by graph input name, in those inputs' dtype and layout.
+def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadcast: bool = False,
+                  batch_size: int | None = None, device: Any = None) -> dict[str, np.ndarray]:
+    """The feeds that start `target` from `states`: a dict by graph input name, in those inputs' dtype and layout.
 
     >>> feeds = initial_state(statefmt.load("today.statefmt"), session)  # doctest: +SKIP
     >>> outputs = session.run(None, {"x": x2, **feeds})  # doctest: +SKIP
 
-    Checked first against `signature(model)` (every mismatch at once; `strict=True` also
+    Checked first against `signature(target)` (every mismatch at once; `strict=True` also
     refuses a dtype other than the inputs'). `broadcast=True` starts every stream from a
     batch-1 state, at the batch size static inputs fix or at `batch_size=N`. Elements of a
     state input that feed no node are zeros. ORT takes host arrays: `device` may only be
     None or "cpu" (the session's execution provider moves the feeds itself).
     """
-    _refuse_weights(states, "initial_state", "a StateSet (statefmt.load)")
-    if isinstance(broadcast, (int, np.integer)) and not isinstance(broadcast, bool):
-        raise StateMismatchError(f"broadcast: expected True or False, found {broadcast!r}; "
-                                 f"to start {broadcast} streams pass broadcast=True, batch_size={broadcast}")
     if device not in (None, "cpu"):
         raise StateMismatchError(f"device: ONNX Runtime takes host arrays, found device={device!r}; pass device=None "
                                  "and choose the device with the session's providers")
-    graph = _Graph.of(model)
-    expected = signature(graph)
-    if batch_size is not None:
-        if expected.batch_size is not None and expected.batch_size != batch_size:
-            raise StateMismatchError(f"batch_size: the model's state inputs fix batch {expected.batch_size}, "
-                                     f"found batch_size={batch_size}")
-        expected = dataclasses.replace(expected, batch_size=int(batch_size))
-    if broadcast and expected.batch_size is None:
-        raise StateMismatchError("broadcast=True needs a batch size: the model's state inputs fix none; "
-                                 "pass batch_size=N to start N streams")
-    fitted = fit(states, expected, strict=strict, broadcast=bool(broadcast))
+    graph = _Graph.of(target)
+    fitted = fit(states, signature(graph), strict=strict, broadcast=broadcast, batch_size=batch_size)
     return graph.feeds(fitted)
 
 
-def export_weights(model) -> WeightSet:
+def export_weights(source: Any, *, name: str | None = None) -> WeightSet:
     """The weights of every recurrent node, in the neutral layout (statefmt.weights).
 
     >>> statefmt.save(export_weights("forecaster.onnx"), "weights.statefmt")  # doctest: +SKIP
@@ -176,16 +167,26 @@ def export_weights(model) -> WeightSet:
     projection `P`), `clip`, `input_forget=1`, different activations per direction, an LSTM
     whose cell and output activations differ, and activations the neutral layout has no name for.
     """
-    graph = _Graph.of(model)
+    graph = _Graph.of(source)
     problems = [p for k, node in enumerate(graph.nodes) for p in graph.check_exportable(k, node)]
     if problems:
         raise StateMismatchError(problems)
-    layers = [graph.export_weights(k, node) for k, node in enumerate(graph.nodes)]
+    layers = [graph.export_weights(_name(name, k), node) for k, node in enumerate(graph.nodes)]
     return WeightSet(layers, metadata={"source": graph.source()})
 
 
-def import_weights(weights: WeightSet, model):
-    """A copy of `model` (an `onnx.ModelProto`) whose recurrent nodes hold `weights`; `model` is left as it was.
+def weight_signature(target: Any) -> WeightSignature:
+    """What `target` can take as weights: per recurrent node its sizes, and every activation ONNX computes.
+
+    >>> weight_signature("forecaster.onnx").check(statefmt.load_weights("weights.statefmt"))  # doctest: +SKIP
+    []
+    """
+    graph = _Graph.of(target)
+    return WeightSignature([graph.layer_signature(k, node) for k, node in enumerate(graph.nodes)])
+
+
+def import_weights(weights: WeightSet, target: Any) -> Any:
+    """A copy of `target` (an `onnx.ModelProto`) whose recurrent nodes hold `weights`; `target` is left as it was.
 
     >>> served = import_weights(statefmt.load_weights("weights.statefmt"), "forecaster.onnx")  # doctest: +SKIP
     >>> session = onnxruntime.InferenceSession(served.SerializeToString())  # doctest: +SKIP
@@ -195,27 +196,21 @@ def import_weights(weights: WeightSet, model):
     (activations, GRU linear_before_reset, clip, input_forget, peepholes) are set from the
     weights, so the new model computes exactly what they describe.
     """
-    _refuse_states(weights, "import_weights")
-    graph = _Graph.of(model)
-    problems = []
-    if len(weights.layers) != len(graph.nodes):
-        problems.append(f"layer count: expected {len(graph.nodes)} (one per recurrent node), "
-                        f"found {len(weights.layers)}")
-    for k, (node, layer) in enumerate(zip(graph.nodes, weights.layers)):
-        problems += graph.check_loadable(k, node, layer)
-    if problems:
-        raise StateMismatchError(problems)
+    graph = _Graph.of(target)
+    expected = weight_signature(graph)
+    if isinstance(weights, WeightSet):  # the node takes the weights' math: only its sizes must fit
+        settable = [dataclasses.replace(layer, **{s: getattr(w, s) for s in (
+            "activation", "recurrent_activation", "linear_before_reset") if getattr(w, s) in _ACTIVATIONS or
+            s == "linear_before_reset"}) for layer, w in zip(expected.layers, weights.layers)]
+        expected = WeightSignature(settable + list(expected.layers[len(settable):]))
+    fit_weights(weights, expected)
     return graph.with_weights(weights)
 
 
-def load_weights(weights: WeightSet, model):
-    """Deprecated alias of `import_weights` (statefmt.load_weights reads a file; this copies into a model)."""
-    warnings.warn("statefmt.adapters.onnx.load_weights is deprecated: use import_weights", DeprecationWarning,
-                  stacklevel=2)
-    return import_weights(weights, model)
+load_weights = deprecated("load_weights", import_weights)
 
 
-def to_onnx(weights: WeightSet, *, batch_size: int | None = None, opset: int = _OPSET):
+def to_onnx(weights: WeightSet, *, batch_size: int | None = None, opset: int = _OPSET) -> Any:
     """A model running `weights` as one recurrent node per layer, with a named state input and output per layer.
 
     >>> model = to_onnx(keras_adapter.export_weights(model))  # doctest: +SKIP
@@ -230,16 +225,12 @@ def to_onnx(weights: WeightSet, *, batch_size: int | None = None, opset: int = _
     onnx = require("onnx", "onnx")
     from onnx import helper, numpy_helper
 
-    _refuse_states(weights, "to_onnx")
-    problems = []
-    for k, layer in enumerate(weights.layers):
-        where = f"layer {k} {layer.name!r}"
-        if layer.proj_units:
-            problems.append(f"{where}: proj_units: ONNX's LSTM has no projection (its input P is a peephole); "
-                            "serve a model without proj_size")
-        problems += _check_activations(where, layer)
-    if problems:
-        raise StateMismatchError(problems)
+    if not isinstance(weights, WeightSet):
+        fit_weights(weights, WeightSignature())  # says what was given and what is expected
+    fit_weights(weights, WeightSignature([LayerWeightSignature(
+        layer.kind, layer.units, layer.input_size, layer.directions, None, layer.name,
+        layer.activation, layer.recurrent_activation, tuple(_ACTIVATIONS), tuple(_ACTIVATIONS),
+        layer.linear_before_reset, advice=_ADVICE) for layer in weights.layers]))
     first = weights.layers[0]
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(first["W"].dtype))
     batch: int | str = batch_size if batch_size is not None else "batch"
@@ -737,19 +728,18 @@ class _Graph:
             return {"activation": forward[0]}, []
         return {"recurrent_activation": forward[0], "activation": forward[1]}, []
 
-    def export_weights(self, k: int, node: _Recurrent) -> LayerWeights:
+    def export_weights(self, name: str, node: _Recurrent) -> LayerWeights:
         W, R = self.tensor(node.inputs[1]), self.tensor(node.inputs[2])
         rows = W.shape[1]
         B = self.tensor(node.inputs[3]) if node.inputs[3] else np.zeros((node.directions, 2 * rows), W.dtype)
-        order = _TO_NEUTRAL[node.kind]
-        H = node.hidden_size
+        rows_ = gate_rows(node.kind, node.hidden_size, FRAMEWORK_GATE_ORDER["onnx"][node.kind])
 
         def neutral(array):
-            return np.concatenate([array[:, g * H:(g + 1) * H] for g in order], axis=1)
+            return array[:, rows_]
 
         functions, _ = self._neutral_activations(node)
         extra = {"linear_before_reset": bool(node.attrs.get("linear_before_reset", 0))} if node.kind == "gru" else {}
-        return LayerWeights(_name(k), node.kind, neutral(W), neutral(R), neutral(B[:, :rows]), neutral(B[:, rows:]),
+        return LayerWeights(name, node.kind, neutral(W), neutral(R), neutral(B[:, :rows]), neutral(B[:, rows:]),
                             **functions, **extra)
 
     def input_size(self, node: _Recurrent) -> int | None:
@@ -759,18 +749,22 @@ class _Graph:
         W_ = self.tensor(node.inputs[1])
         return None if W_ is None else int(W_.shape[2])
 
-    def check_loadable(self, k: int, node: _Recurrent, weights: LayerWeights) -> list[str]:
-        where = f"{node.where(k)}, weights {weights.name!r}"
-        problems = [f"{where}: {field}: expected {want}, found {found}"
-                    for field, want, found in (("kind", node.kind, weights.kind),
-                                               ("units", node.hidden_size, weights.units),
-                                               ("input_size", self.input_size(node), weights.input_size),
-                                               ("directions", node.directions, weights.directions))
-                    if want is not None and want != found]
-        if weights.proj_units:
-            problems.append(f"{where}: proj_units: ONNX's LSTM has no projection (its input P is a peephole), found "
-                            f"proj_units={weights.proj_units}; serve the model in PyTorch, which has proj_size")
-        return problems + _check_activations(where, weights)
+    def layer_signature(self, k: int, node: _Recurrent) -> LayerWeightSignature:
+        input_size = self.input_size(node)
+        if input_size is None:
+            raise StateMismatchError(f"{self.label}: {node.where(k)}: W ({node.inputs[1]!r}) is computed in the "
+                                     "graph, not stored, so its input size is unknown; fold constants first")
+        current, _ = self._neutral_activations(node)
+        functions = self.activations(node)
+        described = {"activation": _describe_function(*functions[1 if node.kind != "rnn" else 0]),
+                     "recurrent_activation": _describe_function(*functions[0])}
+        return LayerWeightSignature(
+            node.kind, node.hidden_size, input_size, node.directions, None, node.name,
+            current.get("activation", described["activation"]),
+            current.get("recurrent_activation", described["recurrent_activation"] if node.kind != "rnn"
+                        else "sigmoid"),
+            tuple(_ACTIVATIONS), tuple(_ACTIVATIONS), bool(node.attrs.get("linear_before_reset", 0)),
+            advice=_ADVICE)
 
     def with_weights(self, weights: WeightSet):
         from onnx import helper, numpy_helper
@@ -789,7 +783,7 @@ class _Graph:
             while len(proto.input) < 4:
                 proto.input.append("")
             for slot, key, array in zip((1, 2, 3), "WRB", arrays):
-                name = _fresh(f"{_name(k)}.{key}", taken)
+                name = _fresh(f"{_name(None, k)}.{key}", taken)
                 if proto.input[slot]:
                     displaced.add(proto.input[slot])
                 proto.input[slot] = name
@@ -836,17 +830,11 @@ def _describe_function(name: str, alpha, beta) -> str:
     return f"{name}(alpha={alpha:g}" + (f", beta={beta:g})" if beta is not None else ")")
 
 
-def _check_activations(where: str, weights: LayerWeights) -> list[str]:
-    settings = ("activation",) if weights.kind == "rnn" else ("activation", "recurrent_activation")
-    return [f"{where}: {setting}: ONNX's {weights.kind.upper()} has no {getattr(weights, setting)!r}; it computes "
-            f"{', '.join(_ACTIVATIONS)}" for setting in settings if getattr(weights, setting) not in _ACTIVATIONS]
-
-
 def _onnx_weights(layer: LayerWeights) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    order, H = _TO_ONNX[layer.kind], layer.units
+    back = np.argsort(gate_rows(layer.kind, layer.units, FRAMEWORK_GATE_ORDER["onnx"][layer.kind]))
 
     def onnx_order(array):
-        return np.concatenate([array[:, g * H:(g + 1) * H] for g in order], axis=1)
+        return array[:, back]
 
     W, R = onnx_order(np.asarray(layer["W"])), onnx_order(np.asarray(layer["R"]))
     B = np.concatenate([onnx_order(np.asarray(layer["Wb"])), onnx_order(np.asarray(layer["Rb"]))], axis=1)
@@ -1110,8 +1098,8 @@ def _load(model):
                              "(its path or its onnx.ModelProto) instead")
 
 
-def _name(k: int) -> str:
-    return f"l{k}"
+def _name(prefix: str | None, k: int) -> str:
+    return prefixed(prefix, f"l{k}")
 
 
 def _fresh(name: str, taken: set[str]) -> str:
@@ -1130,19 +1118,3 @@ def _bfloat16():
     import ml_dtypes
 
     return np.dtype(ml_dtypes.bfloat16)
-
-
-def _refuse_weights(value, verb: str, expected: str) -> None:
-    if isinstance(value, WeightSet):
-        raise StateMismatchError(f"{verb}: expected {expected}, found a WeightSet (weights, not a state); "
-                                 "import_weights takes weights")
-    if not isinstance(value, StateSet):
-        raise StateMismatchError(f"{verb}: expected {expected}, found {type(value).__name__}")
-
-
-def _refuse_states(value, verb: str) -> None:
-    if isinstance(value, StateSet):
-        raise StateMismatchError(f"{verb}: expected a WeightSet (statefmt.load_weights), found a StateSet "
-                                 "(a state, not weights); initial_state takes states")
-    if not isinstance(value, WeightSet):
-        raise StateMismatchError(f"{verb}: expected a WeightSet (statefmt.load_weights), found {type(value).__name__}")

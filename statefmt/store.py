@@ -22,17 +22,18 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
 
+from ._document import BLOCK_BYTES, FORMAT_VERSION, Document, LayerEntry, strict_json
+from .cells import STATE_NAMES
 from .errors import StateError, StateFormatError, StateMismatchError
 from .signature import LayerSignature, StateSignature
-from .states import STATE_NAMES, LayerState, StateSet
+from .states import LayerState, StateSet
 
-STORE_FORMAT_VERSION = "2.0"
+STORE_FORMAT_VERSION = FORMAT_VERSION  # a store shares the file format's version (2.x)
 METADATA_KEY = "statefmt"
 ID_COLUMN = "stream_id"
 INDEX_NAME = "stream_id_idx"
@@ -42,20 +43,11 @@ MAX_LAYERS = 1024
 MAX_ID_BYTES = 1024
 INDEX_LAG_ROWS = 8192  # rows in unindexed fragments a put leaves before it folds them into the index: a get scans them
 COMMIT_ATTEMPTS = 20
-DTYPES = ("float16", "bfloat16", "float32", "float64")
 _SHOWN_IDS = 10
 
 
-@dataclass(frozen=True)
-class _Layer:
-    """One layer as the store's document describes it."""
-
-    name: str
-    kind: str
-    units: int
-    directions: int
-    proj_units: int | None
-    dtype: str
+class _Layer(LayerEntry):
+    """A layer of the store's document: the file model's `LayerEntry`, with the store's columns."""
 
     @property
     def states(self) -> tuple[str, ...]:
@@ -63,83 +55,54 @@ class _Layer:
 
     def width(self, state: str) -> int:
         """Values per row in the column of `state`: [directions, units] flattened."""
-        return self.directions * (self.proj_units or self.units if state == "h" else self.units)
+        return self.directions * (self.h_units if state == "h" else self.units)
 
     def column(self, index: int, state: str) -> str:
         return f"layer{index}_{state}"
 
 
-# ---- the document: built and parsed here only ---------------------------------------------------------------------
+# ---- the document: built and parsed here only, through the file's document model ----------------------------------
 
 def _document(layers: Sequence[_Layer]) -> str:
-    """The JSON kept under `statefmt` in the dataset's schema metadata."""
+    """The JSON kept under `statefmt` in the dataset's schema metadata: a file's document minus its tensors."""
     from . import __version__
 
-    document = {"format_version": STORE_FORMAT_VERSION, "content": "store",
-                "layers": [{"name": layer.name, "kind": layer.kind, "units": layer.units,
-                            "directions": layer.directions, "proj_units": layer.proj_units, "dtype": layer.dtype}
-                           for layer in layers],
-                "created_by": f"statefmt {__version__}"}
+    model = Document(format_version=FORMAT_VERSION, content="state", layers=tuple(layers), batch_size=0,
+                     created_by=f"statefmt {__version__}").to_dict()
+    document = {"format_version": model["format_version"], "content": "store", "layers": model["layers"],
+                "created_by": model["created_by"]}
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _parse_document(text: str | bytes, url: str) -> tuple[_Layer, ...]:
-    """The layers of a store's document; `StateFormatError` naming the URL and the field for anything else."""
-    def refuse(problem: str) -> StateFormatError:
-        return StateFormatError(problem, source=url)
-
+    """The layers of a store's document, checked as a file's are; `StateFormatError` naming the URL otherwise."""
     if len(text) > MAX_DOCUMENT_BYTES:
-        raise refuse(f"statefmt document of {len(text)} bytes exceeds the {MAX_DOCUMENT_BYTES}-byte cap")
+        raise StateFormatError(f"statefmt document of {len(text)} bytes exceeds the {MAX_DOCUMENT_BYTES}-byte cap",
+                               source=url)
     try:
-        document = json.loads(text)
-    except (ValueError, RecursionError) as error:
-        raise refuse(f"the statefmt document is not valid JSON ({type(error).__name__}: {error})") from None
+        document = strict_json(text)
+    except StateFormatError as error:
+        raise StateFormatError(f"the statefmt document: {error.problems[0]}", source=url) from None
     if not isinstance(document, dict):
-        raise refuse(f"the statefmt document must be a JSON object, found {type(document).__name__}")
+        raise StateFormatError(f"the statefmt document must be a JSON object, found {type(document).__name__}",
+                               source=url)
     version = document.get("format_version")
-    if not isinstance(version, str) or not re.fullmatch(r"\d+\.\d+", version):
-        raise refuse(f"format_version: expected a string MAJOR.MINOR, found {version!r}")
+    if not isinstance(version, str) or not re.fullmatch(r"\d{1,9}\.\d{1,9}", version):
+        raise StateFormatError(f"format_version: expected a string MAJOR.MINOR, found {str(version)[:40]!r}",
+                               source=url)
     if version.split(".")[0] != STORE_FORMAT_VERSION.split(".")[0]:
-        raise refuse(f"format_version {version} is not supported: this statefmt reads 2.x stores; upgrade statefmt")
+        raise StateFormatError(f"format_version {version} is not supported: this statefmt reads 2.x stores; "
+                               "upgrade statefmt", source=url)
     if document.get("content") != "store":
-        raise refuse(f"content: expected 'store', found {document.get('content')!r}")
-    entries = document.get("layers")
-    if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_LAYERS:
-        raise refuse(f"layers: expected a list of 1 to {MAX_LAYERS} layers, found {type(entries).__name__}")
-    problems, layers = [], []
-    for index, entry in enumerate(entries):
-        where = f"layer {index}"
-        if not isinstance(entry, dict):
-            problems.append(f"{where}: expected an object, found {type(entry).__name__}")
-            continue
-        values: list[Any] = [entry.get(key) for key in ("name", "kind", "units", "directions", "proj_units", "dtype")]
-        name, kind, units, directions, proj, dtype = values
-        where = f"layer {index} {name!r}"
-        found = len(problems)
-        if not isinstance(name, str) or not name:
-            problems.append(f"{where}: name: expected a non-empty string")
-        if kind not in STATE_NAMES:
-            problems.append(f"{where}: kind: expected one of {', '.join(STATE_NAMES)}, found {kind!r}")
-        if not _positive_int(units):
-            problems.append(f"{where}: units: expected a positive integer, found {units!r}")
-        if directions not in (1, 2) or isinstance(directions, bool):
-            problems.append(f"{where}: directions: expected 1 or 2, found {directions!r}")
-        if proj is not None and not (_positive_int(proj) and kind == "lstm" and _positive_int(units) and proj < units):
-            problems.append(f"{where}: proj_units: only an LSTM may project, to fewer than its units; found {proj!r}")
-        if dtype not in DTYPES:
-            problems.append(f"{where}: dtype: expected one of {', '.join(DTYPES)}, found {dtype!r}")
-        if len(problems) == found:
-            layers.append(_Layer(name, kind, units, directions, proj, dtype))
-    duplicates = sorted(name for name, n in Counter(layer.name for layer in layers).items() if n > 1)
-    if duplicates:
-        problems.append(f"duplicate layer names: {', '.join(map(repr, duplicates))}")
-    if problems:
-        raise StateFormatError(problems, source=url)
-    return tuple(layers)
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 2**31
+        raise StateFormatError(f"content: expected 'store', found {str(document.get('content'))[:40]!r}", source=url)
+    layers = document.get("layers")
+    if not isinstance(layers, list) or not 1 <= len(layers) <= MAX_LAYERS:
+        raise StateFormatError(f"layers: expected a list of 1 to {MAX_LAYERS} layers", source=url)
+    # the layers of a batch-0 state file: the same schema and checks as a file's
+    as_file = {"format_version": version, "content": "state", "batch_size": 0, "stream_ids": False,
+               "block_bytes": BLOCK_BYTES, "checksum_blocks": [], "layers": layers}
+    entries = Document.from_dict(as_file, url).layers
+    return tuple(_Layer(e.name, e.kind, e.units, e.directions, e.proj_units, e.dtype) for e in entries)
 
 
 # ---- Lance, with its errors turned into ours ------------------------------------------------------------------------
@@ -168,7 +131,7 @@ def _lance_errors(url: str, action: str) -> Iterator[None]:
         raise StateFormatError(f"{action}: {type(error).__name__}: {error}", source=url) from None
 
 
-def _arrow_schema(layers: Sequence[_Layer]):
+def _arrow_schema(layers: Sequence[_Layer]) -> Any:
     import pyarrow as pa
 
     fields = [pa.field(ID_COLUMN, pa.string(), nullable=False, metadata=PRIMARY_KEY)]
@@ -179,13 +142,13 @@ def _arrow_schema(layers: Sequence[_Layer]):
     return pa.schema(fields, metadata={METADATA_KEY: _document(layers)})
 
 
-def _value_type(dtype: str):
+def _value_type(dtype: str) -> Any:
     import pyarrow as pa
 
     if dtype == "bfloat16":
         from lance.arrow import BFloat16Type
 
-        return BFloat16Type()
+        return BFloat16Type()  # type: ignore[no-untyped-call]
     return {"float16": pa.float16(), "float32": pa.float32(), "float64": pa.float64()}[dtype]
 
 
@@ -193,11 +156,11 @@ def _numpy_dtype(dtype: str) -> np.dtype:
     if dtype == "bfloat16":
         import ml_dtypes
 
-        return np.dtype(ml_dtypes.bfloat16)
+        return np.dtype(ml_dtypes.bfloat16)  # type: ignore[no-any-return]
     return np.dtype(dtype)
 
 
-def _column(values: np.ndarray, layer: _Layer, state: str):
+def _column(values: np.ndarray, layer: _Layer, state: str) -> Any:
     """Arrow fixed-size lists from an array [directions, batch, units]: one list per stream."""
     import pyarrow as pa
 
@@ -207,13 +170,13 @@ def _column(values: np.ndarray, layer: _Layer, state: str):
 
         raw = pa.py_buffer(rows.view(np.uint8))
         storage = pa.FixedSizeBinaryArray.from_buffers(pa.binary(2), rows.size, [None, raw])
-        flat = pa.ExtensionArray.from_storage(BFloat16Type(), storage)
+        flat = pa.ExtensionArray.from_storage(BFloat16Type(), storage)  # type: ignore[no-untyped-call]
     else:
         flat = pa.array(rows)
     return pa.FixedSizeListArray.from_arrays(flat, layer.width(state))
 
 
-def _array(column, layer: _Layer, state: str) -> np.ndarray:
+def _array(column: Any, layer: _Layer, state: str) -> np.ndarray:
     """[rows, directions, units] from an Arrow fixed-size-list column, read-only, without a copy of the values."""
     import pyarrow as pa
 
@@ -233,7 +196,7 @@ def _array(column, layer: _Layer, state: str) -> np.ndarray:
     return flat.reshape(-1, layer.directions, width // layer.directions)
 
 
-def _id_filter(ids: Sequence[str]):
+def _id_filter(ids: Sequence[str]) -> Any:
     import pyarrow.compute as pc
 
     return pc.field(ID_COLUMN) == ids[0] if len(ids) == 1 else pc.field(ID_COLUMN).isin(list(ids))
@@ -244,9 +207,9 @@ def _shown(ids: Sequence[str]) -> str:
     return listed + (f" … ({len(ids)} in all)" if len(ids) > _SHOWN_IDS else "")
 
 
-def _check_ids(ids: Any, what: str) -> list[str]:
+def _check_ids(given: Any, what: str) -> list[str]:
     """Stream ids as a list; `StateMismatchError` for a non-string, an empty or an over-long id, or a repeat."""
-    ids = [ids] if isinstance(ids, str) else list(ids)
+    ids: list[str] = [given] if isinstance(given, str) else list(given)
     if not ids or (set(map(type, ids)) == {str} and min(map(len, ids)) > 0
                    and max(map(len, ids)) * 4 <= MAX_ID_BYTES and len(set(ids)) == len(ids)):
         return ids  # the common case, at C speed: a million ids in ~0.1 s
@@ -390,7 +353,7 @@ def _local_path(url: str) -> str | None:
     return None if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", url) else url
 
 
-def _check_schema(schema, url: str) -> tuple[_Layer, ...]:
+def _check_schema(schema: Any, url: str) -> tuple[_Layer, ...]:
     """The layers of a store whose Arrow schema agrees with its document; `StateFormatError` otherwise."""
     import pyarrow as pa
 
@@ -447,7 +410,7 @@ class Store:
         if not isinstance(stream_id, str) or not stream_id:
             return False
         with _lance_errors(self.url, "cannot look up a stream"):
-            return self._dataset.count_rows(filter=_id_filter([stream_id])) > 0
+            return bool(self._dataset.count_rows(filter=_id_filter([stream_id])) > 0)
 
     def __repr__(self) -> str:
         return f"Store({self.url!r}, version={self.version}, layers={len(self._layers)})"
@@ -527,7 +490,8 @@ class Store:
             layers.append(LayerState(layer.name, layer.kind, **arrays))
         return StateSet(layers, stream_ids=ids)
 
-    def _read(self, ids: Sequence[str] | None, *, progress: Callable[[int], Any] | None = None) -> tuple[dict, Any]:
+    def _read(self, ids: Sequence[str] | None, *,
+              progress: Callable[[int], Any] | None = None) -> tuple[dict[str, np.ndarray], Any]:
         """The stored rows of `ids` (all rows for None) in the order Lance returns them, each checked finite,
         and their ids as an Arrow array."""
         columns = [ID_COLUMN] + [layer.column(i, s) for i, layer in enumerate(self._layers) for s in layer.states]
@@ -637,7 +601,7 @@ class Store:
         """
         self._writable("compact")
 
-        def compact(dataset):
+        def compact(dataset: Any) -> None:
             dataset.optimize.compact_files()
             dataset.optimize.optimize_indices()
 
@@ -655,7 +619,7 @@ class Store:
             stats = self._dataset.cleanup_old_versions(older_than=older_than)
         return {"old_versions": int(stats.old_versions), "bytes_removed": int(stats.bytes_removed)}
 
-    def _commit(self, action: str, operation) -> int:
+    def _commit(self, action: str, operation: Callable[[Any], Any]) -> int:
         """Run a committing Lance operation on the latest version, retrying on commit conflicts."""
         delay = 0.01
         for attempt in range(COMMIT_ATTEMPTS):
@@ -696,7 +660,7 @@ class Store:
                 raise
 
 
-def _indexed_fragments(dataset) -> set[int] | None:
+def _indexed_fragments(dataset: Any) -> set[int] | None:
     """The fragments the id index covers; None when there is no id index."""
     for index in dataset.describe_indices():
         if index.name == INDEX_NAME:
@@ -713,14 +677,21 @@ def _fit_problems(layers: Sequence[_Layer], states: StateSet) -> list[str]:
     return problems
 
 
-def _table(layers: Sequence[_Layer], states: StateSet, url: str):
+def _table(layers: Sequence[_Layer], states: StateSet, url: str) -> Any:
     """The Arrow table of a checked put (None when it holds no stream); every problem in one error first."""
     if not isinstance(states, StateSet):
         raise TypeError(f"expected a StateSet, not {type(states).__name__}")
     if states.stream_ids is None:
         raise StateMismatchError("a put needs states.stream_ids: StateSet.with_stream_ids names the rows",
                                  source=url)
-    ids = _check_ids(states.stream_ids, "put")
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = states.stream_ids  # unique strings: StateSet checks that
+    id_array = pa.array(ids, pa.string())
+    if ids and (pc.min(pc.binary_length(id_array)).as_py() == 0
+                or pc.max(pc.binary_length(id_array)).as_py() > MAX_ID_BYTES):
+        _check_ids(ids, "put")  # names the offending ids
     mismatches = _fit_problems(layers, states)
     poisoned = []
     for index, layer in enumerate(states.layers):
@@ -734,9 +705,7 @@ def _table(layers: Sequence[_Layer], states: StateSet, url: str):
         raise error(mismatches + poisoned + [f"nothing was written for streams {_shown(ids)}"], source=url)
     if not ids:
         return None
-    import pyarrow as pa
-
-    arrays = [pa.array(ids, pa.string())]
+    arrays = [id_array]
     arrays += [_column(found[state], layer, state) for layer, found in zip(layers, states.layers)
                for state in layer.states]
     return pa.Table.from_arrays(arrays, schema=_arrow_schema(layers))
@@ -744,7 +713,11 @@ def _table(layers: Sequence[_Layer], states: StateSet, url: str):
 
 def _nonfinite_rows(rows: np.ndarray) -> np.ndarray:
     """Indices of the rows (axis 0) holding NaN or Inf."""
+    if rows.size == 0:
+        return np.empty(0, np.int64)
+    if rows.dtype.itemsize >= 4 and np.isfinite(rows.sum()):  # NaN and Inf propagate: one cheap pass
+        return np.empty(0, np.int64)
     rows = rows.astype(np.float32, copy=False) if rows.dtype.itemsize < 4 else rows  # float16, bfloat16
-    if rows.size == 0 or np.isfinite(rows).all():
+    if np.isfinite(rows).all():  # the sum overflowed, or 16-bit values
         return np.empty(0, np.int64)
     return np.flatnonzero(~np.isfinite(rows).reshape(rows.shape[0], -1).all(axis=1))

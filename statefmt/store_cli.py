@@ -29,7 +29,7 @@ def _storage_options(pairs: tuple[str, ...]) -> dict[str, str] | None:
     return options or None
 
 
-def _url_command(function: Callable) -> Callable:
+def _url_command(function: Callable[..., Any]) -> Callable[..., Any]:
     """The URL argument and the object-store options every store command takes."""
     function = click.option("-s", "--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
                             help="An object-store option for Lance (e.g. aws_endpoint=http://…, allow_http=true); "
@@ -37,7 +37,7 @@ def _url_command(function: Callable) -> Callable:
     return click.argument("url")(function)
 
 
-def _json_option(function: Callable) -> Callable:
+def _json_option(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")(function)
 
 
@@ -141,7 +141,7 @@ def get(ctx: click.Context, url: str, storage_option: tuple[str, ...], ids: tupl
         import statefmt
 
         opened = _open(url, storage_option, version)
-        states = opened.get(list(ids), missing=missing)  # type: ignore[arg-type]
+        states = opened.get(list(ids), missing="zeros" if missing == "zeros" else "error")
         statefmt.save(states, output, metadata={"source": {"model": f"{url} (store version {opened.version})"}})
         _emit(as_json, {"url": url, "version": opened.version, "output": output, "streams": len(ids)},
               f"{output}: {len(ids)} stream(s) from {url} version {opened.version}")
@@ -197,8 +197,8 @@ def import_(ctx: click.Context, url: str, storage_option: tuple[str, ...], file:
         except statefmt.StateFormatError as error:
             if not any("no store here" in problem for problem in error.problems):
                 raise
-            target = store_api.create(url, statefmt.StateSignature.of(states, batch_size=False, dtype=True),
-                                      storage_options=options, states=states)
+            signature = statefmt.StateSignature.of(states, batch_size=None, dtype=states.layers[0].dtype)
+            target = store_api.create(url, signature, storage_options=options, states=states)
             created = True
         if not created:
             with _progress(len(ids), "import") as advance:
@@ -252,7 +252,7 @@ def compact(ctx: click.Context, url: str, storage_option: tuple[str, ...], clean
         _emit(as_json, result, text)
 
 
-def _open(url: str, pairs: tuple[str, ...], version: int | None = None):
+def _open(url: str, pairs: tuple[str, ...], version: int | None = None) -> Any:
     from . import store as store_api
 
     return store_api.open(url, version=version, storage_options=_storage_options(pairs))

@@ -74,7 +74,7 @@ class Keras:
 
     def load_weights(self, weights, layers):
         for index, layer in enumerate(layers):
-            self.adapter.load_weights(statefmt.WeightSet([weights.layers[index]]), layer)
+            self.adapter.import_weights(statefmt.WeightSet([weights.layers[index]]), layer)
         return layers
 
 
@@ -103,8 +103,7 @@ class Torch:
         return self.adapter.export_weights(module)
 
     def load_weights(self, weights, module):
-        self.adapter.load_weights(weights, module)
-        return module
+        return self.adapter.import_weights(weights, module)
 
 
 class Linen:
@@ -143,11 +142,12 @@ class Linen:
         return np.asarray(y), self.adapter.export(modules, finals)
 
     def export_weights(self, model):
-        return self.adapter.export_weights(*model)
+        modules, variables = model
+        return self.adapter.export_weights(modules, variables=variables)
 
     def load_weights(self, weights, model):
         modules, variables = model
-        return modules, self.adapter.load_weights(weights, modules, variables)
+        return modules, self.adapter.import_weights(weights, modules, variables=variables)
 
 
 class NNX:
@@ -181,8 +181,7 @@ class NNX:
         return self.adapter.export_weights(modules)
 
     def load_weights(self, weights, modules):
-        self.adapter.load_weights(weights, modules)
-        return modules
+        return self.adapter.import_weights(weights, modules)
 
 
 class Onnx:

@@ -238,16 +238,65 @@ def test_import_weights_refuses_what_does_not_fit_all_at_once():
     with pytest.raises(StateMismatchError) as caught:
         oa.import_weights(ta.export_weights(gru), data_model(data))
     message = str(caught.value)
-    assert "layer count: expected 2 (one per recurrent node), found 1" in message
-    assert "kind: expected lstm, found gru" in message
+    assert "layer count: expected 2, found 1" in message
+    assert "layer 0 'l0': kind: expected lstm, found gru" in message
     projected = torch.nn.LSTM(INPUT, UNITS, proj_size=2)
     with pytest.raises(StateMismatchError, match="ONNX's LSTM has no projection"):
         oa.import_weights(ta.export_weights(projected), data_model(exported("lstm")[1]))
 
 
+def test_weight_signature_describes_each_node_and_takes_every_spec_activation():
+    from statefmt.cells import ACTIVATIONS
+
+    source, data = exported("gru", bidirectional=True)
+    sig = oa.weight_signature(data_model(data))
+    layer = sig.layers[0]
+    assert (layer.kind, layer.units, layer.input_size, layer.directions, layer.linear_before_reset) == (
+        "gru", UNITS, INPUT, 2, True)
+    assert set(layer.activations) == set(ACTIVATIONS) == set(layer.recurrent_activations)
+    assert sig.check(ta.export_weights(source)) == []
+    assert "input_size: expected 5, found 4" in " ".join(sig.check(ta.export_weights(
+        torch.nn.GRU(UNITS, UNITS, bidirectional=True))))
+
+
+@pytest.mark.parametrize("activation", ["linear", "hard_sigmoid", "relu", "sigmoid"])
+def test_every_spec_activation_runs_in_onnx_runtime(activation):
+    """Each activation the spec names, as the RNN's activation, against the numpy yardstick."""
+    rng = np.random.default_rng(9)
+    layer = statefmt.LayerWeights("r", "rnn", rng.standard_normal((1, UNITS, INPUT)).astype("float32") * 0.3,
+                                  rng.standard_normal((1, UNITS, UNITS)).astype("float32") * 0.3,
+                                  rng.standard_normal((1, UNITS)).astype("float32"),
+                                  np.zeros((1, UNITS), "float32"), activation=activation)
+    weights = statefmt.WeightSet([layer])
+    model = oa.to_onnx(weights)
+    assert oa.export_weights(model).layers[0].activation == activation
+    first, _, _ = inputs()
+    states = random_states("rnn", 1, 1)
+    y, _ = ort.InferenceSession(model.SerializeToString()).run(None, {"x": first, **oa.initial_state(states, model)})
+    if activation in reference.ACTIVATIONS:
+        np.testing.assert_allclose(y, reference.run(weights, first, states)[0], atol=1e-5, rtol=0)
+    else:  # the yardstick knows tanh, relu and sigmoid: check the step equations directly
+        expected, h = [], states.layers[0]["h"][0].astype("float64")
+        f = {"linear": lambda v: v, "hard_sigmoid": lambda v: np.clip(v / 6 + 0.5, 0, 1)}[activation]
+        for t in range(STEPS):
+            h = f(first[:, t] @ layer["W"][0].T + layer["Wb"][0] + h @ layer["R"][0].T)
+            expected.append(h)
+        np.testing.assert_allclose(y, np.stack(expected, axis=1), atol=1e-5, rtol=0)
+
+
+def test_name_prefixes_every_layer():
+    rnn, data = exported("lstm", layers=2)
+    session = ort.InferenceSession(data)
+    assert [layer.name for layer in oa.signature(session, name="enc").layers] == ["enc/l0", "enc/l1"]
+    assert [layer.name for layer in oa.export_weights(data_model(data), name="enc").layers] == ["enc/l0", "enc/l1"]
+    first, _, _ = inputs()
+    outputs = session.run(None, {"x": first, **oa.initial_state(_zeros(rnn, "lstm"), session)})
+    assert [layer.name for layer in oa.export(session, outputs, name="enc").layers] == ["enc/l0", "enc/l1"]
+
+
 def test_the_deprecated_load_weights_still_works():
     source, data = exported("rnn")
-    with pytest.warns(DeprecationWarning, match="import_weights"):
+    with pytest.warns(DeprecationWarning, match="use import_weights"):
         model = oa.load_weights(ta.export_weights(source), data_model(data))
     np.testing.assert_array_equal(oa.export_weights(model).layers[0]["W"], ta.export_weights(source).layers[0]["W"])
 
@@ -288,10 +337,13 @@ def test_broadcast_is_a_bool_and_batch_size_says_how_many():
     one = random_states("gru", 1, 1, batch=1)
     feeds = oa.initial_state(one, data_model(data), broadcast=True, batch_size=6)
     assert feeds["h0"].shape == (1, 6, UNITS)
-    with pytest.raises(StateMismatchError, match="pass broadcast=True, batch_size=6"):
+    with pytest.raises(StateMismatchError, match="broadcast=True, batch_size=6"):
         oa.initial_state(one, data_model(data), broadcast=6)
     with pytest.raises(StateMismatchError, match="pass batch_size=N"):
         oa.initial_state(one, data_model(data), broadcast=True)
+    static = oa.to_onnx(ta.export_weights(exported("gru")[0]), batch_size=5)
+    with pytest.raises(StateMismatchError, match="the target fixes batch size 5, found batch_size=6"):
+        oa.initial_state(one, static, broadcast=True, batch_size=6)
 
 
 def test_hard_sigmoid_maps_onto_keras_3():
@@ -492,10 +544,14 @@ def test_hostile_or_mistaken_arguments_get_one_line_errors(tmp_path):
         oa.signature(object())
     source, data = exported("lstm")
     weights = ta.export_weights(source)
-    with pytest.raises(StateMismatchError, match="found a WeightSet"):
+    with pytest.raises(StateMismatchError, match=r"expected a StateSet .* found a WeightSet"):
         oa.initial_state(weights, data_model(data))
-    with pytest.raises(StateMismatchError, match="found a StateSet"):
+    with pytest.raises(StateMismatchError, match=r"expected a WeightSet .* found a StateSet"):
         oa.import_weights(random_states("lstm", 1, 1), data_model(data))
+    with pytest.raises(StateMismatchError, match=r"expected a WeightSet .* found a StateSet"):
+        oa.to_onnx(random_states("lstm", 1, 1))
+    with pytest.raises(StateError, match=r"ONNX Runtime keeps no state: pass what session.run returned"):
+        oa.export(data_model(data))
     with pytest.raises(StateMismatchError, match="outputs: the model has 3 outputs"):
         oa.export(data_model(data), [np.zeros(1)])
     with pytest.raises(StateMismatchError, match=r"'hn', 'cn' carry final states and are missing"):

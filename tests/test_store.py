@@ -112,6 +112,10 @@ def test_every_dtype_round_trips_exactly(tmp_path, dtype):
     assert got[0]["h"].dtype == np.dtype(numpy_dtype)
     for stream_id in "abc":
         assert_stream(got, states, stream_id)
+    poisoned = states_for(["d"], seed=4, dtype=numpy_dtype, signature=signature)
+    poisoned[1]["h"][1, 0, 2] = np.inf
+    with pytest.raises(StateFormatError, match="layer 1 'mid': h: NaN or Inf in streams 'd'"):
+        reopened.put(poisoned)
     if dtype == "bfloat16":  # Lance's own extension type, not raw bytes
         assert "bfloat16" in str(lance.dataset(str(tmp_path / dtype)).schema.field("layer0_h").type)
 
@@ -299,7 +303,7 @@ GRU_COLUMNS = {"stream_id": pa.array(["a"]),
     (lambda p: _raw_dataset(p, "{not json", GRU_COLUMNS), "not valid JSON"),
     (lambda p: _raw_dataset(p, _document(content="state"), GRU_COLUMNS), "content: expected 'store'"),
     (lambda p: _raw_dataset(p, _document(layers=[{"name": "g", "kind": "tcn", "units": -1}]), GRU_COLUMNS),
-     "kind: expected one of lstm, gru, rnn, found 'tcn'"),
+     "layer 0 'g': kind: 'tcn' is not one of ['lstm', 'gru', 'rnn']"),
     (lambda p: _raw_dataset(p, _document(), {"stream_id": pa.array(["a"]), "layer0_h": pa.array([1.0])}),
      "column 'layer0_h' should be fixed_size_list<item: float>[2], found double"),
     (lambda p: _raw_dataset(p, json.dumps([1] * 10)), "must be a JSON object"),
