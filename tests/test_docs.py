@@ -50,7 +50,8 @@ def run_page(page: Path, folder: Path, *, marks: set[str | None], env: dict[str,
             if lang == "python":
                 exec(compile("\n" * (line - 1) + code, str(page), "exec"), namespace)
             else:
-                assert not re.search(r"\b(pip|apt-get|curl|wget)\b", code), f"{where}: an install block must be marked skip"
+                installs = re.search(r"\b(pip|apt-get|curl|wget)\b", code)
+                assert not installs, f"{where}: a block that installs or downloads must be marked skip"
                 result = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=folder, env=shell_env,
                                         capture_output=True, text=True, timeout=120)
                 assert result.returncode == 0, f"{where}: exit {result.returncode}\n{result.stdout[-2000:]}" \
