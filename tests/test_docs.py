@@ -198,3 +198,17 @@ def test_benchmark_plots_draw_from_results_and_skip_what_is_missing(tmp_path, mo
         with Image.open(images / name) as image:
             image.verify()
     assert not (images / "bench-file-vs-peers.png").exists()  # file.json holds no saves or loads
+
+
+@pytest.mark.slow
+def test_the_site_builds_strictly(tmp_path):
+    """What `make docs` checks (CI runs it): a broken link, anchor or API reference fails the build."""
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings")
+    root = Path(__file__).parents[1]
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                            cwd=root, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "site" / "guides" / "format" / "index.html").exists()
+    assert (tmp_path / "site" / "spec" / "index.html").exists()
