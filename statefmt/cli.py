@@ -105,7 +105,7 @@ def validate(ctx: click.Context, file: str, against: str | None, strict: bool, a
 @main.command()
 @click.argument("file")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--plot", metavar="OUT.png", help="Also draw heatmaps and histograms of the magnitudes of h and c (needs matplotlib).")
+@click.option("--plot", metavar="OUT.png", help="Also draw heatmaps and histograms of h and c (needs matplotlib).")
 @click.pass_context
 def inspect(ctx: click.Context, file: str, as_json: bool, plot: str | None) -> None:
     """Show FILE's layers, shapes, dtypes, statistics, batch size, streams and source.
