@@ -535,8 +535,7 @@ def test_a_mismatch_names_the_file_the_state_came_from(tmp_path):
     path = tmp_path / "today.statefmt"
     statefmt.save(random_states(m).select([0]), path)
     loaded = statefmt.load(path)
-    if loaded.file is None:
-        pytest.xfail("statefmt.load does not record the file yet (the integrator passes file= in api._read)")
+    assert loaded.file == str(path)
     with pytest.raises(StateMismatchError) as error:
         ta.initial_state(loaded, m)
     assert str(error.value).startswith(f"{loaded.file}: layer count: expected 2, found 1")
