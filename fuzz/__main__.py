@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         pool = seeds(Path(folder))
         outcomes: Counter[str] = Counter()
         failures = []
+        shown: Counter[str] = Counter()
         slowest = (0.0, None)
         started = time.monotonic()
         baseline = None
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 mutant = mutate(seed, rnd)
             except Exception as error:  # a bug of the fuzzer itself: counted as a failure, the run goes on
                 outcomes[f"mutator: {type(error).__name__}"] += 1
-                failures.append(f"input {i} (mutating {seed.name}): {traceback.format_exc(limit=-3)}")
+                failures.append(f"input {i} (mutating {seed.name}): {traceback.format_exc(limit=-3)}"[:3000])
                 ran += 1
                 continue
             kind, mutated = mutant.kind, mutant.data
@@ -91,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
                 outcome = "TIMEOUT"
             except Exception as error:
                 outcome = f"{type(error).__name__}"
-                if len(failures) < 20:
-                    failures.append(f"input {i} ({kind} of {seed.name}): {traceback.format_exc(limit=-3)}")
+                shown[outcome] += 1
+                if shown[outcome] <= 3:  # the first three of each kind of failure
+                    failures.append(f"input {i} ({kind} of {seed.name}): {traceback.format_exc(limit=-3)}"[-3000:])
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 faulthandler.cancel_dump_traceback_later()

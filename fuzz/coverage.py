@@ -13,8 +13,10 @@ conformance vector, 2.0 and 1.0, valid or not. Only the public API is called (`r
 - raise no other exception and no warning.
 
 Anything else is a crash that libFuzzer reports and saves for replay
-(`python -m fuzz.coverage crash-<hash>`). Needs `pip install atheris`. The scratch folder
-(seed corpus, input file) is left in $TMPDIR: libFuzzer exits without running Python's exit handlers.
+(`python -m fuzz.coverage crash-<hash>`). A long run keeps its corpus, each input bounded in time:
+`python -m fuzz.coverage CORPUS_DIR -max_total_time=350 -timeout=10 -print_final_stats=1`.
+Needs `pip install atheris`. The scratch folder (seed corpus, input file) is left in $TMPDIR:
+libFuzzer exits without running Python's exit handlers.
 """
 
 from __future__ import annotations
@@ -97,8 +99,9 @@ def seed_corpus() -> Path:
 
 def main() -> None:
     arguments = list(sys.argv)
-    if not any(not argument.startswith("-") for argument in arguments[1:]):  # no corpus or crash file given
-        arguments.append(str(seed_corpus()))
+    inputs = [argument for argument in arguments[1:] if not argument.startswith("-")]
+    if all(Path(argument).is_dir() for argument in inputs):  # not a crash file to replay: add the seeds
+        arguments.append(str(seed_corpus()))  # after a corpus folder given first, which libFuzzer grows
     warnings.simplefilter("error")  # a warning on a bad file is a finding too: users would see it
     atheris.Setup(arguments, test_one_input)
     atheris.Fuzz()
