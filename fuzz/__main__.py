@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         outcomes: Counter[str] = Counter()
         failures = []
         shown: Counter[str] = Counter()
+        samples: list[str] = []  # resident MiB every 5000 inputs: a leak climbs, a high-water mark levels off
         slowest = (0.0, None)
         started = time.monotonic()
         baseline = None
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             ran += 1
             if ran == 1000:
                 baseline = _rss_mb()
+            if ran % 5000 == 0:
+                samples.append(f"{ran}: {_rss_mb():.0f}")
         elapsed = time.monotonic() - started
     growth = _rss_mb() - baseline if baseline is not None else 0.0
     print(f"{ran} inputs in {elapsed:.0f} s ({ran / max(elapsed, 1e-9):.0f}/s), seed {args.seed}, "
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"slowest input: {slowest[0]:.2f} s, {slowest[1]}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"memory: {_rss_mb():.0f} MiB resident ({peak:.0f} MiB peak), growth after the first 1000 inputs "
-          f"{growth:+.0f} MiB")
+          f"{growth:+.0f} MiB; by input count (MiB): {', '.join(samples)}")
     for failure in failures:
         print(failure, file=sys.stderr)
     bad = ran - totals["valid"] - totals["format_error"]
