@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench fuzz fuzz-coverage clean
+.PHONY: demo test lint bench fuzz fuzz-coverage clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
 bench: $(STAMP)
 	$(PY) -m benchmarks
+	$(PY) -m benchmarks.files
+	$(PY) -m benchmarks.store
 
 fuzz: $(STAMP)
 	$(PY) -m fuzz

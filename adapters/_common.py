@@ -1,16 +1,37 @@
-"""What every adapter shares: importing its framework lazily, and checking a state before reinjection."""
+"""What every adapter shares: importing its framework lazily, and checking a state or weights before they go in.
+
+Every adapter module offers the same verbs, with the same arguments in the same order:
+
+    signature(target, *, name=None) -> StateSignature
+    export(source, state=None, *, name=None) -> StateSet
+    initial_state(states, target, *, strict=False, broadcast=False, batch_size=None, device=None)
+    export_weights(source, *, name=None) -> WeightSet
+    import_weights(weights, target) -> the target holding the weights
+    weight_signature(target) -> WeightSignature
+
+`name=` prefixes every layer name with "name/" (two models' states in one file stay apart).
+`broadcast=True` starts every stream from a batch-1 state, at the batch size the target fixes
+or at `batch_size=N` where it fixes none; `batch_size=N` alone expects N streams.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
+import warnings
+from collections.abc import Callable, Iterable
+from types import ModuleType
+from typing import Any, TypeVar
 
 import numpy as np
 
-from statefmt import StateMismatchError, StateSet, StateSignature, validate
+from statefmt import StateMismatchError, StateSet, StateSignature, WeightSet, WeightSignature, validate
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def require(module: str, extra: str):
+def require(module: str, extra: str) -> ModuleType:
     """Import a framework on first use, or say which extra installs it."""
     try:
         return importlib.import_module(module)
@@ -25,29 +46,82 @@ def source_metadata(framework: str, extra: str, model: str) -> dict[str, str]:
     return {"framework": framework, "version": require(framework, extra).__version__, "model": model}
 
 
-def fit(states: StateSet, signature: StateSignature, *, strict: bool = False,
-        broadcast: bool | int = False) -> StateSet:
+def prefixed(prefix: str | None, name: str) -> str:
+    """A layer name under `name=`: "prefix/name"."""
+    return f"{prefix}/{name}" if prefix else name
+
+
+def fit(states: StateSet, signature: StateSignature, *, strict: bool = False, broadcast: bool = False,
+        batch_size: int | None = None) -> StateSet:
     """Check `states` against what the target expects, then broadcast its batch if asked.
 
     Every mismatch (layer count, kind, units, directions, proj_units, batch size, and dtype
-    when `strict`) is reported at once in one `StateMismatchError`. `broadcast=True` starts
-    the target's batch size worth of streams from a batch-1 state; `broadcast=N` starts N
-    (for targets, such as PyTorch modules, that fix no batch size). Broadcasting is a view,
+    when `strict`) is reported at once in one `StateMismatchError`. Broadcasting is a view,
     not a copy.
     """
+    if not isinstance(states, StateSet):
+        raise StateMismatchError(signature.check(states))
+    if not isinstance(broadcast, (bool, np.bool_)):
+        hint = f"broadcast=True, batch_size={broadcast}" if isinstance(broadcast, int) else "broadcast=True"
+        raise StateMismatchError(f"broadcast: expected True or False, found {broadcast!r}; to start N streams from "
+                                 f"a batch-1 state pass broadcast=True and batch_size=N (here {hint})")
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise StateMismatchError(f"batch_size: expected a whole number >= 1, found {batch_size!r}")
+        if signature.batch_size is not None and signature.batch_size != batch_size:
+            raise StateMismatchError(f"batch_size: the target fixes batch size {signature.batch_size}, "
+                                     f"found batch_size={batch_size}; leave batch_size out")
+        signature = dataclasses.replace(signature, batch_size=int(batch_size))
     validate(states)  # NaN/Inf in memory are refused like NaN/Inf in a file
-    if not isinstance(broadcast, bool):
-        signature = dataclasses.replace(signature, batch_size=int(broadcast))
     if not strict:
         signature = dataclasses.replace(signature, dtype=None)
     problems = signature.check(states, broadcast=bool(broadcast))
     if broadcast and signature.batch_size is None:
-        problems.append("broadcast=True needs a target with a fixed batch size; pass broadcast=N to start N streams")
+        problems.append("broadcast=True needs a batch size, and the target fixes none: "
+                        "pass batch_size=N to start N streams")
     if problems:
-        raise StateMismatchError(problems)
+        raise StateMismatchError(problems, source=states.file)
     if not broadcast or states.batch_size == signature.batch_size:
         return states
     size = signature.batch_size
     layers = [layer.with_arrays(**{s: np.broadcast_to(layer[s], (layer.directions, size, layer[s].shape[2]))
                                    for s in layer.state_names}) for layer in states.layers]
-    return StateSet(layers, metadata=states.metadata)
+    return StateSet(layers, metadata=states.metadata, file=states.file)
+
+
+def fit_weights(weights: WeightSet, signature: WeightSignature, problems: Iterable[str] = ()) -> WeightSet:
+    """Check `weights` against what the target can take; `problems` are the target's own (e.g. not built).
+
+    Everything is reported at once in one `StateMismatchError`, before anything is assigned.
+    """
+    problems = list(problems)
+    if not isinstance(weights, WeightSet):
+        raise StateMismatchError(signature.check(weights))
+    for index, layer in enumerate(weights.layers):
+        for key in layer.weight_names:
+            array = np.asarray(layer[key])
+            if array.dtype.name == "bfloat16":  # exact in float32, which numpy's isfinite takes
+                array = array.astype(np.float32)
+            count = int(np.count_nonzero(~np.isfinite(array)))
+            if count:
+                problems.append(f"layer {index} {layer.name!r}: {key}: {count} non-finite values (NaN or Inf); "
+                                "weights holding them would poison every output")
+    problems += signature.check(weights)
+    if problems:
+        raise StateMismatchError(problems, source=weights.file)
+    return weights
+
+
+def deprecated(old: str, new: F) -> F:
+    """`old`, kept one release as an alias of `new` that warns."""
+
+    @functools.wraps(new)
+    def alias(*args: Any, **kwargs: Any) -> Any:
+        warnings.warn(f"{old} is deprecated and will be removed in the next release: use {new.__name__}, which "
+                      "takes the same arguments and returns the target holding the weights",
+                      DeprecationWarning, stacklevel=2)
+        return new(*args, **kwargs)
+
+    alias.__name__ = alias.__qualname__ = old
+    alias.__doc__ = f"Deprecated alias of `{new.__name__}` (one release)."
+    return alias  # type: ignore[return-value]

@@ -12,6 +12,7 @@ Flax itself is imported on first use, never when this module is imported.
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 from typing import Any
 
@@ -21,19 +22,22 @@ from statefmt import (
     LayerSignature,
     LayerState,
     LayerWeights,
+    LayerWeightSignature,
     StateError,
     StateMismatchError,
     StateSet,
     StateSignature,
     WeightSet,
+    WeightSignature,
 )
+from statefmt.cells import CELLS
 
-from ._common import fit, require, source_metadata
+from ._common import fit, fit_weights, prefixed, require, source_metadata
 
 _SUPPORTED = "LSTMCell, OptimizedLSTMCell, GRUCell or SimpleCell in an RNN, a Bidirectional, or a list of these"
 
 
-def signature(target) -> StateSignature:
+def signature(target: Any, *, name: str | None = None) -> StateSignature:
     """What `target` expects: its layers in order; no batch size (Flax fixes none); its param dtype.
 
     >>> signature(nn.RNN(nn.LSTMCell(64))).layers  # doctest: +SKIP
@@ -41,11 +45,11 @@ def signature(target) -> StateSignature:
     """
     layers = _layers(target)
     dtypes = {layer.dtype for layer in layers}
-    return StateSignature([LayerSignature(l.kind, l.units, l.directions, None, l.name) for l in layers],
-                          dtype=dtypes.pop() if len(dtypes) == 1 else None)
+    return StateSignature([LayerSignature(x.kind, x.units, x.directions, None, prefixed(name, x.name))
+                           for x in layers], dtype=dtypes.pop() if len(dtypes) == 1 else None)
 
 
-def export(source, state=None) -> StateSet:
+def export(source: Any, state: Any = None, *, name: str | None = None) -> StateSet:
     """The carry of `source` (a carry, or a list of carries for a stack) as a StateSet.
 
     >>> carry, y = rnn(x, return_carry=True)  # doctest: +SKIP
@@ -62,72 +66,102 @@ def export(source, state=None) -> StateSet:
     problems = [problem for layer, carry in zip(layers, carries) for problem in layer.check_carry(carry)]
     if problems:
         raise StateMismatchError(problems)
-    return StateSet([layer.export(carry) for layer, carry in zip(layers, carries)], metadata=_source(layers))
+    return StateSet([layer.export(carry, name) for layer, carry in zip(layers, carries)], metadata=_source(layers))
 
 
-def initial_state(states: StateSet, target, *, strict: bool = False, device=None, broadcast: bool | int = False):
+def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadcast: bool = False,
+                  batch_size: int | None = None, device: Any = None) -> Any:
     """The carry `target` takes as `initial_carry=` (a list of carries for a stack), from `states`.
 
     >>> carry = initial_state(statefmt.load("today.statefmt"), rnn)  # doctest: +SKIP
     >>> carry, y = rnn(x2, initial_carry=carry, return_carry=True)  # doctest: +SKIP
 
     Arrays are cast to the target's `param_dtype` (`strict=True` refuses any other dtype) and
-    placed with `jax.device_put(x, device)`. Flax fixes no batch size: `broadcast=N` starts
-    N streams from a batch-1 state.
+    placed with `jax.device_put(x, device)`. Flax fixes no batch size: `broadcast=True,
+    batch_size=N` starts N streams from a batch-1 state.
     """
     jax = require("jax", "flax")
     layers = _layers(target)
-    states = fit(states, signature(target), strict=strict, broadcast=broadcast)
+    states = fit(states, signature(target), strict=strict, broadcast=broadcast, batch_size=batch_size)
 
-    def put(array, dtype):
+    def put(array: np.ndarray, dtype: Any) -> Any:
         return jax.device_put(array, device).astype(dtype)
 
     carries = [layer.carry(state, put) for layer, state in zip(layers, states.layers)]
     return carries if isinstance(target, (list, tuple)) else carries[0]
 
 
-def export_weights(source, variables=None):
+def export_weights(source: Any, *legacy_variables: Any, variables: Any = None, name: str | None = None) -> WeightSet:
     """The recurrent weights of `source` in the neutral layout (statefmt.weights).
 
-    >>> weights = export_weights(rnn, variables)  # linen: modules hold no params  # doctest: +SKIP
-    >>> weights = export_weights(rnn)             # NNX: modules hold their params  # doctest: +SKIP
+    >>> weights = export_weights(rnn, variables=variables)  # linen: modules hold no params  # doctest: +SKIP
+    >>> weights = export_weights(rnn)                       # NNX: modules hold their params  # doctest: +SKIP
 
     `variables` is what linen's `module.init` returns (a list of them for a stack). Flax's
     one bias per gate goes to Wb (Rb zero); a GRU candidate keeps `in` in Wb_n and `hn` in Rb_n.
     """
+    variables = _legacy_variables("export_weights(source, variables)", legacy_variables, variables)
     layers = _layers(source)
     trees = _param_trees(layers, source, variables)
     problems = [problem for layer in layers for problem in layer.check_exportable()]
     if problems:
         raise StateMismatchError(problems)
-    return WeightSet([layer.export_weights(tree) for layer, tree in zip(layers, trees)], metadata=_source(layers))
+    return WeightSet([layer.export_weights(tree, name) for layer, tree in zip(layers, trees)],
+                     metadata=_source(layers))
 
 
-def load_weights(weights, target, variables=None):
-    """Load neutral weights into `target`, refusing (all at once) whatever does not map exactly.
+def weight_signature(target: Any, *, variables: Any = None) -> WeightSignature:
+    """What `target` can take as weights: per layer its sizes, what it computes, and how to rebuild it.
 
-    >>> variables = load_weights(weights, rnn, variables)  # linen: returns new variables  # doctest: +SKIP
-    >>> load_weights(weights, rnn)                         # NNX: sets the params in place  # doctest: +SKIP
+    >>> weight_signature(rnn, variables=variables).check(weights)  # linen  # doctest: +SKIP
+    []
+    """
+    layers = _layers(target)
+    trees = _param_trees(layers, target, variables)
+    return WeightSignature([layer.weight_signature(tree) for layer, tree in zip(layers, trees)])
 
-    Checks layer count, kind, units, input size, directions, activations and every weight
-    Flax cannot hold (a projection P; a GRU without linear_before_reset; a non-zero Rb_n
-    for an NNX GRUCell, which has no recurrent candidate bias). Values are cast to each
-    param's dtype. Returns the new linen variables (a list for a stack), or None for NNX.
+
+def import_weights(weights: WeightSet, target: Any, *, variables: Any = None) -> Any:
+    """Load neutral weights into `target` and return what holds them, refusing (all at once) what does not map.
+
+    >>> variables = import_weights(weights, rnn, variables=variables)  # linen: new variables  # doctest: +SKIP
+    >>> rnn = import_weights(weights, rnn)                              # NNX: the module  # doctest: +SKIP
+
+    What fits is `weight_signature(target)`'s to say: layer count, kind, units, input size,
+    directions, activations, and every weight Flax cannot hold (a projection P; a GRU without
+    linear_before_reset; a non-zero Rb_n for an NNX GRUCell, which has no recurrent candidate
+    bias). Values are cast to each param's dtype. linen modules are immutable, so linen gets
+    new variables (a list for a stack); NNX gets its module (or list) back, holding the weights.
     """
     layers = _layers(target)
     trees = _param_trees(layers, target, variables, copy=True)
-    problems = []
-    if len(weights.layers) != len(layers):
-        problems.append(f"layer count: expected {len(layers)}, found {len(weights.layers)}")
+    fit_weights(weights, WeightSignature([layer.weight_signature(tree) for layer, tree in zip(layers, trees)]),
+                [problem for layer in layers for problem in layer.check_reverse()])
     for layer, tree, source in zip(layers, trees, weights.layers):
-        problems += layer.check_loadable(source, tree)
-    if problems:
-        raise StateMismatchError(problems)
-    for layer, tree, source in zip(layers, trees, weights.layers):
-        layer.load_weights(source, tree)
+        layer.import_weights(source, tree)
     if layers[0].api == "nnx":
-        return None
+        return target
     return trees if isinstance(target, (list, tuple)) else trees[0]
+
+
+def load_weights(weights: WeightSet, target: Any, *legacy_variables: Any, variables: Any = None) -> Any:
+    """Deprecated alias of `import_weights` (one release); it returned None for NNX, it now returns the target."""
+    warnings.warn("load_weights is deprecated and will be removed in the next release: use import_weights, which "
+                  "takes `variables=` by keyword and returns the target holding the weights",
+                  DeprecationWarning, stacklevel=2)
+    variables = _legacy_variables("load_weights(weights, target, variables)", legacy_variables, variables)
+    return import_weights(weights, target, variables=variables)
+
+
+def _legacy_variables(call: str, legacy: tuple[Any, ...], variables: Any) -> Any:
+    """`variables` given by position, as before (one release, with a warning)."""
+    if not legacy:
+        return variables
+    if variables is not None or len(legacy) > 1:
+        raise StateError(f"{call}: variables given more than once: pass variables= only")
+    warnings.warn(f"{call} with positional variables is deprecated and will be removed in the next release: "
+                  "pass variables=variables", DeprecationWarning, stacklevel=3)
+    return legacy[0]
 
 
 # --- the layers of a target -------------------------------------------------------------------
@@ -182,7 +216,7 @@ def _param_trees(layers, target, variables, *, copy: bool = False) -> list:
         return [None] * len(layers)
     if variables is None:
         raise StateError("linen modules hold no params: pass the variables `module.init` returned, "
-                         "e.g. export_weights(rnn, variables)")
+                         "e.g. export_weights(rnn, variables=variables)")
     core = require("flax.core", "flax")
     trees = _per_layer(target, variables, "variables dict", "variables")
     if not all(hasattr(tree, "keys") and "params" in tree for tree in trees):
@@ -198,6 +232,7 @@ class _Layer:
         self.index, self.api, self.kind, self.cells, self.paths, self.reverse = index, api, kind, cells, paths, reverse
         self.input_names, self.hidden_names = names
         self.name = f"{kind}_{index}"
+        self.where = f"layer {index} {self.name!r}"
         cell = cells[0]
         self.units = cell.hidden_features if api == "nnx" else cell.features
         self.dtype = np.dtype(cell.param_dtype).name
@@ -219,8 +254,9 @@ class _Layer:
         found = [next((table[k] for k in type(cell).__mro__ if k in table), None) for cell in cells]
         if None in found or len(set(found)) > 1:
             names = " and ".join(type(cell).__name__ for cell in cells)
+            both = ", with the same cell both ways" if len(cells) == 2 else ""
             raise StateMismatchError(f"layer {index}: {type(module).__name__} of {names} has no neutral layout; "
-                                     f"statefmt maps a {_SUPPORTED}, with the same cell both ways")
+                                     f"statefmt maps a {_SUPPORTED}{both}")
         units = {cell.hidden_features if api == "nnx" else cell.features for cell in cells}
         if len(units) > 1:
             raise StateMismatchError(f"layer {index}: the forward and backward cells differ in units "
@@ -249,7 +285,7 @@ class _Layer:
                                     "(an unbatched carry takes carry[None])")
         return problems
 
-    def export(self, carry) -> LayerState:
+    def export(self, carry, prefix: str | None = None) -> LayerState:
         parts = carry if self.directions == 2 else (carry,)
         names = ("c", "h") if self.kind == "lstm" else ("h",)
         arrays = {}
@@ -259,7 +295,7 @@ class _Layer:
                 arrays[name] = np.asarray(pieces[0])[None]
             else:
                 arrays[name] = np.asarray(_stack(pieces))
-        return LayerState(self.name, self.kind, **arrays)
+        return LayerState(prefixed(prefix, self.name), self.kind, **arrays)
 
     def carry(self, state: LayerState, put):
         dtype = self.cells[0].param_dtype
@@ -274,19 +310,22 @@ class _Layer:
     # weights
 
     def check_exportable(self) -> list[str]:
-        where = f"layer {self.index} {self.name!r}"
-        problems = []
-        if self.reverse:
-            problems.append(f"{where}: reverse=True: a backward-only RNN has no neutral layout (direction 0 runs "
-                            "forward); wrap it with a forward RNN in a Bidirectional, or use reverse=False")
+        problems = self.check_reverse()
         for setting, function in self._functions(self.cells[0]):
             if _activation_name(function) is None:
-                problems.append(f"{where}: {setting}: {_function_name(function)} has no neutral name; "
-                                "the neutral layout knows sigmoid, tanh and relu (jax.nn.sigmoid, jnp.tanh, jax.nn.relu)")
+                problems.append(f"{self.where}: {setting}: {_function_name(function)} has no neutral name; the "
+                                f"neutral layout knows {', '.join(f'{n} ({f})' for n, f in _JAX_NAMES.items())}")
         return problems
 
-    def export_weights(self, tree) -> LayerWeights:
-        arrays = {"W": [], "R": [], "Wb": [], "Rb": []}
+    def check_reverse(self) -> list[str]:
+        if not self.reverse:
+            return []
+        return [f"{self.where}: reverse=True: a backward-only RNN has no neutral layout (direction 0 runs "
+                "forward); wrap it with a forward RNN in a Bidirectional, or use reverse=False"]
+
+    def export_weights(self, tree, prefix: str | None = None) -> LayerWeights:
+        arrays: dict[str, list[np.ndarray]] = {"W": [], "R": [], "Wb": [], "Rb": []}
+        apart = self._apart()
         for direction, cell in enumerate(self.cells):
             params = self._params(tree, direction)
             kernel_i, bias_i = _fused([params[name] for name in self.input_names])
@@ -294,52 +333,40 @@ class _Layer:
             if getattr(cell, "residual", False):
                 kernel_h = kernel_h + np.eye(self.units, dtype=kernel_h.dtype)  # h' = act(... + W_h h + h)
             wb, rb = bias_i + bias_h, np.zeros_like(bias_i)
-            if self.kind == "gru":  # the candidate's recurrent bias sits inside r * (...): it stays apart
-                n = slice(2 * self.units, None)
-                wb[n], rb[n] = bias_i[n], bias_h[n]
+            wb[apart], rb[apart] = bias_i[apart], bias_h[apart]  # the GRU candidate's recurrent bias sits in r * (...)
             for key, value in zip(("W", "R", "Wb", "Rb"), (kernel_i.T, kernel_h.T, wb, rb)):
                 arrays[key].append(value)
-        functions = dict(self._functions(self.cells[0]))
-        return LayerWeights(self.name, self.kind, **{k: np.stack(v) for k, v in arrays.items()},
-                            activation=_activation_name(functions["activation_fn"]),
-                            recurrent_activation=_activation_name(functions.get("gate_fn")) or "sigmoid")
+        functions = {setting: _activation_name(function) for setting, function in self._functions(self.cells[0])}
+        return LayerWeights(prefixed(prefix, self.name), self.kind, **{k: np.stack(v) for k, v in arrays.items()},
+                            activation=functions["activation"],
+                            recurrent_activation=functions.get("recurrent_activation") or "sigmoid")
 
-    def check_loadable(self, weights: LayerWeights, tree) -> list[str]:
-        where = f"layer {self.index} {weights.name!r}"
+    def weight_signature(self, tree) -> LayerWeightSignature:
+        """What the cell computes, and how Flax builds one that computes something else."""
         input_size = int(np.shape(self._params(tree, 0)[self.input_names[0]][0])[0])
-        problems = [f"{where}: {field}: expected {want}, found {found}"
-                    for field, want, found in (("kind", self.kind, weights.kind), ("units", self.units, weights.units),
-                                               ("input_size", input_size, weights.input_size),
-                                               ("directions", self.directions, weights.directions))
-                    if want != found]
-        if self.reverse:
-            problems.append(f"{where}: the target RNN has reverse=True, which no neutral layer describes; "
-                            "load into an RNN with reverse=False, or a Bidirectional")
-        if weights.proj_units is not None:
-            problems.append(f"{where}: P: Flax cells have no projection of h (proj_units={weights.proj_units}); "
-                            "load into a PyTorch LSTM with proj_size, or weights without P")
-        if weights.kind != self.kind:
-            return problems
-        for setting, function in self._functions(self.cells[0]):
-            want = weights.activation if setting == "activation_fn" else weights.recurrent_activation
-            if _activation_name(function) != want:
-                problems.append(f"{where}: {setting}: the weights use {want}, the target cell uses "
-                                f"{_function_name(function)}; build the cell with {setting}={_JAX_NAMES.get(want, want)}")
-        if self.kind == "gru" and not weights.linear_before_reset:
-            problems.append(f"{where}: linear_before_reset: Flax GRU cells apply r after the recurrent matmul "
-                            "(linear_before_reset=True); weights with linear_before_reset=False do not map exactly: "
-                            "load them into Keras GRU(reset_after=False)")
-        if self.kind == "gru" and self.hidden_names == ("dense_h",):
-            for direction in range(weights.directions):
-                if np.any(weights.gate("Rb", "n", direction) != 0):
-                    problems.append(
-                        f"{where}: Rb candidate gate n (direction {direction}) is non-zero, and flax.nnx GRUCell has "
-                        "no recurrent candidate bias (n = tanh(W_n x + b_n + r * (R_n h))), so it cannot be mapped "
-                        "exactly; use a target with a recurrent candidate bias (flax.linen GRUCell, PyTorch GRU, "
-                        "Keras GRU(reset_after=True)), or weights whose Rb_n is zero")
-        return problems
+        functions = {setting: _activation_name(function) or _function_name(function)
+                     for setting, function in self._functions(self.cells[0])}
+        advice = {f"{setting}={name}": f"build the cell with {_FLAX_SETTINGS[setting]}={function}"
+                  for setting in functions for name, function in _JAX_NAMES.items()}
+        advice.update({setting: f"JAX has no {{value}} function statefmt knows: load them into Keras, whose layers "
+                                f"take {setting}={{value}}" for setting in functions})
+        advice.update({
+            "proj_units": "Flax cells have no projection of h: load them into a PyTorch LSTM with "
+                          "proj_size={value}, or use weights without P",
+            "linear_before_reset=False": "Flax GRU cells apply r after the recurrent matmul: load them into "
+                                         "Keras GRU(reset_after=False)",
+            "candidate_bias": f"flax.{self.api} {type(self.cells[0]).__name__} has none: use a target with a "
+                              "recurrent candidate bias (flax.linen GRUCell, PyTorch GRU, Keras "
+                              "GRU(reset_after=True)), or weights whose Rb_n is zero",
+        })
+        return LayerWeightSignature(
+            self.kind, self.units, input_size, self.directions, None, self.name,
+            activation=functions["activation"], recurrent_activation=functions.get("recurrent_activation", "sigmoid"),
+            activations=tuple(_JAX_NAMES), recurrent_activations=tuple(_JAX_NAMES),
+            candidate_bias=not (self.kind == "gru" and self.hidden_names == ("dense_h",)), advice=advice)
 
-    def load_weights(self, weights: LayerWeights, tree) -> None:
+    def import_weights(self, weights: LayerWeights, tree) -> None:
+        apart = self._apart()
         for direction, cell in enumerate(self.cells):
             params = self._params(tree, direction)
             kernel_h = weights["R"][direction].T
@@ -347,9 +374,7 @@ class _Layer:
                 kernel_h = kernel_h - np.eye(self.units, dtype=kernel_h.dtype)
             wb, rb = weights["Wb"][direction], weights["Rb"][direction]
             bias_i, bias_h = wb + rb, wb + rb  # one bias per gate: the merged one, wherever the Dense has it
-            if self.kind == "gru":
-                n = slice(2 * self.units, None)
-                bias_i[n], bias_h[n] = wb[n], rb[n]
+            bias_i[apart], bias_h[apart] = wb[apart], rb[apart]
             for names, kernel, bias in ((self.input_names, weights["W"][direction].T, bias_i),
                                         (self.hidden_names, kernel_h, bias_h)):
                 start = 0
@@ -358,6 +383,12 @@ class _Layer:
                     params[name] = (kernel[:, start:start + width], bias[start:start + width])
                     start += width
             self._store(tree, direction, params)
+
+    def _apart(self) -> np.ndarray:
+        """The bias rows whose input and recurrent parts stay apart (statefmt.cells: the GRU candidate)."""
+        cell = CELLS[self.kind]
+        return np.concatenate([np.arange(self.units) + cell.gates.index(gate) * self.units for gate in cell.apart]
+                              ).astype(int) if cell.apart else np.zeros(0, int)
 
     # parameters: linen keeps them in a nested dict, NNX on the modules
 
@@ -393,7 +424,8 @@ class _Layer:
         return node
 
     def _functions(self, cell) -> list[tuple[str, Any]]:
-        return [(setting, getattr(cell, setting)) for setting in ("activation_fn", "gate_fn") if hasattr(cell, setting)]
+        """(neutral setting, the cell's function), for the settings the cell has."""
+        return [(setting, getattr(cell, name)) for setting, name in _FLAX_SETTINGS.items() if hasattr(cell, name)]
 
 
 def _fused(params):
@@ -408,12 +440,16 @@ def _stack(pieces):
     return jnp.stack(pieces)  # on the device: the host copy stays the only one
 
 
-_JAX_NAMES = {"sigmoid": "jax.nn.sigmoid", "tanh": "jax.numpy.tanh", "relu": "jax.nn.relu"}
+_FLAX_SETTINGS = {"activation": "activation_fn", "recurrent_activation": "gate_fn"}
+_JAX_NAMES = {"tanh": "jax.numpy.tanh", "sigmoid": "jax.nn.sigmoid", "relu": "jax.nn.relu",
+              "hard_sigmoid": "jax.nn.hard_sigmoid"}  # statefmt.cells.ACTIVATIONS that JAX names (not "linear")
 
 
 def _activation_name(function) -> str | None:
+    """The neutral name of a JAX function (statefmt.cells.ACTIVATIONS), or None."""
     jax = require("jax", "flax")
-    known = ((jax.nn.sigmoid, "sigmoid"), (jax.numpy.tanh, "tanh"), (jax.nn.relu, "relu"))
+    known = ((jax.nn.sigmoid, "sigmoid"), (jax.numpy.tanh, "tanh"), (jax.nn.relu, "relu"),
+             (jax.nn.hard_sigmoid, "hard_sigmoid"))  # Keras 3's: relu6(x + 3) / 6
     return next((name for known_function, name in known if function is known_function), None)
 
 

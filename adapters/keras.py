@@ -3,8 +3,10 @@
 Keras keeps one recurrent layer per `LSTM`, `GRU` or `SimpleRNN` (or `RNN` over their cells),
 and `Bidirectional` wraps two of them. A run with `return_state=True` returns `[output, h, c]`
 (`[output, fwd_h, fwd_c, bwd_h, bwd_c]` for a Bidirectional) and `initial_state=` takes the
-states in that order. A `stateful=True` layer keeps its states in the variables `layer.states`,
-which `model.save()` does not persist: `export` reads them, `load_into` assigns them.
+states in that order. An `RNN(StackedRNNCells([...]))` holds one neutral layer per cell, named
+"rnn/cell"; its `return_state` and `initial_state=` take one such list per cell. A
+`stateful=True` layer keeps its states in the variables `layer.states`, which `model.save()`
+does not persist: `export` reads them, `load_into` assigns them.
 
 A target is one of those layers or a model; a model's recurrent layers are found in order,
 nested models included (named "outer/inner"). Only `keras.ops` is used, so every backend
@@ -14,6 +16,7 @@ works; Keras itself is imported on first use, never when this module is imported
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import numpy as np
 
@@ -21,20 +24,23 @@ from statefmt import (
     LayerSignature,
     LayerState,
     LayerWeights,
+    LayerWeightSignature,
     StateError,
     StateMismatchError,
     StateSet,
     StateSignature,
     WeightSet,
+    WeightSignature,
 )
-from statefmt.states import STATE_NAMES
+from statefmt.cells import ACTIVATIONS, FRAMEWORK_GATE_ORDER, STATE_NAMES, gate_rows
 
-from ._common import fit, require, source_metadata
+from ._common import deprecated, fit, fit_weights, prefixed, require, source_metadata
 
-_SUPPORTED = "LSTM, GRU or SimpleRNN (or RNN of an LSTMCell, GRUCell or SimpleRNNCell), or a Bidirectional of one"
+_SUPPORTED = ("LSTM, GRU or SimpleRNN (or RNN of an LSTMCell, GRUCell or SimpleRNNCell, or of StackedRNNCells of "
+              "them), or a Bidirectional of one")
 
 
-def signature(target) -> StateSignature:
+def signature(target: Any, *, name: str | None = None) -> StateSignature:
     """What `target` expects: its recurrent layers in order, the batch size its stateful layers fix, its dtype.
 
     >>> signature(model).to_json()  # doctest: +SKIP
@@ -42,12 +48,13 @@ def signature(target) -> StateSignature:
     layers = _layers(target)
     batches = {layer.batch_size for layer in layers if layer.batch_size is not None}
     dtypes = {layer.dtype for layer in layers}
-    return StateSignature([LayerSignature(l.kind, l.units, l.directions, None, l.name) for l in layers],
+    return StateSignature([LayerSignature(x.kind, x.units, x.directions, None, prefixed(name, x.name))
+                           for x in layers],
                           batch_size=batches.pop() if len(batches) == 1 else None,
                           dtype=dtypes.pop() if len(dtypes) == 1 else None)
 
 
-def export(source, state=None) -> StateSet:
+def export(source: Any, state: Any = None, *, name: str | None = None) -> StateSet:
     """The state of `source` (a recurrent layer or a model) as a StateSet of numpy arrays.
 
     >>> statefmt.save(export(model), "today.statefmt")          # stateful layers: read layer.states  # doctest: +SKIP
@@ -65,42 +72,51 @@ def export(source, state=None) -> StateSet:
         if problems:
             raise StateError(problems)
         tensors = [[variable.value for variable in layer.variables()] for layer in layers]
-    elif _is_model(source):
+    elif len(layers) > 1:  # a model, or an RNN(StackedRNNCells), with several recurrent layers
         if not isinstance(state, (list, tuple)) or len(state) != len(layers):
             found = f"{len(state)} entries" if isinstance(state, (list, tuple)) else type(state).__name__
-            raise StateMismatchError(f"state: the model has {len(layers)} recurrent layers and takes a list of "
+            raise StateMismatchError(f"state: {source.name!r} has {len(layers)} recurrent layers and takes a list of "
                                      f"{len(layers)} entries (one layer's return_state tensors each), found {found}")
         tensors = list(state)
+    elif (_is_model(source) and isinstance(state, (list, tuple)) and len(state) == 1
+          and isinstance(state[0], (list, tuple))):
+        tensors = list(state)  # a one-layer model's state given as a list of one layer's list
     else:
         tensors = [state]
     tensors = [list(entry) if isinstance(entry, (list, tuple)) else [entry] for entry in tensors]
     problems = [problem for layer, entry in zip(layers, tensors) for problem in layer.check_tensors(entry)]
     if problems:
         raise StateMismatchError(problems)
-    return StateSet([layer.export(entry) for layer, entry in zip(layers, tensors)],
+    return StateSet([layer.export(entry, name) for layer, entry in zip(layers, tensors)],
                     metadata={"source": source_metadata("keras", "keras", source.name)})
 
 
-def initial_state(states: StateSet, target, *, strict: bool = False, device=None, broadcast: bool | int = False):
-    """What `target` takes as `initial_state=`: for a layer, its list of tensors; for a model, one list per layer.
+def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadcast: bool = False,
+                  batch_size: int | None = None, device: Any = None) -> list[Any]:
+    """What `target` takes as `initial_state=`: the list of tensors its recurrent layer takes.
 
     >>> y = lstm(x2, initial_state=initial_state(statefmt.load("today.statefmt"), lstm))  # doctest: +SKIP
+    >>> y = my_model(x2, initial_state=initial_state(states, my_model))  # one LSTM inside  # doctest: +SKIP
 
+    For a layer, or a model with one recurrent layer (a subclassed model whose `call` hands
+    `initial_state` on to its LSTM), that layer's list: `[h, c]`, `[h]`, or forward then backward
+    for a Bidirectional. For a model with several, one such list per recurrent layer, in order.
     Tensors are cast to the layer's dtype (`strict=True` refuses any other dtype) and made
-    under `keras.device(device)` when a device is given. `broadcast=True` starts the batch a
-    stateful target fixes from a batch-1 state; `broadcast=N` starts N streams.
+    under `keras.device(device)` when a device is given. `broadcast=True` starts every stream
+    from a batch-1 state, at the batch a stateful target fixes (or `batch_size=N`).
     """
     keras = require("keras", "keras")
     layers = _layers(target)
-    states = fit(states, signature(target), strict=strict, broadcast=broadcast)
+    states = fit(states, signature(target), strict=strict, broadcast=broadcast, batch_size=batch_size)
     with keras.device(device) if device is not None else contextlib.nullcontext():
         lists = [[keras.ops.convert_to_tensor(array, dtype=layer.dtype) for array in layer.arrays(state)]
                  for layer, state in zip(layers, states.layers)]
-    return lists if _is_model(target) else lists[0]
+    return lists if len(lists) > 1 else lists[0]
 
 
-def load_into(states: StateSet, target, *, strict: bool = False, broadcast: bool | int = False) -> None:
-    """Assign `states` to the states of a stateful model (or layer): resume tomorrow where it stopped today.
+def load_into(states: StateSet, target: Any, *, strict: bool = False, broadcast: bool = False,
+              batch_size: int | None = None) -> Any:
+    """Assign `states` to the states of a stateful model (or layer), and return it: resume where it stopped.
 
     >>> load_into(statefmt.load("today.statefmt"), model)  # doctest: +SKIP
     >>> model(chunk2)  # continues from the saved state  # doctest: +SKIP
@@ -109,18 +125,21 @@ def load_into(states: StateSet, target, *, strict: bool = False, broadcast: bool
     is assigned unless the whole state fits; values are cast to each state variable's dtype.
     """
     keras = require("keras", "keras")
+    if not isinstance(states, StateSet):
+        fit(states, StateSignature())  # says what was given and what is expected
     layers = _layers(target)
     problems = [problem for layer in layers for problem in layer.check_stateful(
         "pass initial_state(states, layer) to its initial_state= instead")]
     if problems:
         raise StateMismatchError(problems)
-    states = fit(states, signature(target), strict=strict, broadcast=broadcast)
+    states = fit(states, signature(target), strict=strict, broadcast=broadcast, batch_size=batch_size)
     for layer, state in zip(layers, states.layers):
         for variable, array in zip(layer.variables(), layer.arrays(state)):
             variable.assign(keras.ops.convert_to_tensor(array, dtype=variable.dtype))
+    return target
 
 
-def export_weights(source) -> WeightSet:
+def export_weights(source: Any, *, name: str | None = None) -> WeightSet:
     """The recurrent weights of `source` (a layer or a model) in the neutral layout (statefmt.weights).
 
     >>> statefmt.save(export_weights(model), "weights.statefmt")  # doctest: +SKIP
@@ -133,29 +152,42 @@ def export_weights(source) -> WeightSet:
     problems = [problem for layer in layers for problem in layer.check_weights()]
     if problems:
         raise StateMismatchError(problems)
-    return WeightSet([layer.export_weights() for layer in layers],
+    return WeightSet([layer.export_weights(name) for layer in layers],
                      metadata={"source": source_metadata("keras", "keras", source.name)})
 
 
-def load_weights(weights: WeightSet, target) -> None:
-    """Assign neutral weights to `target`'s recurrent layers, refusing (all at once) whatever does not map exactly.
+def weight_signature(target: Any) -> WeightSignature:
+    """What `target` can take as weights: per recurrent layer its sizes, what it computes, how to rebuild it.
 
-    >>> load_weights(statefmt.load_weights("weights.statefmt"), model)  # doctest: +SKIP
-
-    Checks layer count, kind, units, input size, directions, activations, a projection P
-    (Keras has none), biases into `use_bias=False`, and the GRU candidate convention
-    (`linear_before_reset` against `reset_after`). Values are cast to each variable's dtype.
+    >>> weight_signature(model).check(statefmt.load_weights("weights.statefmt"))  # doctest: +SKIP
+    []
     """
     layers = _layers(target)
-    problems = []
-    if len(weights.layers) != len(layers):
-        problems.append(f"layer count: expected {len(layers)}, found {len(weights.layers)}")
-    for layer, source in zip(layers, weights.layers):
-        problems += layer.check_loadable(source)
+    problems = [problem for layer in layers for problem in layer.check_built()]
     if problems:
         raise StateMismatchError(problems)
+    return WeightSignature([layer.weight_signature() for layer in layers])
+
+
+def import_weights(weights: WeightSet, target: Any) -> Any:
+    """Assign neutral weights to `target`'s recurrent layers and return it, refusing (all at once) what does not map.
+
+    >>> model = import_weights(statefmt.load_weights("weights.statefmt"), model)  # doctest: +SKIP
+
+    What fits is `weight_signature(target)`'s to say: layer count, kind, units, input size,
+    directions, activations, a projection P (Keras has none), biases into `use_bias=False`,
+    and the GRU candidate convention (`linear_before_reset` against `reset_after`). Values are
+    cast to each variable's dtype. (Not Keras' `Model.load_weights`, which reads a file.)
+    """
+    layers = _layers(target)
+    fit_weights(weights, weight_signature(target),
+                [problem for layer in layers for problem in layer.check_directions()])
     for layer, source in zip(layers, weights.layers):
-        layer.load_weights(source)
+        layer.import_weights(source)
+    return target
+
+
+load_weights = deprecated("load_weights", import_weights)
 
 
 # --- the recurrent layers of a target ------------------------------------------------------------
@@ -170,7 +202,10 @@ def _layers(target) -> list[_Layer]:
     found = []
 
     def visit(layer, name):
-        if isinstance(layer, recurrent):
+        if isinstance(layer, keras.layers.RNN) and isinstance(layer.cell, keras.layers.StackedRNNCells):
+            for slot, cell in enumerate(layer.cell.cells):  # one neutral layer per cell, in order
+                found.append(_Layer.of(len(found), f"{name}/{cell.name}", layer, slot))
+        elif isinstance(layer, recurrent):
             found.append(_Layer.of(len(found), name, layer))
         elif isinstance(layer, keras.Model):  # Sequential, functional or subclassed: its layers in order
             for inner in layer.layers:
@@ -191,39 +226,52 @@ def _layers(target) -> list[_Layer]:
     return found
 
 
-class _Layer:
-    """One recurrent layer of a target: its RNNs (forward, then backward for a Bidirectional)."""
+def _cell(rnn, slot):
+    """An RNN's cell, or cell `slot` of its StackedRNNCells."""
+    cell = getattr(rnn, "cell", rnn)
+    return cell if slot is None else cell.cells[slot]
 
-    def __init__(self, index, name, kind, rnns):
-        self.index, self.name, self.kind, self.rnns = index, name, kind, rnns
+
+class _Layer:
+    """One recurrent layer of a target: its RNNs (forward, then backward for a Bidirectional), and for an
+    `RNN(StackedRNNCells)` which of its cells (`slot`): each cell of a stack is a neutral layer of its own."""
+
+    def __init__(self, index, name, kind, rnns, slot=None):
+        self.index, self.name, self.kind, self.rnns, self.slot = index, name, kind, rnns, slot
         self.where = f"layer {index} {name!r}"
-        self.cells = [rnn.cell for rnn in rnns]
+        self.cells = [_cell(rnn, slot) for rnn in rnns]
         self.units = self.cells[0].units
         self.directions = len(rnns)
         self.stateful = rnns[0].stateful
         built = self.stateful and rnns[0].states is not None
-        self.batch_size = int(rnns[0].states[0].shape[0]) if built else None
+        variables = self.variables() if built else []
+        self.batch_size = int(variables[0].shape[0]) if built else None
         # the dtype the layer keeps its state in: its state variables', else its compute dtype (a name)
-        self.dtype = rnns[0].states[0].dtype if built else rnns[0].compute_dtype
+        self.dtype = variables[0].dtype if built else rnns[0].compute_dtype
 
     @classmethod
-    def of(cls, index, name, layer) -> _Layer:
+    def of(cls, index, name, layer, slot=None) -> _Layer:
         keras = require("keras", "keras")
         kinds = {keras.layers.LSTMCell: "lstm", keras.layers.GRUCell: "gru", keras.layers.SimpleRNNCell: "rnn"}
         bidirectional = isinstance(layer, keras.layers.Bidirectional)
         rnns = (layer.forward_layer, layer.backward_layer) if bidirectional else (layer,)
-        found = [next((kind for k, kind in kinds.items() if isinstance(getattr(rnn, "cell", None), k)), None)
-                 for rnn in rnns]
         where = f"layer {index} {name!r}"
+        if bidirectional and any(isinstance(getattr(rnn, "cell", None), keras.layers.StackedRNNCells) for rnn in rnns):
+            raise StateMismatchError(f"{where}: a Bidirectional of RNN(StackedRNNCells) has no neutral layout yet; "
+                                     "stack Bidirectional layers instead, one per cell")
+        cells = [_cell(rnn, slot) for rnn in rnns]
+        found = [next((kind for k, kind in kinds.items() if isinstance(cell, k)), None) for cell in cells]
         if None in found or len(set(found)) > 1:
-            cells = " and ".join(type(getattr(rnn, "cell", rnn)).__name__ for rnn in rnns)
-            raise StateMismatchError(f"{where}: {type(layer).__name__} of {cells} has no neutral layout; statefmt "
-                                     f"maps an {_SUPPORTED}, with the same cell both ways")
+            names = " and ".join(type(cell).__name__ for cell in cells)
+            both = ", with the same cell both ways" if bidirectional else ""
+            what = f"RNN(StackedRNNCells) cell {slot}, a {names}," if slot is not None else \
+                f"{type(layer).__name__} of {names}"
+            raise StateMismatchError(f"{where}: {what} has no neutral layout; statefmt maps an {_SUPPORTED}{both}")
         if bidirectional and len({rnn.cell.units for rnn in rnns}) > 1:
             raise StateMismatchError(f"{where}: the forward and backward layers differ in units "
                                      f"({rnns[0].cell.units} vs {rnns[1].cell.units}); the neutral layout stacks "
                                      "the directions of a layer, so build both with the same units")
-        return cls(index, name, found[0], rnns)
+        return cls(index, name, found[0], rnns, slot)
 
     @property
     def _names(self) -> tuple[str, ...]:
@@ -232,8 +280,10 @@ class _Layer:
     # states
 
     def variables(self) -> list:
-        """The state variables, forward then backward, in `return_state` order."""
-        return [variable for rnn in self.rnns for variable in rnn.states]
+        """The state variables, forward then backward, in `return_state` order (of this cell, in a stack)."""
+        tree = require("keras", "keras").tree
+        return [variable for rnn in self.rnns
+                for variable in tree.flatten(rnn.states if self.slot is None else rnn.states[self.slot])]
 
     def check_stateful(self, otherwise: str) -> list[str]:
         if not self.stateful:
@@ -256,7 +306,7 @@ class _Layer:
                 problems.append(f"{self.where}: {label}: expected shape (batch, {self.units}), found {shape}")
         return problems
 
-    def export(self, tensors) -> LayerState:
+    def export(self, tensors, prefix: str | None = None) -> LayerState:
         ops = require("keras", "keras").ops
         arrays = {}
         for position, name in enumerate(self._names):
@@ -265,7 +315,7 @@ class _Layer:
                 arrays[name] = ops.convert_to_numpy(pieces[0])[None]
             else:  # stacked on the device, so the host copy stays the only one
                 arrays[name] = ops.convert_to_numpy(ops.stack(pieces))
-        return LayerState(self.name, self.kind, **arrays)
+        return LayerState(prefixed(prefix, self.name), self.kind, **arrays)
 
     def arrays(self, state: LayerState) -> list[np.ndarray]:
         """The state's arrays in `initial_state=` order: per direction, h then c."""
@@ -274,28 +324,32 @@ class _Layer:
     # weights
 
     def check_weights(self) -> list[str]:
-        problems = self._check_directions(self.where)
-        if not all(cell.built for cell in self.cells):
-            problems.append(f"{self.where}: not built, so it has no weights yet; call the model once or build it")
+        problems = self.check_directions() + self.check_built()
+        for setting, name in self._functions():
+            if name not in ACTIVATIONS:
+                problems.append(f"{self.where}: {setting}: {name} has no neutral name; the neutral layout knows "
+                                f"{', '.join(ACTIVATIONS)}")
         return problems
 
-    def _check_directions(self, where) -> list[str]:
+    def check_built(self) -> list[str]:
+        if all(cell.built for cell in self.cells):
+            return []
+        return [f"{self.where}: not built, so it has no weights yet; call the model once or build it"]
+
+    def check_directions(self) -> list[str]:
         if self.rnns[0].go_backwards or (self.directions == 2 and not self.rnns[1].go_backwards):
-            return [f"{where}: go_backwards: direction 0 of the neutral layout runs forward and direction 1 "
+            return [f"{self.where}: go_backwards: direction 0 of the neutral layout runs forward and direction 1 "
                     "backward; use go_backwards=False, or a Bidirectional for both directions"]
         return []
 
     def _order(self) -> np.ndarray:
-        """Keras gate columns in neutral order; a swap, so the same index maps back."""
-        u = self.units
-        if self.kind == "gru":  # Keras z, r, h -> neutral r, z, n
-            return np.r_[u:2 * u, 0:u, 2 * u:3 * u]
-        return np.arange({"lstm": 4, "rnn": 1}[self.kind] * u)
+        """Keras gate rows in neutral order: `neutral = keras[order]`."""
+        return gate_rows(self.kind, self.units, FRAMEWORK_GATE_ORDER["keras"][self.kind])
 
-    def export_weights(self) -> LayerWeights:
+    def export_weights(self, prefix: str | None = None) -> LayerWeights:
         ops = require("keras", "keras").ops
         order = self._order()
-        arrays = {"W": [], "R": [], "Wb": [], "Rb": []}
+        arrays: dict[str, list[np.ndarray]] = {"W": [], "R": [], "Wb": [], "Rb": []}
         for cell in self.cells:
             kernel = ops.convert_to_numpy(cell.kernel)
             zeros = np.zeros(kernel.shape[1], kernel.dtype)
@@ -311,63 +365,35 @@ class _Layer:
                 arrays[key].append(value)
         cell = self.cells[0]
         functions = dict(self._functions())
-        return LayerWeights(self.name, self.kind, **{key: np.stack(value) for key, value in arrays.items()},
+        return LayerWeights(prefixed(prefix, self.name), self.kind,
+                            **{key: np.stack(value) for key, value in arrays.items()},
                             activation=functions["activation"],
                             recurrent_activation=functions.get("recurrent_activation", "sigmoid"),
                             linear_before_reset=getattr(cell, "reset_after", True))
 
-    def check_loadable(self, weights: LayerWeights) -> list[str]:
-        where = f"layer {self.index} {weights.name!r}"
-        if not all(cell.built for cell in self.cells):
-            return [f"{where}: the target layer {self.name!r} is not built; call the model once or build it first"]
-        input_size = int(self.cells[0].kernel.shape[0])
-        problems = [f"{where}: {field}: expected {want}, found {found}"
-                    for field, want, found in (("kind", self.kind, weights.kind), ("units", self.units, weights.units),
-                                               ("input_size", input_size, weights.input_size),
-                                               ("directions", self.directions, weights.directions))
-                    if want != found]
-        problems += self._check_directions(where)
-        if weights.proj_units is not None:
-            problems.append(f"{where}: P: Keras layers have no projection of h (proj_units={weights.proj_units}); "
-                            "load into a PyTorch LSTM with proj_size, or use weights without P")
-        if weights.kind != self.kind:
-            return problems
-        for setting, name in self._functions():
-            want = getattr(weights, setting)
-            if name != want:
-                problems.append(f"{where}: {setting}: the weights use {want}, the target layer uses {name}; "
-                                f"build the layer with {setting}={want!r}")
+    def weight_signature(self) -> LayerWeightSignature:
+        """What the layer computes, and how Keras builds one that computes something else."""
         cell = self.cells[0]
-        if not cell.use_bias and any(np.any(weights[key] != 0) for key in ("Wb", "Rb")):
-            problems.append(f"{where}: Wb, Rb: the weights have non-zero biases and the target layer has "
-                            "use_bias=False, so they cannot be mapped; build the layer with use_bias=True")
-        if self.kind == "gru":
-            problems += self._check_gru_convention(where, weights)
-        return problems
+        functions = dict(self._functions())
+        layer = "GRU" if self.kind == "gru" else "layer"
+        advice = {f"{setting}={name}": f"build the layer with {setting}={name!r}"
+                  for setting in functions for name in ACTIVATIONS}
+        advice.update({
+            "proj_units": "Keras layers have no projection of h: load them into a PyTorch LSTM with "
+                          "proj_size={value}, or use weights without P",
+            "bias": "build the layer with use_bias=True",
+            "linear_before_reset=False": f"build the {layer} with reset_after=False",
+            "linear_before_reset=True": f"build the {layer} with reset_after=True (the Keras default)",
+        })
+        return LayerWeightSignature(
+            self.kind, self.units, int(cell.kernel.shape[0]), self.directions, None, self.name,
+            activation=functions["activation"], recurrent_activation=functions.get("recurrent_activation", "sigmoid"),
+            activations=tuple(ACTIVATIONS), recurrent_activations=tuple(ACTIVATIONS),
+            linear_before_reset=bool(getattr(cell, "reset_after", True)), bias=bool(cell.use_bias), advice=advice)
 
-    def _check_gru_convention(self, where, weights: LayerWeights) -> list[str]:
-        if self.cells[0].reset_after:
-            if weights.linear_before_reset:
-                return []
-            return [f"{where}: linear_before_reset: the weights apply r before the recurrent matmul "
-                    "(linear_before_reset=False), the target GRU(reset_after=True) after it; they do not map "
-                    "exactly: build the GRU with reset_after=False"]
-        if not weights.linear_before_reset:
-            return []
-        problems = []
-        for direction in range(weights.directions):
-            R_n, Rb_n = weights.gate("R", "n", direction), weights.gate("Rb", "n", direction)
-            if np.any(R_n - np.diag(np.diag(R_n)) != 0) or np.any(Rb_n != 0):
-                problems.append(
-                    f"{where}: linear_before_reset: the weights apply r after the recurrent matmul "
-                    f"(n = tanh(W_n x + Wb_n + r * (R_n h + Rb_n))), the target GRU(reset_after=False) before it; "
-                    f"that is exact only when R_n is diagonal and Rb_n zero, not so in direction {direction}: "
-                    "build the GRU with reset_after=True (the Keras default)")
-        return problems
-
-    def load_weights(self, weights: LayerWeights) -> None:
+    def import_weights(self, weights: LayerWeights) -> None:
         ops = require("keras", "keras").ops
-        order = self._order()
+        order = np.argsort(self._order())  # neutral rows in Keras order
         for direction, cell in enumerate(self.cells):
             wb, rb = weights["Wb"][direction], weights["Rb"][direction]
             values = [(cell.kernel, weights["W"][direction][order].T),

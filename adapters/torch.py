@@ -3,8 +3,9 @@
 PyTorch modules keep no state: a run returns `(h_n, c_n)` (LSTM) or `h_n`, stacked
 `[layers*directions, batch, hidden]` with index `layer*directions + direction`, and the next
 run takes them as `hx`. Cells take and return `(h, c)` or `h` of shape `(batch, hidden)`.
-Unbatched input goes with 2-D states (1-D for cells). Each PyTorch layer is one neutral
-layer, named "l0", "l1", ... (or "<name>.l0" with `name=`). PyTorch's gate order (LSTM
+Unbatched input goes with 2-D states (1-D for cells): `export` detects them, and the batch-1
+row of `initial_state`'s result is one. Each PyTorch layer is one neutral layer, named "l0",
+"l1", ... (or "<name>/l0" with `name=`, as in every adapter). PyTorch's gate order (LSTM
 i, f, g, o; GRU r, z, n) and kernel layout `(gates*hidden, in)` are the neutral ones.
 PyTorch itself is imported on first use, never when this module is imported.
 """
@@ -12,6 +13,8 @@ PyTorch itself is imported on first use, never when this module is imported.
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from typing import Any
 
 import numpy as np
 
@@ -19,19 +22,22 @@ from statefmt import (
     LayerSignature,
     LayerState,
     LayerWeights,
+    LayerWeightSignature,
     StateError,
     StateMismatchError,
     StateSet,
     StateSignature,
     WeightSet,
+    WeightSignature,
 )
+from statefmt.cells import ACTIVATIONS, CELLS
 
-from ._common import fit, require, source_metadata
+from ._common import deprecated, fit, fit_weights, prefixed, require, source_metadata
 
 _SUPPORTED = "nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell or nn.RNNCell"
 
 
-def signature(target, *, name: str | None = None) -> StateSignature:
+def signature(target: Any, *, name: str | None = None) -> StateSignature:
     """What `target` expects: one layer per PyTorch layer; no batch size (PyTorch fixes none); its param dtype.
 
     >>> signature(nn.LSTM(5, 4, num_layers=2)).layers[1]  # doctest: +SKIP
@@ -42,14 +48,14 @@ def signature(target, *, name: str | None = None) -> StateSignature:
                            for k in range(t.layers)], dtype=str(t.dtype).removeprefix("torch."))
 
 
-def export(source, state=None, *, name: str | None = None) -> StateSet:
+def export(source: Any, state: Any = None, *, name: str | None = None) -> StateSet:
     """The state a run of `source` returned, as a StateSet.
 
     >>> y, (h_n, c_n) = lstm(x)  # doctest: +SKIP
     >>> statefmt.save(export(lstm, (h_n, c_n)), "today.statefmt")  # doctest: +SKIP
 
     Tensors are detached and moved to the host once; on the CPU the arrays share memory
-    with them. Unbatched states (2-D, or 1-D for a cell) export as batch 1.
+    with them. Unbatched states (2-D, or 1-D for a cell) are detected and export as batch 1.
     """
     if state is None:
         raise StateError("PyTorch modules keep no state: pass the state a run returned, "
@@ -67,8 +73,8 @@ def export(source, state=None, *, name: str | None = None) -> StateSet:
     return StateSet(layers, metadata={"source": t.source()})
 
 
-def initial_state(states: StateSet, target, *, strict: bool = False, device=None, broadcast: bool | int = False,
-                  unbatched: bool = False):
+def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadcast: bool = False,
+                  batch_size: int | None = None, device: Any = None, **deprecated_options: Any) -> Any:
     """What `target` takes as initial state: `(h0, c0)` for an LSTM, `h0` otherwise.
 
     >>> h0, c0 = initial_state(statefmt.load("today.statefmt"), lstm)  # doctest: +SKIP
@@ -78,15 +84,20 @@ def initial_state(states: StateSet, target, *, strict: bool = False, device=None
     module's param dtype (`strict=True` refuses any other dtype) on the module's device (or
     `device`). A one-layer state already in that dtype on the CPU is not copied: the tensors
     share memory with the arrays; a stack is copied once into one tensor. PyTorch fixes no
-    batch size: `broadcast=N` starts N streams from a batch-1 state (an expanded view).
-    `unbatched=True` returns 2-D states (1-D for a cell) for unbatched input; it needs batch 1.
+    batch size: `broadcast=True, batch_size=N` starts N streams from a batch-1 state (an
+    expanded view). For unbatched input take the batch-1 row: `h0[:, 0]` (a cell's `h0[0]`).
     """
+    unbatched = deprecated_options.pop("unbatched", False)
+    if deprecated_options:
+        raise TypeError(f"initial_state() got unexpected keyword arguments {sorted(deprecated_options)}")
+    if unbatched:
+        warnings.warn("initial_state(..., unbatched=True) is deprecated and will be removed in the next release: "
+                      "take the batch-1 row of the result, h0[:, 0] (a cell's h0[0])", DeprecationWarning,
+                      stacklevel=2)
+        batch_size = 1
     torch = require("torch", "torch")
     t = _Target.of(target)
-    expected = signature(target)
-    if unbatched:
-        expected = dataclasses.replace(expected, batch_size=1)
-    batch = fit(states, expected, strict=strict, broadcast=broadcast).batch_size
+    batch = fit(states, signature(target), strict=strict, broadcast=broadcast, batch_size=batch_size).batch_size
     device = t.device if device is None else torch.device(device)
     result = []
     for s in states.layers[0].state_names:
@@ -99,7 +110,7 @@ def initial_state(states: StateSet, target, *, strict: bool = False, device=None
     return tuple(result) if t.kind == "lstm" else result[0]
 
 
-def export_weights(source, *, name: str | None = None) -> WeightSet:
+def export_weights(source: Any, *, name: str | None = None) -> WeightSet:
     """The recurrent weights of `source` in the neutral layout (statefmt.weights).
 
     >>> statefmt.save(export_weights(lstm), "weights.statefmt")  # doctest: +SKIP
@@ -118,30 +129,38 @@ def export_weights(source, *, name: str | None = None) -> WeightSet:
     return WeightSet(layers, metadata={"source": t.source()})
 
 
-def load_weights(weights: WeightSet, target) -> None:
-    """Copy neutral weights into `target`'s parameters, refusing (all at once) whatever does not map exactly.
+def weight_signature(target: Any) -> WeightSignature:
+    """What `target` can take as weights: per PyTorch layer its sizes, what it computes, and how to rebuild it.
 
-    >>> load_weights(statefmt.load_weights("weights.statefmt"), nn.LSTM(5, 4))  # doctest: +SKIP
+    >>> weight_signature(nn.GRU(5, 4)).check(statefmt.load_weights("weights.statefmt"))  # doctest: +SKIP
+    []
+    """
+    t = _Target.of(target)
+    return WeightSignature([t.layer_signature(k) for k in range(t.layers)])
 
-    Checks layer count, kind, units, input size, directions and projection, the activations
-    (PyTorch LSTM and GRU use tanh and sigmoid; nn.RNN tanh or relu), GRU's
-    linear_before_reset, and non-zero biases for a module built with `bias=False`.
-    Values are cast to the parameters' dtype and device.
+
+def import_weights(weights: WeightSet, target: Any) -> Any:
+    """Copy neutral weights into `target`'s parameters and return it, refusing (all at once) what does not map.
+
+    >>> lstm = import_weights(statefmt.load_weights("weights.statefmt"), nn.LSTM(5, 4))  # doctest: +SKIP
+
+    What fits is `weight_signature(target)`'s to say: layer count, kind, units, input size,
+    directions and projection, the activations (PyTorch LSTM and GRU use tanh and sigmoid;
+    nn.RNN tanh or relu), GRU's linear_before_reset, and zero biases for `bias=False`.
+    Values are cast to the parameters' dtype and device. Nothing is assigned unless all fits.
     """
     torch = require("torch", "torch")
     t = _Target.of(target)
-    problems = []
-    if len(weights.layers) != t.layers:
-        problems.append(f"layer count: expected {t.layers}, found {len(weights.layers)}")
-    for k, layer in enumerate(weights.layers[:t.layers]):
-        problems += t.check_loadable(k, layer)
-    if problems:
-        raise StateMismatchError(problems)
+    fit_weights(weights, weight_signature(target))
     with torch.no_grad():
         for k, layer in enumerate(weights.layers):
             for d in range(t.directions):
                 for key, param in t.params(k, d, zeros=False).items():
                     param.copy_(_tensor(layer[key][d]))
+    return target
+
+
+load_weights = deprecated("load_weights", import_weights)
 
 
 # --- the module ----------------------------------------------------------------------------------
@@ -237,48 +256,32 @@ class _Target:
             raise StateMismatchError(problems)
         return tensors
 
-    def check_loadable(self, k: int, weights: LayerWeights) -> list[str]:
-        where = f"layer {k} {weights.name!r}"
-        input_size = self.params(k, 0)["W"].shape[1]
-        problems = [f"{where}: {field}: expected {want}, found {found}"
-                    for field, want, found in (("kind", self.kind, weights.kind), ("units", self.units, weights.units),
-                                               ("input_size", input_size, weights.input_size),
-                                               ("directions", self.directions, weights.directions))
-                    if want != found]
-        if weights.proj_units != self.proj:
-            hint = (f"build nn.LSTM(..., proj_size={weights.proj_units})" if weights.proj_units
-                    else "build the LSTM without proj_size")
-            problems.append(f"{where}: proj_units: expected {self.proj}, found {weights.proj_units}; {hint}")
-        if weights.kind != self.kind:
-            return problems
+    def layer_signature(self, k: int) -> LayerWeightSignature:
+        """What layer k computes, and how PyTorch builds one that computes something else."""
         module = type(self.module).__name__
-        if self.kind == "rnn":
-            if weights.activation != self.activation:
-                fix = (f"build nn.{module}(..., nonlinearity={weights.activation!r})"
-                       if weights.activation in ("tanh", "relu") else "PyTorch's RNN knows tanh and relu only")
-                problems.append(f"{where}: activation: the weights use {weights.activation}, the target uses "
-                                f"{self.activation}; {fix}")
+        kind = self.kind.upper()
+        advice = {"bias": f"build nn.{module}(..., bias=True)",
+                  "linear_before_reset=False": "load them into Keras GRU(reset_after=False)"}
+        if self.cell or self.kind != "lstm":
+            advice["proj_units"] = "only nn.LSTM projects h: load them into nn.LSTM(..., proj_size={value})"
         else:
-            for setting, want in (("activation", "tanh"), ("recurrent_activation", "sigmoid")):
-                found = getattr(weights, setting)
-                if found != want:
-                    problems.append(f"{where}: {setting}: the weights use {found}, and PyTorch's {module} always "
-                                    f"uses {want}, so they do not map exactly; load them into Keras or Flax, whose "
-                                    f"{self.kind.upper()} takes any {setting}")
-        if self.kind == "gru" and not weights.linear_before_reset:
-            problems.append(f"{where}: linear_before_reset: PyTorch's {module} applies r after the recurrent matmul "
-                            "(linear_before_reset=True); weights with linear_before_reset=False do not map exactly: "
-                            "load them into Keras GRU(reset_after=False)")
-        if "Wb" not in self.params(k, 0, zeros=False):
-            nonzero = [key for key in ("Wb", "Rb") if np.any(np.asarray(weights[key], np.float64) != 0)]
-            if nonzero:
-                problems.append(f"{where}: {' and '.join(nonzero)}: the weights have non-zero biases and the target "
-                                f"was built with bias=False; build nn.{module}(..., bias=True)")
-        return problems
+            advice["proj_units"] = f"build nn.{module}(..., proj_size={{value}})"
+            advice["proj_units=None"] = f"build the {kind} without proj_size"
+        activations: tuple[str, ...] = ("tanh", "relu") if self.kind == "rnn" else ()
+        for setting in CELLS[self.kind].settings:
+            for value in ACTIVATIONS:  # where each activation PyTorch cannot compute is computed
+                elsewhere = "Keras or Flax" if value != "linear" else "Keras"
+                advice[f"{setting}={value}"] = (
+                    f"build nn.{module}(..., nonlinearity={value!r})" if value in activations else
+                    f"PyTorch's {module} cannot: load them into {elsewhere}, whose {kind} takes {setting}={value}")
+        return LayerWeightSignature(
+            self.kind, self.units, int(self.params(k, 0)["W"].shape[1]), self.directions, self.proj, _name(None, k),
+            activation=self.activation, activations=activations,
+            bias="Wb" in self.params(k, 0, zeros=False), advice=advice)
 
 
 def _name(prefix: str | None, k: int) -> str:
-    return f"{prefix}.l{k}" if prefix else f"l{k}"
+    return prefixed(prefix, f"l{k}")
 
 
 def _numpy(tensor) -> np.ndarray:

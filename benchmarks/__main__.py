@@ -142,25 +142,78 @@ def loads(directory: str, arrays, states, nbytes: int) -> dict[str, str]:
 
 
 def one_stream(directory: str, big: str) -> None:
-    print("one stream: load(path, streams=[k]), 512 MiB file vs 1 MiB file (128 streams)")
+    print("one stream: load(path, streams=[k]), 512 MiB file vs 1 MiB file (128 streams), by index")
     small = os.path.join(directory, "small.statefmt")
     statefmt.save(state_set(payload(128)), small, durable=False)
     big_time = best(lambda: statefmt.load(big, streams=[40_000]), repeat=20)
     small_time = best(lambda: statefmt.load(small, streams=[100]), repeat=20)
     row("from the 512 MiB file", big_time, peer=small_time, note="vs 1 MiB file, target <= 2.00x, a few ms")
     row("from the 1 MiB file", small_time)
-    print("  the same with stream ids (65,536 ids vs 128 ids in the metadata), by id")
-    arrays = payload()
-    ids_big, ids_small = os.path.join(directory, "ids.statefmt"), os.path.join(directory, "ids-small.statefmt")
-    ids = [f"stream-{i}" for i in range(arrays["layers.0.h"].shape[1])]
-    statefmt.save(state_set(arrays, ids), ids_big, durable=False)
-    del arrays
-    statefmt.save(state_set(payload(128), [f"stream-{i}" for i in range(128)]), ids_small, durable=False)
-    big_time = best(lambda: statefmt.load(ids_big, streams=["stream-40000"]), repeat=10)
-    small_time = best(lambda: statefmt.load(ids_small, streams=["stream-100"]), repeat=10)
-    row("from the 512 MiB file, 65,536 ids", big_time, peer=small_time, note="vs 1 MiB file with 128 ids")
-    row("from the 1 MiB file, 128 ids", small_time)
-    unlink(ids_big)
+
+
+SCALE = (1_000, 10_000, 100_000, 1_000_000, 10_000_000)
+
+
+def scale(directory: str) -> dict[str, float]:
+    """One stream by id (and by index) out of files of 10^3 to 10^7 streams: the id index keeps it flat."""
+    print("one stream by id, from files of 10^3 to 10^7 named streams (2-layer LSTM, 8 units, float32)")
+    results: dict[str, float] = {}
+    for count in SCALE:
+        path = os.path.join(directory, f"scale-{count}.statefmt")
+        rng = np.random.default_rng(count)
+        layers = [statefmt.LayerState(f"lstm_{i}", "lstm", h=rng.random((1, count, 8), np.float32),
+                                      c=rng.random((1, count, 8), np.float32)) for i in range(2)]
+        ids = [f"sensor-{i:08d}" for i in range(count)]
+        start = time.perf_counter()
+        statefmt.save(statefmt.StateSet(layers, stream_ids=ids), path, durable=False)
+        saved = time.perf_counter() - start
+        del layers, ids
+        probe = [f"sensor-{(count * 7) // 9 + i:08d}" for i in range(REPEAT * 4)]
+        by_id = best(lambda path=path, probe=probe: statefmt.load(path, streams=[probe.pop()]), repeat=REPEAT * 4)
+        by_index = best(lambda path=path, count=count: statefmt.load(path, streams=[count // 3]), repeat=REPEAT * 4)
+        results[str(count)] = by_id
+        base = results[str(SCALE[0])]
+        row(f"{count:>10,} streams: by id", by_id, peer=base, note=f"vs 10^3, target <= 2.00x; by index "
+            f"{by_index * 1e3:.2f} ms; save {saved:.1f} s, file {os.path.getsize(path) / MiB:.0f} MiB")
+        if count == SCALE[-1]:
+            start = time.perf_counter()
+            whole = statefmt.load(path)
+            row(f"{count:>10,} streams: whole load", time.perf_counter() - start,
+                note=f"{whole.batch_size:,} rows and ids, every block and the whole index checked")
+            del whole
+        unlink(path)
+    return results
+
+
+def ablations(directory: str, states) -> None:
+    """Hand-written machinery, each against the plain way it replaces: keep only what pays."""
+    import json
+
+    from statefmt import _container, _document
+
+    print("ablation: what each piece of hand-written machinery buys")
+    path = os.path.join(directory, "ablation.statefmt")
+    threaded = best(lambda: statefmt.save(states, path, durable=False), before=lambda: unlink(path))
+    _container.THREADED = False
+    try:
+        inline = best(lambda: statefmt.save(states, path, durable=False), before=lambda: unlink(path))
+    finally:
+        _container.THREADED = True
+    row("save, writer thread (copy+hash || write)", threaded, peer=inline, note="vs the same save, all inline")
+    row("save, inline", inline)
+    statefmt.save(states.select([0]).rows(list(range(8))), path, durable=False)
+    document = json.loads(_container.Container(statefmt._source.open_source(path)).metadata["statefmt"])
+    walk = best(lambda: _document._conforms(document, _document.schema("2")), repeat=200)
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(_document.schema("2"))
+    schema_time = best(lambda: validator.validate(document), repeat=200)
+    row("schema check: quick walk of the schema", walk, peer=schema_time, note="vs jsonschema, warm")
+    row("schema check: jsonschema (warm)", schema_time)
+    imported = subprocess.run([sys.executable, "-X", "importtime", "-c", "import jsonschema"], capture_output=True,
+                              text=True, check=True).stderr.splitlines()[-1]
+    print(f"  import jsonschema (cold, once per process): {int(imported.split('|')[1]) / 1e3:.1f} ms cumulative")
+    unlink(path)
 
 
 def exports() -> None:
@@ -214,6 +267,16 @@ def reinjection(states, nbytes: int) -> None:
         note=f"shares memory with the tensors (no host copy): {zero_copy}")
 
 
+def _write_results(name: str, results: dict) -> None:
+    """Figures for the docs' plots: benchmarks/results/NAME.json."""
+    import json
+
+    folder = REPO / "benchmarks" / "results"
+    folder.mkdir(exist_ok=True)
+    stamp = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    (folder / f"{name}.json").write_text(json.dumps({"measured": stamp, "machine": machine(), **results}, indent=1))
+
+
 def main() -> None:
     started = time.perf_counter()
     print(f"statefmt benchmarks, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
@@ -228,11 +291,13 @@ def main() -> None:
         saves(directory, arrays, states, nbytes)
         files = loads(directory, arrays, states, nbytes)
         one_stream(directory, files["statefmt"])
+        ablations(directory, states)
         reinjection(states, nbytes)
         del arrays, states
         exports()
         memory(directory, files, nbytes)
         cold_start(directory)
+        _write_results("file", {"one_stream_by_id_seconds": scale(directory)})
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     print(f"\n(whole run {time.perf_counter() - started:.0f} s)")

@@ -34,7 +34,8 @@ def series(length: int) -> np.ndarray:
     t = np.arange(length)[None, :]
     period = np.array([17.0, 23.0, 31.0, 41.0])[:, None]
     phase = rng.uniform(0, 2 * np.pi, (STREAMS, 1))
-    return (np.sin(2 * np.pi * t / period + phase) + 0.05 * rng.standard_normal((STREAMS, length)))[..., None].astype("float32")
+    noisy = np.sin(2 * np.pi * t / period + phase) + 0.05 * rng.standard_normal((STREAMS, length))
+    return noisy[..., None].astype("float32")
 
 
 def train_keras(data: np.ndarray):
@@ -95,7 +96,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "statefmt", *command], check=True)
 
     port = TorchPort()
-    torch_adapter.load_weights(statefmt.load_weights(weights_file), port.lstm)
+    torch_adapter.import_weights(statefmt.load_weights(weights_file), port.lstm)
     dense_kernel, dense_bias = model.get_layer("head").get_weights()
     port.head.weight.data[:] = torch_tensor(dense_kernel.T)
     port.head.bias.data[:] = torch_tensor(dense_bias)

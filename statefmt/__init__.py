@@ -7,7 +7,7 @@ their framework when first used.
 
 from .api import FORMAT_VERSION, load, load_weights, read, save, upgrade, validate
 from .errors import StateError, StateFormatError, StateMismatchError
-from .signature import LayerSignature, StateSignature
+from .signature import LayerSignature, LayerWeightSignature, StateSignature, WeightSignature
 from .states import LayerState, StateSet
 from .weights import LayerWeights, WeightSet
 
@@ -17,6 +17,7 @@ __all__ = [
     "FORMAT_VERSION",
     "LayerSignature",
     "LayerState",
+    "LayerWeightSignature",
     "LayerWeights",
     "StateError",
     "StateFormatError",
@@ -24,6 +25,7 @@ __all__ = [
     "StateSet",
     "StateSignature",
     "WeightSet",
+    "WeightSignature",
     "load",
     "load_weights",
     "read",

@@ -33,6 +33,7 @@ from .errors import StateError, StateFormatError
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own cap
 FIRST_READ = 65_536  # the first request reads the header of any ordinary file whole
+THREADED = True  # a writer thread beside the hashing one; `make bench` measures it against writing inline
 CHUNK_BLOCKS = 16  # blocks per write or read chunk: 1 MiB at 64 KiB blocks, still in L2 while checked
 _CODES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "U8": "uint8", "U64": "uint64"}
 _ORDER = {"U64": 0, "F64": 1, "F32": 2, "BF16": 3, "F16": 4, "U8": 5}  # the safetensors writer's order
@@ -239,11 +240,11 @@ class BlockReader:
         dtype = info.dtype
         result = np.empty(info.nbytes // dtype.itemsize, dtype) if keep else None
         chunk = CHUNK_BLOCKS * self.block_bytes
-        scratch = None if keep else np.empty(min(chunk, info.nbytes), np.uint8)
+        scratch = np.empty(0 if keep else min(chunk, info.nbytes), np.uint8)
         first, nonfinite = self.first_block[key], 0
         for offset in range(0, info.nbytes, chunk):
             size = min(chunk, info.nbytes - offset)
-            part = result.view(np.uint8)[offset:offset + size] if result is not None else scratch[:size]
+            part = scratch[:size] if result is None else result.view(np.uint8)[offset:offset + size]
             self.container.source.read_into(info.start + offset, part)
             for start in range(0, size, self.block_bytes):
                 index = first + (offset + start) // self.block_bytes
@@ -280,8 +281,7 @@ Finish = Callable[[list[str], list[int]], Mapping[str, str]]
 
 
 def write(target: str | os.PathLike[str] | bytes, tensors: Sequence[tuple[str, np.ndarray]], block_bytes: int,
-          finish: Finish, *, durable: bool = True, threaded: bool = True,
-          storage_options: Mapping[str, Any] | None = None) -> None:
+          finish: Finish, *, durable: bool = True, storage_options: Mapping[str, Any] | None = None) -> None:
     """Write a statefmt container: `tensors` in checksum order, then the `checksums` tensor.
 
     `finish(checksum_blocks, nonfinite_counts)` returns the `__metadata__`; it is called once with
@@ -311,7 +311,7 @@ def write(target: str | os.PathLike[str] | bytes, tensors: Sequence[tuple[str, n
 
     def fill(fd: int) -> None:
         checksums = np.empty(total_blocks, "<u8")
-        nonfinite = _write_payload(fd, arrays, offsets, block_bytes, checksums, threaded)
+        nonfinite = _write_payload(fd, arrays, offsets, block_bytes, checksums, THREADED)
         raw = checksums.view(np.uint8)
         digests = [hex_digest(block_hash(raw[i:i + block_bytes])) for i in range(0, raw.size, block_bytes)]
         final = header_bytes(table, finish(digests, nonfinite))
@@ -338,6 +338,8 @@ def _write_payload(fd: int, arrays: Sequence[tuple[str, np.ndarray]], offsets: M
     writer = _Writer(fd) if threaded else None
     nonfinite, index = [], 0
     try:
+        if writer:
+            writer.begin()
         for key, array in arrays:
             raw = array.reshape(-1).view(np.uint8)
             found = 0
@@ -373,11 +375,15 @@ class _Writer(threading.Thread):
 
     def __init__(self, fd: int):
         super().__init__(name="statefmt-writer", daemon=True)
-        self._fd = os.dup(fd)
+        self._caller_fd, self._fd = fd, -1
         self._work: queue.Queue[tuple[np.ndarray, int, int] | None] = queue.Queue()
         self._free: queue.Queue[np.ndarray] = queue.Queue()
         self._made = 0
         self._error: BaseException | None = None
+
+    def begin(self) -> None:
+        """Start writing; inside the caller's `try`, so that `close()` always runs after it."""
+        self._fd = os.dup(self._caller_fd)
         self.start()
 
     def buffer(self, size: int) -> np.ndarray:
@@ -411,9 +417,13 @@ class _Writer(threading.Thread):
             os.close(self._fd)
 
     def close(self) -> None:
-        """Wait for every chunk, and raise what stopped the writes (a full disk, say)."""
+        """Wait for every chunk, and raise what stopped the writes (a full disk, say). However `begin`
+        ended (Ctrl-C while the thread started, say), no thread and no descriptor outlive this."""
         self._work.put(None)
-        self.join()
+        if self._started.wait(timeout=1.0):  # type: ignore[attr-defined]  # Thread's own start event  # launched, if only just: it closes its descriptor itself
+            self.join()
+        elif self._fd >= 0:
+            os.close(self._fd)
         self._raise()
 
     def _raise(self) -> None:

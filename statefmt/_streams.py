@@ -13,7 +13,6 @@ A hash's bucket is its top k bits, so a lookup reads one bucket bound pair, one 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,14 +24,20 @@ ENTRIES_PER_BUCKET = 8
 
 
 def encode(ids: Sequence[str]) -> list[bytes]:
-    encoded = []
-    for row, stream_id in enumerate(ids):
-        try:
-            encoded.append(stream_id.encode())
-        except UnicodeEncodeError:
-            raise StateFormatError(f"stream id at row {row} ({stream_id!r}) is not valid Unicode text (a lone "
-                                   "surrogate?); stream ids are stored as UTF-8") from None
-    return encoded
+    try:
+        return list(map(str.encode, ids))  # at C speed: 10^7 ids
+    except UnicodeEncodeError:
+        row = next(row for row, stream_id in enumerate(ids) if not _encodable(stream_id))
+        raise StateFormatError(f"stream id at row {row} ({ids[row]!r}) is not valid Unicode text (a lone "
+                               "surrogate?); stream ids are stored as UTF-8") from None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def bucket_bits(count: int) -> int:
@@ -46,17 +51,13 @@ def bucket_of(hashes: np.ndarray | int, bits: int) -> np.ndarray | int:
     return hashes >> np.uint64(64 - bits) if isinstance(hashes, np.ndarray) else hashes >> (64 - bits)
 
 
-def hash_id(encoded: bytes) -> int:
-    return xxhash.xxh3_64_intdigest(encoded)
-
-
 def build(ids: Sequence[str]) -> dict[str, np.ndarray]:
     """The four tensors for these ids (unique, in row order)."""
     encoded = encode(ids)
     lengths = np.fromiter(map(len, encoded), np.uint64, len(encoded))
     offsets = np.zeros(len(encoded) + 1, np.uint64)
     np.cumsum(lengths, out=offsets[1:])
-    hashes = np.fromiter(map(hash_id, encoded), np.uint64, len(encoded))
+    hashes = np.fromiter(map(xxhash.xxh3_64_intdigest, encoded), np.uint64, len(encoded))
     order = np.lexsort((np.arange(len(encoded), dtype=np.uint64), hashes))
     index = np.stack([hashes[order], order.astype(np.uint64)], axis=1) if len(encoded) else np.zeros((0, 2), np.uint64)
     bits = bucket_bits(len(encoded))
@@ -70,14 +71,26 @@ def decode(data: np.ndarray | bytes, offsets: np.ndarray, base: int = 0) -> list
     """The ids between consecutive `offsets` (relative to `base`) of `data`."""
     raw = bytes(data)
     bounds = (np.asarray(offsets, np.int64) - base).tolist()
+    slices = map(slice, bounds[:-1], bounds[1:])
     try:
-        return [raw[start:stop].decode() for start, stop in itertools.pairwise(bounds)]
+        text = raw.decode()
+        if len(text) == len(raw):  # all ASCII: byte offsets are character offsets, and slicing runs at C speed
+            return list(map(text.__getitem__, slices))
+        return [piece.decode() for piece in map(raw.__getitem__, slices)]
     except UnicodeDecodeError:
         raise StateFormatError("stream_ids.bytes: a stream id is not valid UTF-8") from None
 
 
-def problems(tensors: dict[str, np.ndarray], batch_size: int) -> list[str]:
-    """Every inconsistency of a whole index: offsets, UTF-8, uniqueness, hashes and buckets."""
+def checked_ids(tensors: dict[str, np.ndarray], batch_size: int) -> list[str]:
+    """The ids of a whole index, or `StateFormatError` for any inconsistency: offsets, UTF-8,
+    uniqueness, hashes and buckets (a lookup by id trusts them to find rows)."""
+    found = _problems(tensors, batch_size)
+    if isinstance(found, list):
+        raise StateFormatError(found)
+    return found[0]
+
+
+def _problems(tensors: dict[str, np.ndarray], batch_size: int) -> list[str] | tuple[list[str]]:
     data, offsets = tensors["stream_ids.bytes"], tensors["stream_ids.offsets"]
     index, buckets = tensors["stream_ids.index"], tensors["stream_ids.buckets"]
     if offsets.shape != (batch_size + 1,) or index.shape != (batch_size, 2):
@@ -99,4 +112,4 @@ def problems(tensors: dict[str, np.ndarray], batch_size: int) -> list[str]:
     for name in ("stream_ids.index", "stream_ids.buckets"):
         if not np.array_equal(tensors[name], expected[name]):
             found.append(f"{name}: does not index stream_ids.bytes (hashes, order or bounds differ)")
-    return found
+    return found or (ids,)

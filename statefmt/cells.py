@@ -1,8 +1,76 @@
-"""Facts about recurrent cells, in one table (placeholder until the adapter-API work lands)."""
+"""The facts of each cell kind, in one table: the schema, the core and every adapter read them from here.
+
+A kind's states, its gates in the neutral order (PyTorch's), the activations it applies, and
+which gates keep their input and recurrent biases apart. Also the closed list of activation
+names a weights file may hold, and the gate orders of the frameworks that differ from the
+neutral one. No framework is imported: these are names and numbers only.
+
+>>> CELLS["gru"].gates, STATE_NAMES["lstm"], GATES["lstm"]
+(('r', 'z', 'n'), ('h', 'c'), 4)
+"""
 
 from __future__ import annotations
 
-STATE_NAMES = {"lstm": ("h", "c"), "gru": ("h",), "rnn": ("h",)}
-KINDS = tuple(STATE_NAMES)
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-ACTIVATIONS = ("tanh", "sigmoid", "relu", "hard_sigmoid", "linear")
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import StateMismatchError
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell kind."""
+
+    kind: str
+    states: tuple[str, ...]  # state tensors, in the order of a file's checksums and of PyTorch's (h, c)
+    gates: tuple[str, ...]  # gate blocks of W, R, Wb and Rb, in the neutral order
+    settings: tuple[str, ...]  # the activations it applies, by their LayerWeights field
+    apart: tuple[str, ...]  # gates whose Wb and Rb do not merge into one bias (GRU candidate: r * (R_n h + Rb_n))
+
+
+CELLS: dict[str, Cell] = {cell.kind: cell for cell in (
+    Cell("lstm", ("h", "c"), ("i", "f", "g", "o"), ("activation", "recurrent_activation"), ()),
+    Cell("gru", ("h",), ("r", "z", "n"), ("activation", "recurrent_activation"), ("n",)),
+    Cell("rnn", ("h",), ("h",), ("activation",), ()),
+)}
+
+KINDS: tuple[str, ...] = tuple(CELLS)
+STATE_NAMES: dict[str, tuple[str, ...]] = {kind: cell.states for kind, cell in CELLS.items()}
+GATES: dict[str, int] = {kind: len(cell.gates) for kind, cell in CELLS.items()}
+GATE_ORDER: dict[str, tuple[str, ...]] = {kind: cell.gates for kind, cell in CELLS.items()}
+DIRECTIONS: tuple[int, ...] = (1, 2)  # forward; forward and backward
+
+# The tensors of a weights layer: W, R, Wb and Rb always, P for a projected LSTM only.
+WEIGHT_NAMES: tuple[str, ...] = ("W", "R", "Wb", "Rb", "P")
+
+# The closed list of activations a weights file may name, and what each computes.
+ACTIVATIONS: dict[str, str] = {
+    "tanh": "tanh(x)",
+    "sigmoid": "1 / (1 + exp(-x))",
+    "relu": "max(x, 0)",
+    "hard_sigmoid": "clip(x / 6 + 1 / 2, 0, 1)",  # Keras 3, jax.nn.hard_sigmoid, ONNX HardSigmoid(alpha=1/6)
+    "linear": "x",  # Keras "linear"; ONNX Affine(alpha=1, beta=0)
+}
+DEFAULT_ACTIVATIONS: dict[str, str] = {"activation": "tanh", "recurrent_activation": "sigmoid"}
+
+# Frameworks whose gate blocks come in another order (same letters as the neutral gates;
+# Keras' and ONNX's LSTM "c" and GRU "h" are the neutral "g" and "n").
+FRAMEWORK_GATE_ORDER: dict[str, dict[str, tuple[str, ...]]] = {
+    "keras": {"lstm": ("i", "f", "g", "o"), "gru": ("z", "r", "n"), "rnn": ("h",)},
+    "onnx": {"lstm": ("i", "o", "f", "g"), "gru": ("z", "r", "n"), "rnn": ("h",)},
+}
+
+
+def gate_rows(kind: str, units: int, order: tuple[str, ...]) -> np.ndarray:
+    """Row indices that put gate blocks given in `order` into the neutral order: `neutral = framework[rows]`.
+
+    The inverse, `framework = neutral[np.argsort(rows)]`, goes back.
+
+    >>> gate_rows("gru", 1, ("z", "r", "n")).tolist()
+    [1, 0, 2]
+    """
+    neutral = GATE_ORDER[kind]
+    if sorted(order) != sorted(neutral):
+        raise StateMismatchError(f"gate order: the {kind} gates are {', '.join(neutral)}, found {', '.join(order)}")
+    return np.concatenate([np.arange(units) + order.index(gate) * units for gate in neutral])

@@ -7,16 +7,16 @@ they are kept by reference, never copied.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
 from ._dtypes import dtype_name
+from .cells import KINDS, STATE_NAMES
 from .errors import StateFormatError, StateMismatchError
 
-STATE_NAMES = {"lstm": ("h", "c"), "gru": ("h",), "rnn": ("h",)}
-KINDS = tuple(STATE_NAMES)
+__all__ = ["KINDS", "STATE_NAMES", "LayerState", "StateSet"]  # KINDS, STATE_NAMES: from statefmt.cells
 
 
 class LayerState:
@@ -31,7 +31,7 @@ class LayerState:
 
     __slots__ = ("_arrays", "kind", "name")
 
-    def __init__(self, name: str, kind: str, h: Any, c: Any = None):
+    def __init__(self, name: str, kind: str, h: Any, c: Any = None) -> None:
         where = f"layer {name!r}"
         if not isinstance(name, str) or not name:
             raise StateFormatError(f"layer name must be a non-empty string, found {name!r}")
@@ -67,20 +67,20 @@ class LayerState:
 
     @property
     def units(self) -> int:
-        return self._arrays["c" if self.kind == "lstm" else "h"].shape[2]
+        return int(self._arrays["c" if self.kind == "lstm" else "h"].shape[2])
 
     @property
     def proj_units(self) -> int | None:
-        width = self._arrays["h"].shape[2]
+        width = int(self._arrays["h"].shape[2])
         return width if width != self.units else None
 
     @property
     def directions(self) -> int:
-        return self._arrays["h"].shape[0]
+        return int(self._arrays["h"].shape[0])
 
     @property
     def batch_size(self) -> int:
-        return self._arrays["h"].shape[1]
+        return int(self._arrays["h"].shape[1])
 
     @property
     def dtype(self) -> str:
@@ -89,8 +89,9 @@ class LayerState:
     def __getitem__(self, state: str) -> np.ndarray:
         try:
             return self._arrays[state]
-        except KeyError:
-            raise KeyError(f"layer {self.name!r} ({self.kind}) has states {self.state_names}, not {state!r}") from None
+        except (KeyError, TypeError):
+            raise StateMismatchError(f"layer {self.name!r} ({self.kind}) has states "
+                                     f"{', '.join(self.state_names)}, not {state!r}") from None
 
     def with_arrays(self, **arrays: np.ndarray) -> LayerState:
         """The same layer with other arrays, e.g. a batch slice or a cast."""
@@ -112,7 +113,8 @@ class StateSet:
     >>> states.rows(["b"]).batch_size
     1
 
-    `metadata` holds the optional descriptive fields of the file: `source`, `created_by`, `user`.
+    `metadata` holds the optional descriptive fields of the file: `source`, `created_by`, `user`;
+    `file` is the file it was read from (None in memory), which a mismatch error names.
     """
 
     def __init__(
@@ -121,7 +123,8 @@ class StateSet:
         *,
         stream_ids: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
-    ):
+        file: str | None = None,
+    ) -> None:
         self.layers = tuple(layers)
         if not self.layers:
             raise StateFormatError("a StateSet needs at least one layer")
@@ -130,17 +133,18 @@ class StateSet:
         if len(batches) > 1:
             found = ", ".join(f"{layer.name!r} {layer.batch_size}" for layer in self.layers)
             raise StateFormatError(f"layers disagree on batch size: {found}")
-        if stream_ids is not None:
-            stream_ids = tuple(stream_ids)
-            if len(stream_ids) != self.batch_size or len(set(stream_ids)) != len(stream_ids):
+        ids = None if stream_ids is None else tuple(stream_ids)
+        if ids is not None:
+            if len(ids) != self.batch_size or len(set(ids)) != len(ids):
                 raise StateFormatError(
-                    f"stream_ids: expected {self.batch_size} unique strings, found {len(stream_ids)} "
-                    f"({len(set(stream_ids))} unique)"
+                    f"stream_ids: expected {self.batch_size} unique strings, found {len(ids)} "
+                    f"({len(set(ids))} unique)"
                 )
-            if not all(isinstance(i, str) for i in stream_ids):
+            if not set(map(type, ids)) <= {str}:  # at C speed: 10^7 ids
                 raise StateFormatError("stream_ids: every stream id must be a string")
-        self.stream_ids: tuple[str, ...] | None = stream_ids
+        self.stream_ids: tuple[str, ...] | None = ids
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self.file = file  # the file (or URL) it was read from, which errors about it name
 
     @property
     def batch_size(self) -> int:
@@ -149,11 +153,11 @@ class StateSet:
     def __len__(self) -> int:
         return len(self.layers)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[LayerState]:
         return iter(self.layers)
 
     def __getitem__(self, key: str | int) -> LayerState:
-        return self.layers[self._layer_index(key)]
+        return self.layers[layer_index(self.layers, key)]
 
     def select(self, names_or_indices: str | int | Iterable[str | int]) -> StateSet:
         """The layers named (or at the positions given), in the order given.
@@ -161,45 +165,53 @@ class StateSet:
         Use it when a target model holds fewer recurrent layers than the file.
         """
         keys = [names_or_indices] if isinstance(names_or_indices, (str, int)) else list(names_or_indices)
-        return StateSet([self.layers[self._layer_index(key)] for key in keys], stream_ids=self.stream_ids,
-                        metadata=self.metadata)
+        return StateSet([self.layers[layer_index(self.layers, key)] for key in keys], stream_ids=self.stream_ids,
+                        metadata=self.metadata, file=self.file)
 
     def rows(self, ids_or_indices: str | int | Iterable[str | int]) -> StateSet:
         """The batch rows given by stream id or by index, in the order given."""
         rows = resolve_rows(ids_or_indices, self.batch_size, self.stream_ids)
         stream_ids = None if self.stream_ids is None else [self.stream_ids[row] for row in rows]
         layers = [layer.with_arrays(**{s: layer[s][:, rows] for s in layer.state_names}) for layer in self.layers]
-        return StateSet(layers, stream_ids=stream_ids, metadata=self.metadata)
+        return StateSet(layers, stream_ids=stream_ids, metadata=self.metadata, file=self.file)
 
     def with_stream_ids(self, stream_ids: Sequence[str] | None) -> StateSet:
         """The same state with one id per batch row, so a later `load(path, streams=[id])` or
         `rows([id])` can pick a stream by name (adapters export rows by position only)."""
-        return StateSet(self.layers, stream_ids=stream_ids, metadata=self.metadata)
-
-    def _layer_index(self, key: str | int) -> int:
-        if isinstance(key, str):
-            for index, layer in enumerate(self.layers):
-                if layer.name == key:
-                    return index
-            names = ", ".join(repr(layer.name) for layer in self.layers)
-            raise StateMismatchError(f"no layer named {key!r}; the layers are {names}")
-        if isinstance(key, (int, np.integer)) and -len(self.layers) <= key < len(self.layers):
-            return int(key) % len(self.layers)
-        raise StateMismatchError(f"no layer at position {key!r}; there are {len(self.layers)} layers")
+        return StateSet(self.layers, stream_ids=stream_ids, metadata=self.metadata, file=self.file)
 
     def __repr__(self) -> str:
         body = ", ".join(repr(layer) for layer in self.layers)
         return f"StateSet(batch={self.batch_size}, layers=[{body}])"
 
 
-def refuse_duplicate_names(layers) -> None:
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+def layer_index(layers: Sequence[_Named], key: object) -> int:
+    """The position of the layer named `key`, or at position `key`; `StateMismatchError` when there is none."""
+    if isinstance(key, str):
+        for index, layer in enumerate(layers):
+            if layer.name == key:
+                return index
+        names = ", ".join(repr(layer.name) for layer in layers)
+        raise StateMismatchError(f"no layer named {key!r}; the layers are {names}")
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool) and -len(layers) <= key < len(layers):
+        return int(key) % len(layers)
+    raise StateMismatchError(f"no layer at position {key!r}; there are {len(layers)} layers")
+
+
+def refuse_duplicate_names(layers: Iterable[_Named]) -> None:
     counts = Counter(layer.name for layer in layers)  # not list.count: quadratic in thousands of layers
     duplicates = sorted(name for name, count in counts.items() if count > 1)
     if duplicates:
         raise StateFormatError(f"duplicate layer names: {', '.join(map(repr, duplicates))}; names must be unique")
 
 
-def resolve_rows(ids_or_indices, batch_size: int, stream_ids: Sequence[str] | None) -> list[int]:
+def resolve_rows(ids_or_indices: str | int | Iterable[str | int], batch_size: int,
+                 stream_ids: Sequence[str] | None) -> list[int]:
     """Batch row indices for stream ids or indices; refuses unknown ids, out-of-range and repeated rows."""
     keys = [ids_or_indices] if isinstance(ids_or_indices, (str, int, np.integer)) else list(ids_or_indices)
     rows = []

@@ -16,17 +16,17 @@ bias per gate puts it in Wb and zeros in Rb. The GRU candidate is
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from ._dtypes import dtype_name
+from .cells import ACTIVATIONS, GATE_ORDER, GATES, KINDS
 from .errors import StateFormatError, StateMismatchError
-from .states import KINDS, refuse_duplicate_names
+from .states import layer_index, refuse_duplicate_names
 
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-GATE_ORDER = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n"), "rnn": ("h",)}
+__all__ = ["GATES", "GATE_ORDER", "LayerWeights", "WeightSet"]  # GATES, GATE_ORDER: from statefmt.cells
 
 
 class LayerWeights:
@@ -47,22 +47,32 @@ class LayerWeights:
         activation: str = "tanh",
         recurrent_activation: str = "sigmoid",
         linear_before_reset: bool = True,
-    ):
+    ) -> None:
         where = f"layer {name!r}"
         if not isinstance(name, str) or not name:
             raise StateFormatError(f"layer name must be a non-empty string, found {name!r}")
         if kind not in GATES:
             raise StateFormatError(f"{where}: kind: expected one of {', '.join(KINDS)}, found {kind!r}")
+        for setting, value in (("activation", activation), ("recurrent_activation", recurrent_activation)):
+            if not isinstance(value, str) or value not in ACTIVATIONS:
+                raise StateFormatError(f"{where}: {setting}: expected one of {', '.join(ACTIVATIONS)}, "
+                                       f"found {value!r}")
+        if not isinstance(linear_before_reset, (bool, np.bool_)):
+            raise StateFormatError(f"{where}: linear_before_reset: expected True or False, "
+                                   f"found {linear_before_reset!r}")
         arrays = {"W": np.asarray(W), "R": np.asarray(R), "Wb": np.asarray(Wb), "Rb": np.asarray(Rb)}
         if P is not None:
             arrays["P"] = np.asarray(P)
         W_ = arrays["W"]
-        if W_.ndim != 3 or W_.shape[0] not in (1, 2) or W_.shape[1] % GATES[kind]:
+        if W_.ndim != 3 or W_.shape[0] not in (1, 2) or W_.shape[1] % GATES[kind] or W_.shape[1] == 0:
             raise StateFormatError(
                 f"{where}: W: expected [directions, {GATES[kind]}*units, input_size], found {list(W_.shape)}"
             )
         directions, rows, _ = W_.shape
         units = rows // GATES[kind]
+        if P is not None and (arrays["P"].ndim != 3 or not 0 < arrays["P"].shape[1] < units):
+            raise StateFormatError(f"{where}: P: expected [directions, proj_units (fewer than the {units} units), "
+                                   f"units], found {list(arrays['P'].shape)}")
         h_units = arrays["P"].shape[1] if P is not None else units
         expected = {"R": (directions, rows, h_units), "Wb": (directions, rows), "Rb": (directions, rows)}
         if P is not None:
@@ -88,19 +98,19 @@ class LayerWeights:
 
     @property
     def units(self) -> int:
-        return self._arrays["W"].shape[1] // GATES[self.kind]
+        return int(self._arrays["W"].shape[1]) // GATES[self.kind]
 
     @property
     def input_size(self) -> int:
-        return self._arrays["W"].shape[2]
+        return int(self._arrays["W"].shape[2])
 
     @property
     def directions(self) -> int:
-        return self._arrays["W"].shape[0]
+        return int(self._arrays["W"].shape[0])
 
     @property
     def proj_units(self) -> int | None:
-        return self._arrays["P"].shape[1] if "P" in self._arrays else None
+        return int(self._arrays["P"].shape[1]) if "P" in self._arrays else None
 
     @property
     def dtype(self) -> str:
@@ -109,12 +119,18 @@ class LayerWeights:
     def __getitem__(self, key: str) -> np.ndarray:
         try:
             return self._arrays[key]
-        except KeyError:
-            raise KeyError(f"layer {self.name!r} has weights {self.weight_names}, not {key!r}") from None
+        except (KeyError, TypeError):
+            raise StateMismatchError(f"layer {self.name!r} has weights {', '.join(self.weight_names)}, "
+                                     f"not {key!r}") from None
 
     def gate(self, key: str, gate: str, direction: int = 0) -> np.ndarray:
         """One gate's block of W, R, Wb or Rb, e.g. `layer.gate("R", "n")`."""
-        index = GATE_ORDER[self.kind].index(gate)
+        gates = GATE_ORDER[self.kind]
+        if key not in ("W", "R", "Wb", "Rb") or gate not in gates or direction not in range(self.directions):
+            raise StateMismatchError(
+                f"layer {self.name!r}: gate({key!r}, {gate!r}, {direction!r}): expected one of W, R, Wb, Rb, "
+                f"a {self.kind} gate ({', '.join(gates)}) and a direction below {self.directions}")
+        index = gates.index(gate)
         return self[key][direction, index * self.units:(index + 1) * self.units]
 
     def __repr__(self) -> str:
@@ -128,26 +144,23 @@ class LayerWeights:
 class WeightSet:
     """The recurrent weights of a model, layers in order from input to output."""
 
-    def __init__(self, layers: Iterable[LayerWeights], *, metadata: Mapping[str, Any] | None = None):
+    def __init__(self, layers: Iterable[LayerWeights], *, metadata: Mapping[str, Any] | None = None,
+                 file: str | None = None) -> None:
         self.layers = tuple(layers)
         if not self.layers:
             raise StateFormatError("a WeightSet needs at least one layer")
         refuse_duplicate_names(self.layers)
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self.file = file  # the file (or URL) it was read from, which errors about it name
 
     def __len__(self) -> int:
         return len(self.layers)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[LayerWeights]:
         return iter(self.layers)
 
     def __getitem__(self, key: str | int) -> LayerWeights:
-        if isinstance(key, str):
-            for layer in self.layers:
-                if layer.name == key:
-                    return layer
-            raise StateMismatchError(f"no layer named {key!r}")
-        return self.layers[key]
+        return self.layers[layer_index(self.layers, key)]
 
     def __repr__(self) -> str:
         return f"WeightSet(layers=[{', '.join(repr(layer) for layer in self.layers)}])"

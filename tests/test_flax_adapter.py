@@ -9,7 +9,7 @@ from cli_check import assert_cli_reports
 
 import statefmt
 from statefmt import LayerState, LayerWeights, StateError, StateMismatchError, StateSet, WeightSet
-from statefmt.states import STATE_NAMES
+from statefmt.cells import STATE_NAMES
 
 jax = pytest.importorskip("jax")
 nn = pytest.importorskip("flax.linen")
@@ -62,8 +62,8 @@ class Model:
                 carry = self.target.initialize_carry(key, x[:, 0].shape)
                 self.variables = self.target.init(key, carry, x[:, 0])
             elif layout == "stack":
-                self.variables = [self.target[0].init(key, x),
-                                  self.target[1].init(jax.random.key(seed + 1), jnp.zeros((BATCH, STEPS, UNITS), dtype))]
+                second = jnp.zeros((BATCH, STEPS, UNITS), dtype)
+                self.variables = [self.target[0].init(key, x), self.target[1].init(jax.random.key(seed + 1), second)]
             else:
                 self.variables = self.target.init(key, x)
 
@@ -189,7 +189,7 @@ def test_initial_state_casts_broadcasts_and_places():
     m = model("nnx", "lstm", "rnn")
     half = random_states(m.target, dtype="float16", batch=1)
     device = jax.devices("cpu")[0]
-    c, h = fa.initial_state(half, m.target, broadcast=4, device=device)
+    c, h = fa.initial_state(half, m.target, broadcast=True, batch_size=4, device=device)
     assert c.dtype == jnp.float32 and c.shape == (4, UNITS) and c.devices() == {device}
     np.testing.assert_array_equal(np.asarray(h), np.repeat(half[0]["h"][0].astype("float32"), 4, axis=0))
 
@@ -206,7 +206,7 @@ def test_weights_run_like_the_reference(api, cell, layout):
     m = model(api, cell, layout)
     start, x = random_states(m.target), inputs()
     carry, y = m.run(x, fa.initial_state(start, m.target))
-    weights = fa.export_weights(m.target, m.variables)
+    weights = fa.export_weights(m.target, variables=m.variables)
     expected_y, expected_states = reference.run(weights, x, start)
     np.testing.assert_allclose(np.asarray(y), expected_y, atol=1e-5, rtol=0)
     for found, expected in zip(fa.export(m.target, carry), expected_states):
@@ -225,9 +225,13 @@ def test_weights_through_a_file_into_a_fresh_model(api, cell, layout, tmp_path):
     _, y = m.run(inputs(), start)
     _, before = fresh.run(inputs(), start)
     assert largest_difference(before, y) > 1e-3
-    statefmt.save(fa.export_weights(m.target, m.variables), tmp_path / "w.statefmt")
-    loaded = fa.load_weights(statefmt.load_weights(tmp_path / "w.statefmt"), fresh.target, fresh.variables)
-    fresh.variables = loaded
+    statefmt.save(fa.export_weights(m.target, variables=m.variables), tmp_path / "w.statefmt")
+    loaded = fa.import_weights(statefmt.load_weights(tmp_path / "w.statefmt"), fresh.target,
+                               variables=fresh.variables)
+    if api == "nnx":
+        assert loaded is fresh.target  # NNX modules hold their params: the same module comes back
+    else:
+        fresh.variables = loaded
     _, after = fresh.run(inputs(), start)
     if cell == "rnn_res":  # R + I on export, R - I on load: equal up to one rounding
         np.testing.assert_allclose(np.asarray(after), np.asarray(y), atol=1e-6, rtol=0)
@@ -244,8 +248,10 @@ def test_weights_between_linen_and_nnx(source_api, target_api, cell):
     source, target = model(source_api, cell, "bidir"), Model(target_api, cell, "bidir", seed=7)
     start = random_states(source.target)
     _, y = source.run(inputs(), fa.initial_state(start, source.target))
-    loaded = fa.load_weights(fa.export_weights(source.target, source.variables), target.target, target.variables)
-    target.variables = loaded
+    loaded = fa.import_weights(fa.export_weights(source.target, variables=source.variables), target.target,
+                               variables=target.variables)
+    if target_api == "linen":
+        target.variables = loaded
     _, found = target.run(inputs(), fa.initial_state(start, target.target))
     np.testing.assert_allclose(np.asarray(found), np.asarray(y), atol=1e-5, rtol=0)
 
@@ -280,8 +286,8 @@ MISMATCHES = {
     "directions": (lambda s: replace_layer(s, 1, LayerState("gru_1", "gru", h=s[1]["h"][:1])), {},
                    ["layer 1 'gru_1': directions: expected 2, found 1"]),
     "proj_units": (narrow_h, {}, ["layer 0 'lstm_0': proj_units: expected None, found 2"]),
-    "batch size": (lambda s: s, {"broadcast": 5}, ["batch size: expected 5, found 3"]),
-    "dtype": (lambda s: StateSet([l.with_arrays(**{n: l[n].astype("float16") for n in l.state_names}) for l in s]),
+    "batch size": (lambda s: s, {"batch_size": 5}, ["batch size: expected 5, found 3"]),
+    "dtype": (lambda s: StateSet([x.with_arrays(**{n: x[n].astype("float16") for n in x.state_names}) for x in s]),
               {"strict": True}, ["layer 0 'lstm_0': dtype: expected float32, found float16",
                                  "layer 1 'gru_1': dtype: expected float32, found float16"]),
 }
@@ -350,32 +356,34 @@ def relabel(weights, **fields):
 
 def exported(api, cell, layout="rnn"):
     m = model(api, cell, layout)
-    return fa.export_weights(m.target, m.variables)
+    return fa.export_weights(m.target, variables=m.variables)
 
 
 LOAD_REFUSALS = {
     "nnx gru recurrent candidate bias": (
         lambda: exported("linen", "gru"), ("nnx", "gru"),
-        ["layer 0 'gru_0': Rb candidate gate n (direction 0) is non-zero, and flax.nnx GRUCell has no recurrent "
-         "candidate bias (n = tanh(W_n x + b_n + r * (R_n h))), so it cannot be mapped exactly; use a target with "
-         "a recurrent candidate bias (flax.linen GRUCell, PyTorch GRU, Keras GRU(reset_after=True)), or weights "
-         "whose Rb_n is zero"]),
+        ["layer 0 'gru_0': Rb_n (direction 0) is non-zero, and the target has no recurrent candidate bias "
+         "(n = tanh(W_n x + Wb_n + r * (R_n h))), so it cannot be mapped exactly; flax.nnx GRUCell has none: use a "
+         "target with a recurrent candidate bias (flax.linen GRUCell, PyTorch GRU, Keras GRU(reset_after=True)), "
+         "or weights whose Rb_n is zero"]),
     "projection": (
         projected_lstm, ("linen", "lstm"),
-        ["layer 0 'lstm_0': P: Flax cells have no projection of h (proj_units=2); load into a PyTorch LSTM with "
-         "proj_size, or weights without P"]),
+        ["layer 0 'lstm_0': proj_units: expected None, found 2; Flax cells have no projection of h: load them into "
+         "a PyTorch LSTM with proj_size=2, or use weights without P"]),
     "reset before the matmul": (
         lambda: relabel(exported("nnx", "gru"), linear_before_reset=False), ("linen", "gru"),
-        ["layer 0 'gru_0': linear_before_reset: Flax GRU cells apply r after the recurrent matmul "
-         "(linear_before_reset=True); weights with linear_before_reset=False do not map exactly: load them into "
-         "Keras GRU(reset_after=False)"]),
+        ["layer 0 'gru_0': linear_before_reset: the weights apply r before the recurrent matmul "
+         "(linear_before_reset=False), the target after it; that is exact only when R_n is diagonal and Rb_n "
+         "zero, not so in direction 0; Flax GRU cells apply r after the recurrent matmul: load them into Keras "
+         "GRU(reset_after=False)"]),
     "activation": (
         lambda: exported("linen", "lstm_relu"), ("nnx", "lstm"),
-        ["layer 0 'lstm_0': activation_fn: the weights use relu, the target cell uses tanh; build the cell with "
+        ["layer 0 'lstm_0': activation: the weights use relu, the target uses tanh; build the cell with "
          "activation_fn=jax.nn.relu"]),
     "shapes": (
         lambda: exported("nnx", "gru", "stack"), ("linen", "gru", "bidir"),
-        ["layer count: expected 1, found 2", "layer 0 'gru_0': directions: expected 2, found 1"]),
+        ["layer count: expected 1, found 2 (pick the layers with WeightSet(weights.layers[i:j]))",
+         "layer 0 'gru_0': directions: expected 2, found 1"]),
     "kind and sizes": (
         lambda: exported("nnx", "rnn", "stack"), ("nnx", "lstm", "stack"),
         ["layer 0 'rnn_0': kind: expected lstm, found rnn", "layer 1 'rnn_1': kind: expected lstm, found rnn"]),
@@ -383,20 +391,20 @@ LOAD_REFUSALS = {
 
 
 @pytest.mark.parametrize("case", LOAD_REFUSALS)
-def test_load_weights_refuses(case):
+def test_import_weights_refuses(case):
     weights, (api, cell, *layout), expected = LOAD_REFUSALS[case]
     target = Model(api, cell, layout[0] if layout else "rnn", seed=7)
     with pytest.raises(StateMismatchError) as error:
-        fa.load_weights(weights(), target.target, target.variables)
+        fa.import_weights(weights(), target.target, variables=target.variables)
     assert error.value.problems == expected
 
 
-def test_load_weights_checks_units_and_input_size():
+def test_import_weights_checks_units_and_input_size():
     weights = exported("linen", "lstm")
     target = Model("nnx", "lstm", "rnn", seed=7)
     target.target.cell = make_cell("nnx", "lstm", 3, UNITS2, "float32", 7)
     with pytest.raises(StateMismatchError) as error:
-        fa.load_weights(weights, target.target)
+        fa.import_weights(weights, target.target)
     assert error.value.problems == ["layer 0 'lstm_0': units: expected 6, found 4",
                                     "layer 0 'lstm_0': input_size: expected 3, found 5"]
 
@@ -404,7 +412,8 @@ def test_load_weights_checks_units_and_input_size():
 EXPORT_REFUSALS = {
     "unknown activation": (
         lambda api: Model(api, "lstm", "rnn", activation_fn=jax.nn.gelu).target,
-        "layer 0 'lstm_0': activation_fn: gelu has no neutral name; the neutral layout knows sigmoid, tanh and relu"),
+        "layer 0 'lstm_0': activation: gelu has no neutral name; the neutral layout knows tanh (jax.numpy.tanh), "
+        "sigmoid (jax.nn.sigmoid), relu (jax.nn.relu), hard_sigmoid (jax.nn.hard_sigmoid)"),
     "backward-only rnn": (
         lambda api: (nn if api == "linen" else nnx).RNN(make_cell(api, "gru", INPUT, UNITS, "float32", 0),
                                                          reverse=True),
@@ -422,7 +431,7 @@ def test_export_weights_refuses(api, case):
     if api == "linen":
         variables = target.init(jax.random.key(0), jnp.zeros((BATCH, STEPS, INPUT)))
     with pytest.raises(StateMismatchError) as error:
-        fa.export_weights(target, variables)
+        fa.export_weights(target, variables=variables)
     assert str(error.value).startswith(expected)
 
 
@@ -431,7 +440,7 @@ def test_a_cell_without_neutral_layout_is_refused(api):
     cell = nn.MGUCell(UNITS) if api == "linen" else nnx.RNN(nnx.LSTMCell(INPUT, UNITS, rngs=nnx.Rngs(0)))
     if api == "nnx":  # NNX has no MGUCell here: a Bidirectional of different cells has no layout either
         cell = nnx.Bidirectional(cell, nnx.RNN(nnx.GRUCell(INPUT, UNITS, rngs=nnx.Rngs(1))))
-    with pytest.raises(StateMismatchError, match="layer 0: .* has no neutral layout; statefmt maps a LSTMCell"):
+    with pytest.raises(StateMismatchError, match=r"layer 0: .* has no neutral layout; statefmt maps a LSTMCell"):
         fa.signature(cell)
 
 
@@ -450,7 +459,80 @@ def test_linen_needs_variables_and_nnx_refuses_them():
     with pytest.raises(StateError, match="linen modules hold no params: pass the variables"):
         fa.export_weights(linen.target)
     with pytest.raises(StateError, match="NNX modules hold their params: call without `variables`"):
-        fa.export_weights(nnx_model.target, linen.variables)
+        fa.export_weights(nnx_model.target, variables=linen.variables)
 
 
 # 6. importing the adapter, and a missing framework: tests/test_adapter_imports.py
+
+
+def test_old_names_and_positional_variables_work_one_more_release_with_a_warning():
+    linen = model("linen", "gru", "rnn")
+    with pytest.warns(DeprecationWarning, match="with positional variables is deprecated .* pass variables=variables"):
+        weights = fa.export_weights(linen.target, linen.variables)
+    with pytest.warns(DeprecationWarning) as warned:
+        variables = fa.load_weights(weights, linen.target, linen.variables)
+    assert [str(w.message).split(":")[0] for w in warned] == [
+        "load_weights is deprecated and will be removed in the next release",
+        "load_weights(weights, target, variables) with positional variables is deprecated and will be removed in "
+        "the next release"]
+    for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(linen.variables)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(StateError, match="variables given more than once: pass variables= only"):
+        fa.export_weights(linen.target, linen.variables, variables=linen.variables)
+
+
+# 7. Keras 3's hard_sigmoid is jax.nn.hard_sigmoid: weights from a Keras LSTM continue exactly in Flax
+
+@pytest.mark.parametrize("api", APIS)
+def test_keras_hard_sigmoid_lstm_continues_in_a_flax_cell_with_jax_hard_sigmoid(api, tmp_path):
+    keras = pytest.importorskip("keras")
+    from statefmt.adapters import keras as ka
+
+    keras.utils.set_random_seed(0)
+    layer = keras.layers.LSTM(UNITS, recurrent_activation="hard_sigmoid", return_sequences=True, return_state=True,
+                              bias_initializer=keras.initializers.RandomNormal(stddev=0.5))
+    x = inputs()
+    whole = keras.ops.convert_to_numpy(layer(x)[0])[:, SPLIT:]
+    _, *state = layer(x[:, :SPLIT])
+    statefmt.save(ka.export(layer, state), tmp_path / "s.statefmt")
+    statefmt.save(ka.export_weights(layer), tmp_path / "w.statefmt")
+    weights = statefmt.load_weights(tmp_path / "w.statefmt")
+    assert weights[0].recurrent_activation == "hard_sigmoid"
+
+    sigmoid = Model(api, "lstm", "rnn", seed=7)  # Flax's default gate_fn: refused, with advice that works
+    with pytest.raises(StateMismatchError) as error:
+        fa.import_weights(weights, sigmoid.target, variables=sigmoid.variables)
+    assert error.value.problems == [f"layer 0 {weights[0].name!r}: recurrent_activation: the weights use "
+                                    "hard_sigmoid, the target uses sigmoid; build the cell with "
+                                    "gate_fn=jax.nn.hard_sigmoid"]
+    target = Model(api, "lstm", "rnn", seed=7, gate_fn=jax.nn.hard_sigmoid)
+    loaded = fa.import_weights(weights, target.target, variables=target.variables)
+    target.variables = loaded if api == "linen" else None
+    _, continued = target.run(x[:, SPLIT:], fa.initial_state(statefmt.load(tmp_path / "s.statefmt"), target.target))
+    np.testing.assert_allclose(np.asarray(continued), whole, atol=1e-5, rtol=0)
+    zero = jax.tree_util.tree_map(jnp.zeros_like, fa.initial_state(statefmt.load(tmp_path / "s.statefmt"),
+                                                                    target.target))
+    _, cold = target.run(x[:, SPLIT:], zero)
+    assert np.max(np.abs(np.asarray(cold) - whole)) > 1e-3
+
+
+# 8. one API: a clear refusal for a mix-up, and name= as in every adapter
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_weight_set_is_not_a_state_and_a_state_is_not_weights(api):
+    m = model(api, "gru", "rnn")
+    weights = fa.export_weights(m.target, variables=m.variables)
+    with pytest.raises(StateMismatchError, match="expected a StateSet .*, found a WeightSet; weights go to an "
+                                                 r"adapter's import_weights\(weights, target\)"):
+        fa.initial_state(weights, m.target)
+    with pytest.raises(StateMismatchError, match="expected a WeightSet .*, found a StateSet; a state goes to an "
+                                                 r"adapter's initial_state\(states, target\)"):
+        fa.import_weights(random_states(m.target), m.target, variables=m.variables)
+
+
+def test_name_prefixes_every_layer_name():
+    m = model("nnx", "lstm", "stack")
+    carry, _ = m.run(inputs(), fa.initial_state(random_states(m.target), m.target))
+    assert [layer.name for layer in fa.signature(m.target, name="dec").layers] == ["dec/lstm_0", "dec/lstm_1"]
+    assert [layer.name for layer in fa.export(m.target, carry, name="dec")] == ["dec/lstm_0", "dec/lstm_1"]
+    assert [layer.name for layer in fa.export_weights(m.target, name="dec")] == ["dec/lstm_0", "dec/lstm_1"]

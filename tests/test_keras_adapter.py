@@ -18,7 +18,7 @@ from cli_check import assert_cli_reports
 
 import statefmt
 from statefmt import LayerState, LayerWeights, StateError, StateMismatchError, StateSet, WeightSet
-from statefmt.states import STATE_NAMES
+from statefmt.cells import STATE_NAMES
 
 keras = pytest.importorskip("keras")
 ka = pytest.importorskip("statefmt.adapters.keras")
@@ -65,8 +65,11 @@ class Net:
         self.model = keras.Model(inputs, [x, *finals])
 
     def run(self, x, init=None):
-        """(last layer's output sequence, [each layer's final state list]) from `init` (zeros when None)."""
+        """(last layer's output sequence, [each layer's final state list]) from `init` (zeros when None).
+
+        `init` is what `initial_state(states, self.model)` returns."""
         x = keras.ops.convert_to_tensor(x, self.dtype)
+        init = None if init is None else per_layer(init, self.model)
         finals = []
         for index, layer in enumerate(self.layers):
             x, *state = layer(x, initial_state=None if init is None else init[index])
@@ -117,6 +120,11 @@ def through_file(data, tmp_path, name="state.statefmt"):
     return statefmt.load(path) if isinstance(data, StateSet) else statefmt.load_weights(path)
 
 
+def per_layer(result, model):
+    """A model-level `initial_state` result as one list per recurrent layer (one layer: its own list)."""
+    return [result] if len(ka.signature(model).layers) == 1 else result
+
+
 def numpy(tensors):
     return [keras.ops.convert_to_numpy(t).astype(np.float64) for t in tensors]
 
@@ -143,7 +151,7 @@ def test_return_state_round_trips_exactly(kind, layout, dtype, tmp_path):
     assert [layer.dtype for layer in states] == [dtype] * len(finals)
     assert states.metadata["source"] == {"framework": "keras", "version": keras.__version__,
                                          "model": target.model.name}
-    back = ka.initial_state(states, target.model, strict=True)
+    back = per_layer(ka.initial_state(states, target.model, strict=True), target.model)
     assert len(back) == len(finals)
     for found, expected in zip(flat(back), flat(finals)):
         assert found.dtype == expected.dtype and tuple(found.shape) == tuple(expected.shape)
@@ -157,7 +165,7 @@ def test_stateful_states_round_trip_exactly(kind, layout, tmp_path):
     model(inputs())
     states = through_file(ka.export(model), tmp_path)
     variables = [v for layer in ka._layers(model) for v in layer.variables()]
-    back = flat(ka.initial_state(states, model, strict=True))
+    back = flat(per_layer(ka.initial_state(states, model, strict=True), model))
     assert len(back) == len(variables)
     for found, variable in zip(back, variables):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(found), keras.ops.convert_to_numpy(variable))
@@ -188,15 +196,15 @@ def test_signature_names_nested_layers_by_path_and_reports_batch_and_dtype():
 def test_initial_state_casts_to_the_layer_dtype_unless_strict():
     target = net("gru", "single")
     states = random_states(target.model, dtype="float64")
-    (h,), = ka.initial_state(states, target.model)
+    (h,) = ka.initial_state(states, target.model)
     assert h.dtype == "float32"
-    with pytest.raises(StateMismatchError, match="layer 0 'gru.*': dtype: expected float32, found float64"):
+    with pytest.raises(StateMismatchError, match=r"layer 0 'gru.*': dtype: expected float32, found float64"):
         ka.initial_state(states, target.model, strict=True)
 
 
 def test_initial_state_places_tensors_on_the_device_given():
     target = net("rnn", "single")
-    (h,), = ka.initial_state(random_states(target.model), target.model, device="cpu:0")
+    (h,) = ka.initial_state(random_states(target.model), target.model, device="cpu:0")
     assert "CPU:0" in h.device
 
 
@@ -235,7 +243,8 @@ def test_mixed_precision_hands_over_the_float16_state_and_stateful_float32(kind,
     finals = layer(x[:, :SPLIT])[1:]
     states = through_file(ka.export(layer, finals), tmp_path)
     assert (states[0].dtype, ka.signature(layer).dtype) == ("float16", "float16")
-    second = keras.ops.convert_to_numpy(layer(x[:, SPLIT:], initial_state=ka.initial_state(states, layer, strict=True))[0])
+    initial = ka.initial_state(states, layer, strict=True)
+    second = keras.ops.convert_to_numpy(layer(x[:, SPLIT:], initial_state=initial)[0])
     np.testing.assert_allclose(second.astype(np.float64), whole, rtol=0, atol=2e-3)  # float16 arithmetic
     cold = keras.ops.convert_to_numpy(layer(x[:, SPLIT:])[0]).astype(np.float64)
     assert np.max(np.abs(cold - whole)) > 1e-2
@@ -314,11 +323,15 @@ def test_load_into_refuses_a_batch_mismatch_and_broadcasts_one_stream(tmp_path):
 def test_initial_state_broadcast_n_for_a_layer_without_batch():
     target = net("gru", "single")
     states = random_states(target.model, batch=1)
-    (h,), = ka.initial_state(states, target.model, broadcast=4)
+    (h,) = ka.initial_state(states, target.model, broadcast=True, batch_size=4)
     assert tuple(h.shape) == (4, UNITS)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(h), np.repeat(states[0]["h"][0], 4, axis=0))
-    with pytest.raises(StateMismatchError, match="broadcast=True needs a target with a fixed batch size"):
+    with pytest.raises(StateMismatchError, match="broadcast=True needs a batch size, and the target fixes none: "
+                                                 "pass batch_size=N"):
         ka.initial_state(states, target.model, broadcast=True)
+    with pytest.raises(StateMismatchError, match=r"broadcast: expected True or False, found 4; .* \(here "
+                                                 r"broadcast=True, batch_size=4\)"):
+        ka.initial_state(states, target.model, broadcast=4)
 
 
 # 3. weights: the exported neutral weights run by the numpy reference equal Keras
@@ -364,7 +377,7 @@ def test_weights_through_a_file_into_a_fresh_model_give_identical_outputs(kind, 
     x, init = inputs(), ka.initial_state(random_states(source.model), source.model)
     expected = keras.ops.convert_to_numpy(source.run(x, init)[0])
     assert np.max(np.abs(keras.ops.convert_to_numpy(fresh.run(x, init)[0]) - expected)) > 1e-3
-    ka.load_weights(weights, fresh.model)
+    assert ka.import_weights(weights, fresh.model) is fresh.model
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(fresh.run(x, init)[0]), expected)
 
 
@@ -376,7 +389,7 @@ def test_a_reset_after_gru_with_diagonal_candidate_loads_exactly_into_reset_befo
     Rb[0, 2 * u:] = 0
     weights = WeightSet([LayerWeights("gru", "gru", source["W"], R, source["Wb"], Rb)])
     target = Net("gru_reset_before", "single", seed=5)
-    ka.load_weights(weights, target.model)
+    ka.import_weights(weights, target.model)
     states = random_states(target.model)
     output, _ = target.run(inputs(), ka.initial_state(states, target.model))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(output), reference.run(weights, inputs(), states)[0],
@@ -431,7 +444,9 @@ def test_a_mismatch_names_layer_and_field(case, verb):
 
 @pytest.mark.parametrize("case", MISMATCHES)
 def test_cli_validate_against_the_signature_prints_the_same_problems(case, tmp_path):
-    assert_cli_reports(mismatched(case), ka.signature(mismatch_target()), MISMATCHES[case], tmp_path)
+    """The CLI, like initial_state, takes any dtype it can cast unless --strict: no dtype problem here."""
+    problems = [problem for problem in MISMATCHES[case] if ": dtype: " not in problem]
+    assert_cli_reports(mismatched(case), ka.signature(mismatch_target()), problems, tmp_path)
 
 
 def test_cli_accepts_a_state_exported_from_the_model(tmp_path):
@@ -457,49 +472,49 @@ LOAD_REFUSALS = {
     "projection": (
         lambda: weights_of("lstm", P=np.ones((1, 3, UNITS), "float32"), R=np.ones((1, 4 * UNITS, 3), "float32")),
         "lstm",
-        ["layer 0 'rec': P: Keras layers have no projection of h (proj_units=3); load into a PyTorch LSTM with "
-         "proj_size, or use weights without P"]),
+        ["layer 0 'rec': proj_units: expected None, found 3; Keras layers have no projection of h: load them into a "
+         "PyTorch LSTM with proj_size=3, or use weights without P"]),
     "reset before into reset after": (
         lambda: weights_of("gru_reset_before"), "gru",
         ["layer 0 'rec': linear_before_reset: the weights apply r before the recurrent matmul "
-         "(linear_before_reset=False), the target GRU(reset_after=True) after it; they do not map exactly: "
-         "build the GRU with reset_after=False"]),
+         "(linear_before_reset=False), the target after it; that is exact only when R_n is diagonal and Rb_n "
+         "zero, not so in direction 0; build the GRU with reset_after=False"]),
     "reset after into reset before": (
         lambda: weights_of("gru"), "gru_reset_before",
         ["layer 0 'rec': linear_before_reset: the weights apply r after the recurrent matmul "
-         "(n = tanh(W_n x + Wb_n + r * (R_n h + Rb_n))), the target GRU(reset_after=False) before it; that is "
-         "exact only when R_n is diagonal and Rb_n zero, not so in direction 0: build the GRU with "
-         "reset_after=True (the Keras default)"]),
+         "(linear_before_reset=True), the target before it; that is exact only when R_n is diagonal and Rb_n "
+         "zero, not so in direction 0; build the GRU with reset_after=True (the Keras default)"]),
     "biases into use_bias=False": (
         lambda: weights_of("lstm"), "lstm_no_bias",
-        ["layer 0 'rec': Wb, Rb: the weights have non-zero biases and the target layer has use_bias=False, "
-         "so they cannot be mapped; build the layer with use_bias=True"]),
+        ["layer 0 'rec': Wb and Rb: the weights have non-zero biases and the target has none; build the layer "
+         "with use_bias=True"]),
     "activation": (
         lambda: weights_of("lstm", recurrent_activation="hard_sigmoid"), "lstm",
-        ["layer 0 'rec': recurrent_activation: the weights use hard_sigmoid, the target layer uses sigmoid; "
+        ["layer 0 'rec': recurrent_activation: the weights use hard_sigmoid, the target uses sigmoid; "
          "build the layer with recurrent_activation='hard_sigmoid'"]),
     "shapes": (
         lambda: WeightSet([*weights_of("rnn", "a"), *weights_of("rnn", "b")]), "gru",
-        ["layer count: expected 1, found 2", "layer 0 'a': kind: expected gru, found rnn"]),
+        ["layer count: expected 1, found 2 (pick the layers with WeightSet(weights.layers[i:j]))",
+         "layer 0 'a': kind: expected gru, found rnn"]),
 }
 
 
 @pytest.mark.parametrize("case", LOAD_REFUSALS)
-def test_load_weights_refuses(case):
+def test_import_weights_refuses(case):
     weights, kind, expected = LOAD_REFUSALS[case]
     target = Net(kind, "single", seed=7)
     before = [keras.ops.convert_to_numpy(v) for v in target.model.weights]
     with pytest.raises(StateMismatchError) as error:
-        ka.load_weights(weights(), target.model)
+        ka.import_weights(weights(), target.model)
     assert error.value.problems == expected
     assert all(np.array_equal(a, keras.ops.convert_to_numpy(v)) for a, v in zip(before, target.model.weights))
 
 
-def test_load_weights_checks_sizes_all_at_once():
+def test_import_weights_checks_sizes_all_at_once():
     target = Net("lstm", "bidir", seed=7)
     weights = ka.export_weights(net("lstm", "stack").model)  # the second layer: units 6, input 4, one direction
     with pytest.raises(StateMismatchError) as error:
-        ka.load_weights(WeightSet(weights.layers[1:]), target.model)
+        ka.import_weights(WeightSet(weights.layers[1:]), target.model)
     name = weights[1].name
     assert error.value.problems == [f"layer 0 {name!r}: units: expected 4, found 6",
                                     f"layer 0 {name!r}: input_size: expected 5, found 4",
@@ -512,9 +527,16 @@ def test_export_weights_records_activations_keras_has_and_others_may_refuse():
     layer(inputs())
     weights = ka.export_weights(layer)
     assert (weights[0].activation, weights[0].recurrent_activation) == ("tanh", "hard_sigmoid")
-    with pytest.raises(StateMismatchError, match="recurrent_activation: the weights use sigmoid, the target layer "
-                                                 "uses hard_sigmoid"):
-        ka.load_weights(ka.export_weights(net("lstm", "single").model), layer)
+    with pytest.raises(StateMismatchError, match="recurrent_activation: the weights use sigmoid, the target "
+                                                 "uses hard_sigmoid; build the layer with "
+                                                 "recurrent_activation='sigmoid'"):
+        ka.import_weights(ka.export_weights(net("lstm", "single").model), layer)
+    elu = L.SimpleRNN(UNITS, activation="elu")
+    elu(inputs())
+    with pytest.raises(StateMismatchError) as error:
+        ka.export_weights(elu)
+    assert error.value.problems == [f"layer 0 {elu.name!r}: activation: elu has no neutral name; the neutral layout "
+                                    "knows tanh, sigmoid, relu, hard_sigmoid, linear"]
 
 
 REFUSED_TARGETS = {
@@ -543,6 +565,28 @@ def test_targets_without_a_neutral_layout_are_refused(case):
     with pytest.raises(StateMismatchError) as error:
         verb(layer)
     assert expected in str(error.value) and str(error.value).startswith("layer 0 ")
+    assert ("with the same cell both ways" in str(error.value)) == (case == "mixed bidirectional")
+
+
+class MinimalCell(L.Layer):
+    """A cell statefmt has no layout for."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.state_size = units, units
+
+    def call(self, x, states):
+        return x, states
+
+
+def test_a_stack_with_a_cell_without_neutral_layout_is_refused_by_its_cell():
+    layer = L.RNN(L.StackedRNNCells([L.LSTMCell(UNITS), MinimalCell(UNITS, name="minimal")]), name="rnn")
+    with pytest.raises(StateMismatchError) as error:
+        ka.signature(layer)
+    assert str(error.value) == (
+        "layer 1 'rnn/minimal': RNN(StackedRNNCells) cell 1, a MinimalCell, has no neutral layout; statefmt maps an "
+        "LSTM, GRU or SimpleRNN (or RNN of an LSTMCell, GRUCell or SimpleRNNCell, or of StackedRNNCells of them), or "
+        "a Bidirectional of one")
 
 
 def test_a_custom_layer_hiding_a_recurrent_layer_is_refused():
@@ -569,7 +613,7 @@ def test_export_needs_states_it_can_read():
     assert error.value.problems[0].endswith("not stateful, so it keeps no states; pass the states a "
                                             "return_state=True run returned: export(source, state)")
     _, finals = target.run(inputs())
-    with pytest.raises(StateMismatchError, match="takes a list of 2 entries .*, found 1 entries"):
+    with pytest.raises(StateMismatchError, match=r"takes a list of 2 entries .*, found 1 entries"):
         ka.export(target.model, finals[:1])
     with pytest.raises(StateMismatchError, match=r"state: takes \[h, c\] \(return_state outputs after the output\), "
                                                  "found 3 tensors"):
@@ -612,7 +656,7 @@ def test_other_backends_export_and_continue(backend, tmp_path):
         model(x[:, :4]); states = ka.export(model); expected = n(model(x[:, 4:]))
         ka.load_into(states, model)
         print(float(np.abs(n(model(x[:, 4:])) - expected).max()))
-        ka.load_weights(ka.export_weights(layer), layer)
+        ka.import_weights(ka.export_weights(layer), layer)
         import sys
         print("tensorflow" in sys.modules)  # the adapter needs no other backend's framework
         """, KERAS_BACKEND=backend)
@@ -621,3 +665,118 @@ def test_other_backends_export_and_continue(backend, tmp_path):
     continued, cold, resumed = map(float, numbers)
     assert tensorflow_loaded == "False"
     assert continued < 1e-5 and resumed < 1e-5 and cold > 1e-3
+
+
+# 7. an RNN(StackedRNNCells) is a stack of neutral layers, one per cell
+
+def stacked_cells(stateful=False, seed=0, **options):
+    keras.utils.set_random_seed(seed)
+    bias = keras.initializers.RandomNormal(stddev=0.5)
+    cells = [L.LSTMCell(UNITS, bias_initializer=bias, unit_forget_bias=False, name="first"),
+             L.GRUCell(UNITS2, bias_initializer=bias, name="second")]
+    return L.RNN(L.StackedRNNCells(cells), return_sequences=True, stateful=stateful, name="stack", **options)
+
+
+def test_stacked_cells_hand_their_state_over_through_a_file(tmp_path):
+    layer, x = stacked_cells(return_state=True), inputs()
+    whole, *_ = layer(x)
+    _, *state = layer(x[:, :SPLIT])
+    states = through_file(ka.export(layer, state), tmp_path)
+    assert [(s.name, s.kind, s.units) for s in states] == [("stack/first", "lstm", UNITS),
+                                                            ("stack/second", "gru", UNITS2)]
+    initial = ka.initial_state(states, layer)
+    assert [len(entry) for entry in initial] == [2, 1]  # what the layer's initial_state= takes: a list per cell
+    second, *_ = layer(x[:, SPLIT:], initial_state=initial)
+    expected = keras.ops.convert_to_numpy(whole)[:, SPLIT:]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(second), expected, rtol=0, atol=1e-5)
+    cold, *_ = layer(x[:, SPLIT:])
+    assert np.max(np.abs(keras.ops.convert_to_numpy(cold) - expected)) > 1e-3
+
+
+def test_stacked_cells_weights_run_like_the_reference_and_load_into_a_fresh_stack(tmp_path):
+    layer, x = stacked_cells(), inputs()
+    expected = keras.ops.convert_to_numpy(layer(x))
+    weights = through_file(ka.export_weights(layer), tmp_path, "weights.statefmt")
+    assert [(w.name, w.input_size) for w in weights] == [("stack/first", INPUT), ("stack/second", UNITS)]
+    np.testing.assert_allclose(reference.run(weights, x)[0], expected, rtol=0, atol=1e-5)
+    fresh = stacked_cells(seed=5)
+    assert np.max(np.abs(keras.ops.convert_to_numpy(fresh(x)) - expected)) > 1e-3
+    ka.import_weights(weights, fresh)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(fresh(x)), expected)
+
+
+def test_stateful_stacked_cells_resume_in_a_fresh_model(tmp_path):
+    def build(seed):
+        return keras.Sequential([keras.Input(batch_shape=(BATCH, None, INPUT)), stacked_cells(True, seed)])
+
+    today, x = build(0), inputs()
+    today(x[:, :SPLIT])
+    states = through_file(ka.export(today), tmp_path)
+    expected = keras.ops.convert_to_numpy(today(x[:, SPLIT:]))
+    tomorrow = build(9)
+    tomorrow.set_weights(today.get_weights())
+    ka.load_into(states, tomorrow)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(tomorrow(x[:, SPLIT:])), expected, rtol=0, atol=1e-5)
+    cold = build(9)
+    cold.set_weights(today.get_weights())
+    assert np.max(np.abs(keras.ops.convert_to_numpy(cold(x[:, SPLIT:])) - expected)) > 1e-3
+
+
+# 8. a subclassed model whose call takes initial_state= passes on what initial_state returns
+
+class Forecaster(keras.Model):
+    """One LSTM inside, as users write it: call(inputs, initial_state=None)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = make_layer("lstm", UNITS, return_state=True)
+        self.head = L.Dense(1)
+
+    def call(self, inputs, initial_state=None):
+        y, h, c = self.lstm(inputs, initial_state=initial_state)
+        return self.head(y), [h, c]
+
+
+def test_a_subclassed_model_continues_from_initial_state_of_the_model(tmp_path):
+    keras.utils.set_random_seed(0)
+    model, x = Forecaster(), inputs()
+    whole, _ = model(x)
+    _, state = model(x[:, :SPLIT])
+    states = through_file(ka.export(model, state), tmp_path)
+    assert [layer.name for layer in states] == [model.lstm.name]
+    continued, _ = model(x[:, SPLIT:], initial_state=ka.initial_state(states, model))
+    expected = keras.ops.convert_to_numpy(whole)[:, SPLIT:]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(continued), expected, rtol=0, atol=1e-5)
+    cold, _ = model(x[:, SPLIT:])
+    assert np.max(np.abs(keras.ops.convert_to_numpy(cold) - expected)) > 1e-3
+
+
+# 9. one API: the same arguments as every adapter, and a clear refusal for a mix-up
+
+def test_a_weight_set_is_not_a_state_and_a_state_is_not_weights():
+    target = net("gru", "single")
+    weights = ka.export_weights(target.model)
+    for verb in (ka.initial_state, ka.load_into):
+        with pytest.raises(StateMismatchError, match="expected a StateSet .*, found a WeightSet; weights go to an "
+                                                     r"adapter's import_weights\(weights, target\)"):
+            verb(weights, target.model)
+    with pytest.raises(StateMismatchError, match="expected a WeightSet .*, found a StateSet; a state goes to an "
+                                                 r"adapter's initial_state\(states, target\)"):
+        ka.import_weights(random_states(target.model), target.model)
+
+
+def test_name_prefixes_every_layer_name():
+    target = net("lstm", "stack")
+    _, finals = target.run(inputs())
+    names = [layer.name for layer in target.layers]
+    assert [layer.name for layer in ka.signature(target.model, name="enc").layers] == [f"enc/{n}" for n in names]
+    assert [layer.name for layer in ka.export(target.model, finals, name="enc")] == [f"enc/{n}" for n in names]
+    assert [layer.name for layer in ka.export_weights(target.model, name="enc")] == [f"enc/{n}" for n in names]
+
+
+def test_load_weights_is_kept_one_release_and_returns_the_target():
+    source, fresh = net("gru", "single"), Net("gru", "single", seed=5)
+    with pytest.warns(DeprecationWarning, match="load_weights is deprecated .* use import_weights"):
+        assert ka.load_weights(ka.export_weights(source.model), fresh.model) is fresh.model
+    for a, b in zip(source.model.weights, fresh.model.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))

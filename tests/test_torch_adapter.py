@@ -143,15 +143,25 @@ def test_unbatched_state_roundtrip(kind, case, tmp_path):
     assert tensors(state)[0].dim() == (1 if case == "cell" else 2)
     states = ta.export(m, state)
     assert states.batch_size == 1
-    assert_same_state(ta.initial_state(through_file(states, tmp_path), m, unbatched=True), state)
+    batched = ta.initial_state(through_file(states, tmp_path), m)
+    unbatched = tuple(t[0] if case == "cell" else t[:, 0] for t in tensors(batched))  # the batch-1 row
+    assert_same_state(unbatched if kind == "lstm" else unbatched[0], state)
+
+
+def test_unbatched_option_is_deprecated_and_still_works():
+    m = model("gru", "bidir")
+    states = random_states(m, batch=1)
+    with pytest.warns(DeprecationWarning, match=r"take the batch-1 row of the result, h0\[:, 0\]"):
+        h0 = ta.initial_state(states, m, unbatched=True)
+    assert torch.equal(h0, ta.initial_state(states, m)[:, 0])
 
 
 def test_layers_follow_pytorchs_layer_times_direction_index():
     m = model("gru", "bidir")
     h = torch.arange(4 * BATCH * UNITS, dtype=torch.float32).reshape(4, BATCH, UNITS)
     states = ta.export(m, h, name="encoder")
-    assert [layer.name for layer in states] == ["encoder.l0", "encoder.l1"]
-    np.testing.assert_array_equal(states["encoder.l1"]["h"][1], h[1 * 2 + 1].numpy())  # layer 1, backward
+    assert [layer.name for layer in states] == ["encoder/l0", "encoder/l1"]
+    np.testing.assert_array_equal(states["encoder/l1"]["h"][1], h[1 * 2 + 1].numpy())  # layer 1, backward
     assert states.metadata["source"]["model"] == repr(m)
 
 
@@ -169,8 +179,8 @@ def test_no_copies_on_the_cpu(kind, case, dtype, tmp_path):
     injected = ta.initial_state(loaded, m, strict=True)
     for name, tensor in zip(loaded[0].state_names, tensors(injected)):
         assert tensor.data_ptr() == loaded[0][name].ctypes.data  # torch.from_numpy, no copy
-    broadcast = ta.initial_state(loaded.rows([1]), m, broadcast=5)
-    for name, tensor in zip(loaded[0].state_names, tensors(broadcast)):
+    broadcast = ta.initial_state(loaded.rows([1]), m, broadcast=True, batch_size=5)
+    for tensor in tensors(broadcast):
         assert tensor.shape[-2] == 5 and tensor.stride()[-2] == 0  # an expanded view, not 5 copies
         assert torch.equal(tensor[..., 4, :], tensor[..., 0, :])
 
@@ -178,9 +188,9 @@ def test_no_copies_on_the_cpu(kind, case, dtype, tmp_path):
 def test_initial_state_casts_and_places():
     m = model("lstm", "stack")
     half = random_states(m, dtype="float16", batch=1)
-    h0, c0 = ta.initial_state(half, m, broadcast=4, device="meta")
+    h0, c0 = ta.initial_state(half, m, broadcast=True, batch_size=4, device="meta")
     assert h0.device.type == "meta" and h0.dtype == torch.float32 and tuple(h0.shape) == (2, 4, UNITS)
-    h0, c0 = ta.initial_state(half, m, broadcast=4)
+    h0, c0 = ta.initial_state(half, m, broadcast=True, batch_size=4)
     assert h0.device.type == "cpu" and c0.dtype == torch.float32
     expected = np.concatenate([layer["c"] for layer in half]).astype(np.float32)
     np.testing.assert_array_equal(c0.numpy(), np.repeat(expected, 4, axis=1))
@@ -272,7 +282,7 @@ def test_weights_through_a_file_into_a_fresh_model(kind, case, tmp_path):
         y, _ = run(m, inputs(), ta.initial_state(start, m))
         before, _ = run(fresh, inputs(), ta.initial_state(start, fresh))
         assert largest_difference(before, y) > 1e-3
-        ta.load_weights(through_file(ta.export_weights(m), tmp_path), fresh)
+        assert ta.import_weights(through_file(ta.export_weights(m), tmp_path), fresh) is fresh
         after, _ = run(fresh, inputs(), ta.initial_state(start, fresh))
     assert torch.equal(after, y)
 
@@ -302,7 +312,7 @@ def replace_layer(states, index, layer):
 
 
 def half(states):
-    return StateSet([l.with_arrays(**{n: l[n].astype("float16") for n in l.state_names}) for l in states])
+    return StateSet([x.with_arrays(**{n: x[n].astype("float16") for n in x.state_names}) for x in states])
 
 
 MISMATCHES = {
@@ -316,11 +326,13 @@ MISMATCHES = {
                    ["layer 1 'l1': directions: expected 2, found 1"]),
     "proj_units": (lambda s: replace_layer(s, 0, LayerState("l0", "lstm", h=s[0]["c"], c=s[0]["c"])), {},
                    ["layer 0 'l0': proj_units: expected 2, found None"]),
-    "batch size": (lambda s: s, {"broadcast": 5}, ["batch size: expected 5, found 3"]),
+    "batch size": (lambda s: s, {"batch_size": 5}, ["batch size: expected 5, found 3"]),
+    "batch size, too many streams": (lambda s: s, {"batch_size": 2},
+                                     ["batch size: expected 2, found 3; pick the model's 2 streams with "
+                                      "statefmt.load(path, streams=[...]) or states.rows([...])"]),
     "broadcast without a size": (lambda s: s.rows([0]), {"broadcast": True},
-                                 ["broadcast=True needs a target with a fixed batch size; "
-                                  "pass broadcast=N to start N streams"]),
-    "unbatched": (lambda s: s, {"unbatched": True}, ["batch size: expected 1, found 3"]),
+                                 ["broadcast=True needs a batch size, and the target fixes none: "
+                                  "pass batch_size=N to start N streams"]),
     "dtype": (half, {"strict": True}, ["layer 0 'l0': dtype: expected float32, found float16",
                                        "layer 1 'l1': dtype: expected float32, found float16"]),
 }
@@ -390,28 +402,35 @@ LOAD_REFUSALS = {
          "build nn.RNN(..., nonlinearity='relu')"]),
     "rnn unknown activation": (
         lambda: relabel(ta.export_weights(model("rnn", "cell")), activation="sigmoid"), ("rnn", "cell"),
-        ["layer 0 'l0': activation: the weights use sigmoid, the target uses tanh; "
-         "PyTorch's RNN knows tanh and relu only"]),
+        ["layer 0 'l0': activation: the weights use sigmoid, which the target cannot compute (it takes tanh or "
+         "relu only), so they do not map exactly; PyTorch's RNNCell cannot: load them into Keras or Flax, whose RNN "
+         "takes activation=sigmoid"]),
     "lstm activation": (
         lambda: relabel(ta.export_weights(model("lstm", "one")), activation="relu"), ("lstm", "one"),
-        ["layer 0 'l0': activation: the weights use relu, and PyTorch's LSTM always uses tanh, so they do not map "
-         "exactly; load them into Keras or Flax, whose LSTM takes any activation"]),
+        ["layer 0 'l0': activation: the weights use relu, which the target cannot compute (it takes tanh only), "
+         "so they do not map exactly; PyTorch's LSTM cannot: load them into Keras or Flax, whose LSTM takes "
+         "activation=relu"]),
     "gru hard sigmoid": (
         lambda: relabel(ta.export_weights(model("gru", "cell")), recurrent_activation="hard_sigmoid"),
         ("gru", "cell"),
-        ["layer 0 'l0': recurrent_activation: the weights use hard_sigmoid, and PyTorch's GRUCell always uses "
-         "sigmoid, so they do not map exactly; load them into Keras or Flax, whose GRU takes any "
-         "recurrent_activation"]),
+        ["layer 0 'l0': recurrent_activation: the weights use hard_sigmoid, which the target cannot compute (it "
+         "takes sigmoid only), so they do not map exactly; PyTorch's GRUCell cannot: load them into Keras or Flax, "
+         "whose GRU takes recurrent_activation=hard_sigmoid"]),
+    "linear": (
+        lambda: relabel(ta.export_weights(model("rnn", "one")), activation="linear"), ("rnn", "one"),
+        ["layer 0 'l0': activation: the weights use linear, which the target cannot compute (it takes tanh or relu "
+         "only), so they do not map exactly; PyTorch's RNN cannot: load them into Keras, whose RNN takes "
+         "activation=linear"]),
     "reset before the matmul": (
         lambda: relabel(ta.export_weights(model("gru", "one")), linear_before_reset=False), ("gru", "one"),
-        ["layer 0 'l0': linear_before_reset: PyTorch's GRU applies r after the recurrent matmul "
-         "(linear_before_reset=True); weights with linear_before_reset=False do not map exactly: load them into "
-         "Keras GRU(reset_after=False)"]),
+        ["layer 0 'l0': linear_before_reset: the weights apply r before the recurrent matmul "
+         "(linear_before_reset=False), the target after it; that is exact only when R_n is diagonal and Rb_n "
+         "zero, not so in direction 0; load them into Keras GRU(reset_after=False)"]),
     "biases into bias=False": (
         lambda: ta.export_weights(model("gru", "stack")), ("gru", "nobias"),
-        ["layer 0 'l0': Wb and Rb: the weights have non-zero biases and the target was built with bias=False; "
+        ["layer 0 'l0': Wb and Rb: the weights have non-zero biases and the target has none; "
          "build nn.GRU(..., bias=True)",
-         "layer 1 'l1': Wb and Rb: the weights have non-zero biases and the target was built with bias=False; "
+         "layer 1 'l1': Wb and Rb: the weights have non-zero biases and the target has none; "
          "build nn.GRU(..., bias=True)"]),
     "projection into no projection": (
         lambda: ta.export_weights(model("lstm", "proj")), ("lstm", "stack"),
@@ -423,37 +442,52 @@ LOAD_REFUSALS = {
         ["layer 0 'l0': proj_units: expected 2, found None; build the LSTM without proj_size",
          "layer 1 'l1': input_size: expected 2, found 4",
          "layer 1 'l1': proj_units: expected 2, found None; build the LSTM without proj_size"]),
+    "projection into a cell": (
+        lambda: WeightSet(ta.export_weights(model("lstm", "proj")).layers[:1]), ("lstm", "cell"),
+        ["layer 0 'l0': proj_units: expected None, found 2; only nn.LSTM projects h: load them into "
+         "nn.LSTM(..., proj_size=2)"]),
     "shapes": (
         lambda: ta.export_weights(model("gru", "stack")), ("gru", "bidir"),
         ["layer 0 'l0': directions: expected 2, found 1",
          "layer 1 'l1': input_size: expected 8, found 4", "layer 1 'l1': directions: expected 2, found 1"]),
     "kind and count": (
         lambda: ta.export_weights(model("rnn", "stack")), ("lstm", "one"),
-        ["layer count: expected 1, found 2", "layer 0 'l0': kind: expected lstm, found rnn"]),
+        ["layer count: expected 1, found 2 (pick the layers with WeightSet(weights.layers[i:j]))",
+         "layer 0 'l0': kind: expected lstm, found rnn"]),
+    "nan": (
+        lambda: relabel_arrays(ta.export_weights(model("gru", "one")), R=np.nan), ("gru", "one"),
+        ["layer 0 'l0': R: 48 non-finite values (NaN or Inf); weights holding them would poison every output"]),
 }
 
 
+def relabel_arrays(weights, **values):
+    layer = weights[0]
+    arrays = {k: np.full_like(layer[k], values[k]) if k in values else layer[k] for k in layer.weight_names}
+    return WeightSet([LayerWeights(layer.name, layer.kind, **arrays)])
+
+
 @pytest.mark.parametrize("case", LOAD_REFUSALS)
-def test_load_weights_refuses(case):
+def test_import_weights_refuses(case):
     weights, (kind, layout), expected = LOAD_REFUSALS[case]
     target = build(kind, layout, seed=7)
     before = [p.detach().clone() for p in target.parameters()]
+    assert ta.weight_signature(target).check(weights()) == [p for p in expected if "non-finite" not in p]
     with pytest.raises(StateMismatchError) as error:
-        ta.load_weights(weights(), target)
+        ta.import_weights(weights(), target)
     assert error.value.problems == expected
     assert all(torch.equal(a, b) for a, b in zip(before, target.parameters()))  # nothing half-loaded
 
 
-def test_load_weights_checks_units_and_input_size():
+def test_import_weights_checks_units_and_input_size():
     with pytest.raises(StateMismatchError) as error:
-        ta.load_weights(ta.export_weights(model("lstm", "cell")), nn.LSTMCell(3, UNITS2))
+        ta.import_weights(ta.export_weights(model("lstm", "cell")), nn.LSTMCell(3, UNITS2))
     assert error.value.problems == ["layer 0 'l0': units: expected 6, found 4",
                                     "layer 0 'l0': input_size: expected 3, found 5"]
 
 
 def test_zero_biases_load_into_bias_false():
     source, target = model("lstm", "nobias"), build("lstm", "nobias", seed=7)
-    ta.load_weights(ta.export_weights(source), target)
+    ta.import_weights(ta.export_weights(source), target)
     assert all(torch.equal(a, b) for a, b in zip(source.parameters(), target.parameters()))
 
 
@@ -466,3 +500,63 @@ def test_a_module_without_neutral_layout_is_refused():
 
 
 # 6. importing the adapter, and a missing framework: tests/test_adapter_imports.py
+
+
+def test_load_weights_is_kept_one_release_and_returns_the_target():
+    source, target = model("gru", "stack"), build("gru", "stack", seed=7)
+    with pytest.warns(DeprecationWarning, match="load_weights is deprecated .* use import_weights"):
+        assert ta.load_weights(ta.export_weights(source), target) is target
+    assert all(torch.equal(a, b) for a, b in zip(source.parameters(), target.parameters()))
+
+
+def test_a_weight_set_is_not_a_state_and_a_state_is_not_weights():
+    m = model("lstm", "stack")
+    with pytest.raises(StateMismatchError, match="expected a StateSet .*, found a WeightSet; weights go to an "
+                                                 r"adapter's import_weights\(weights, target\)"):
+        ta.initial_state(ta.export_weights(m), m)
+    with pytest.raises(StateMismatchError, match="expected a WeightSet .*, found a StateSet; a state goes to an "
+                                                 r"adapter's initial_state\(states, target\)"):
+        ta.import_weights(random_states(m), m)
+
+
+def test_broadcast_is_a_flag_and_batch_size_says_how_many():
+    m = model("gru", "one")
+    one = random_states(m, batch=1)
+    with pytest.raises(StateMismatchError) as error:
+        ta.initial_state(one, m, broadcast=4)
+    assert str(error.value) == ("broadcast: expected True or False, found 4; to start N streams from a batch-1 state "
+                                "pass broadcast=True and batch_size=N (here broadcast=True, batch_size=4)")
+    assert ta.initial_state(one, m, broadcast=True, batch_size=4).shape == (1, 4, UNITS)
+    assert ta.initial_state(random_states(m, batch=4), m, batch_size=4).shape == (1, 4, UNITS)
+
+
+def test_a_mismatch_names_the_file_the_state_came_from(tmp_path):
+    m = model("gru", "stack")
+    path = tmp_path / "today.statefmt"
+    statefmt.save(random_states(m).select([0]), path)
+    loaded = statefmt.load(path)
+    assert loaded.file == str(path)
+    with pytest.raises(StateMismatchError) as error:
+        ta.initial_state(loaded, m)
+    assert str(error.value).startswith(f"{loaded.file}: layer count: expected 2, found 1")
+    weights = statefmt.load_weights(_saved(ta.export_weights(model("gru", "one")), tmp_path / "w.statefmt"))
+    with pytest.raises(StateMismatchError) as error:
+        ta.import_weights(weights, m)
+    assert str(error.value).startswith(f"{weights.file}: layer count: expected 2, found 1")
+
+
+def test_a_mismatch_names_the_file_a_set_records():
+    m = model("gru", "stack")
+    one = random_states(m).select([0])
+    with pytest.raises(StateMismatchError) as error:
+        ta.initial_state(StateSet(one.layers, file="today.statefmt").rows([0, 1]), m)
+    assert str(error.value).startswith("today.statefmt: layer count: expected 2, found 1")
+    weights = ta.export_weights(model("gru", "one"))
+    with pytest.raises(StateMismatchError) as error:
+        ta.import_weights(WeightSet(weights.layers, file="w.statefmt"), m)
+    assert str(error.value).startswith("w.statefmt: layer count: expected 2, found 1")
+
+
+def _saved(data, path):
+    statefmt.save(data, path)
+    return path

@@ -1,0 +1,85 @@
+"""Files behind URLs: a real S3 server (moto's, on loopback) through s3fs, read by range requests only."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_format2 import fleet
+
+import statefmt
+from statefmt import StateFormatError
+
+
+def _requests_of(server, action, *args, **kwargs):
+    """What `action(*args, **kwargs)` returns, and the requests the S3 server received meanwhile."""
+    before = len(server.requests)
+    result = action(*args, **kwargs)
+    return result, server.requests[before:]
+
+
+@pytest.fixture
+def s3(s3_bucket):
+    server, bucket = s3_bucket
+    return server, bucket, server.fsspec_options
+
+
+def test_one_stream_by_id_costs_the_same_requests_whatever_the_file_size(s3):
+    server, bucket, options = s3
+    counts = {}
+    for batch in (1_000, 100_000):
+        url = f"s3://{bucket}/fleet-{batch}.statefmt"
+        statefmt.save(fleet(batch, units=64), url, storage_options=options)
+        row = batch - 17
+        part, sent = _requests_of(server, statefmt.load, url, streams=[f"pump-{row}"], storage_options=options)
+        assert part.stream_ids == (f"pump-{row}",) and part[0]["h"][0, 0, 0] == row
+        assert all(method in ("GET", "HEAD") for method, _, _ in sent)
+        assert all(range_ is not None for method, _, range_ in sent if method == "GET"), "never a whole-object GET"
+        counts[batch] = len(sent)
+    assert counts[1_000] == counts[100_000] <= 20, counts
+    print(f"requests for one stream by id: {counts}")
+
+
+def test_a_flipped_byte_in_a_row_is_caught_over_s3(s3, tmp_path, monkeypatch):
+    _, bucket, options = s3
+    monkeypatch.setattr(statefmt.api, "BLOCK_BYTES", 4096)
+    local = tmp_path / "s.statefmt"
+    statefmt.save(fleet(37), local)
+    from test_format2 import _flip
+
+    _flip(local, "layers.0.h", 20 * 300 * 4 + 9)
+    import fsspec
+
+    fsspec.filesystem("s3", **options).put_file(str(local), f"{bucket}/s.statefmt")
+    url = f"s3://{bucket}/s.statefmt"
+    with pytest.raises(StateFormatError, match="do not match their checksum") as error:
+        statefmt.load(url, streams=["pump-20"], storage_options=options)
+    assert error.value.source == url
+    assert statefmt.load(url, streams=["pump-30"], storage_options=options)[0]["h"][0, 0, 0] == 30
+
+
+def test_a_save_to_s3_is_all_or_nothing(s3):
+    server, bucket, options = s3
+    url = f"s3://{bucket}/s.statefmt"
+    statefmt.save(fleet(5, units=3), url, storage_options=options)
+    poisoned = fleet(5, units=3)
+    poisoned[0]["h"][0, 0, 1] = np.nan
+    with pytest.raises(StateFormatError, match="non-finite"):
+        statefmt.save(poisoned, url, storage_options=options)
+    assert statefmt.load(url, storage_options=options).batch_size == 5  # the previous object, whole
+    puts = [path for method, path, _ in server.requests if method == "PUT" and path == f"/{bucket}/s.statefmt"]
+    assert len(puts) == 1, "the refused save sent nothing"
+
+
+def test_the_cli_reads_s3_urls(s3, tmp_path):
+    server, bucket, options = s3
+    url = f"s3://{bucket}/s.statefmt"
+    statefmt.save(fleet(5, units=3), url, storage_options=options)
+    env = {**os.environ, "AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    for args, code in ((["validate", url], 0), (["inspect", url], 0), (["validate", url + ".missing"], 1)):
+        result = subprocess.run([sys.executable, "-m", "statefmt", *args], capture_output=True, text=True, env=env,
+                                timeout=120)
+        assert result.returncode == code, result.stderr
+        assert "Traceback" not in result.stderr
