@@ -955,6 +955,26 @@ def _rows_of(states: StateSet, keys: list[str | int]) -> list[int] | None:
     return rows if len(set(rows)) == len(rows) else None
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _check_cli(path: Path, *, valid: bool) -> None:
+    """`statefmt validate` and `inspect`: the same verdict, exit 0 or 1, no traceback, no raw control characters."""
+    from click.testing import CliRunner
+
+    from statefmt.cli import main as cli
+
+    for command in (["validate", str(path)], ["validate", "--json", str(path)], ["inspect", str(path)]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exception is None or isinstance(result.exception, SystemExit), \
+            f"statefmt {command[0]}: {result.exception!r}"
+        assert result.exit_code in (0, 1), f"statefmt {command[0]}: exit {result.exit_code}"
+        assert "Traceback" not in result.output, f"statefmt {command[0]}: a traceback"
+        assert not _CONTROL.search(result.output), f"statefmt {command[0]}: raw control characters: {result.output!r}"
+        if command[0] == "validate":
+            assert (result.exit_code == 0) == valid, f"statefmt validate exits {result.exit_code}, read says {valid}"
+
+
 def verdict(path: Path, mutant: Mutant, rnd: random.Random | None = None) -> str:
     """'valid' or 'format_error'; anything else (another exception, a silent change, a bad message, a warning,
     `validate` and `read` disagreeing, a file the spec says must load refused or must be refused loaded) raises.
@@ -1008,4 +1028,6 @@ def verdict(path: Path, mutant: Mutant, rnd: random.Random | None = None) -> str
         else:
             problem = _check_rows(rows, keys, mutant)
             assert problem is None, f"load(streams={keys!r}) returned other data: {problem}"
+        if rnd.random() < 0.05:
+            _check_cli(path, valid=read_error is None)
     return "valid" if read_error is None else "format_error"

@@ -174,3 +174,19 @@ def test_a_1_0_weights_file_with_a_listed_activation_upgrades(tmp_path):
     statefmt.upgrade(path, tmp_path / "upgraded.statefmt")
     assert statefmt.read(tmp_path / "upgraded.statefmt").layers[0].recurrent_activation == "relu"
     assert weights.layers[0].recurrent_activation == "relu"
+
+
+def test_the_command_line_shows_control_characters_escaped(tmp_path):
+    """A layer name and a stream id holding a newline, an OSC escape and BEL: validate and inspect stay one
+    verdict, exit 0, and print none of them raw (the fuzzer runs this check on 5% of its inputs)."""
+    from fuzz.mutations import _check_cli
+
+    vector = Path(__file__).resolve().parents[1] / "spec" / "vectors" / "lstm.statefmt"
+    parts = Parts.of(vector.read_bytes())
+    parts.document["layers"][0]["name"] = "enc\n\x1b]0;owned\x07\r"
+    parts.reseal()
+    parts.seal_document()
+    path = tmp_path / "control.statefmt"
+    path.write_bytes(parts.bytes())
+    assert statefmt.read(path).layers[0].name == "enc\n\x1b]0;owned\x07\r"
+    _check_cli(path, valid=True)
