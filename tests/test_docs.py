@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 DOCS = Path(__file__).parents[1] / "docs"
@@ -119,20 +120,27 @@ def _fleet(streams: int = 64, diverging: int | None = None, dead: tuple[int, ...
 
 def test_inspect_plot_writes_a_valid_png_and_names_what_stands_out(tmp_path):
     pytest.importorskip("matplotlib")
+    from click.testing import CliRunner
     from PIL import Image
 
     import statefmt
+    from statefmt.cli import main
 
     statefmt.save(_fleet(diverging=41, dead=(3,)), tmp_path / "fleet.statefmt")
-    result = subprocess.run([sys.executable, "-m", "statefmt", "inspect", str(tmp_path / "fleet.statefmt"),
-                             "--plot", str(tmp_path / "fleet.png")], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    with Image.open(tmp_path / "fleet.png") as image:
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "fleet.statefmt"), "--plot", str(tmp_path / "f.png")])
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "f.png") as image:
         image.verify()
-    with Image.open(tmp_path / "fleet.png") as image:
+    with Image.open(tmp_path / "f.png") as image:
         assert image.format == "PNG" and image.size[0] > 800 and image.size[1] > 400
-    assert "stream 'pump-41' reaches |c|" in result.stderr
-    assert "1 dead unit(s), zero in every stream: 3" in result.stderr
+    assert "stream 'pump-41' reaches |c|" in result.output
+    assert "1 dead unit(s), zero in every stream: 3" in result.output
+
+    statefmt.save(statefmt.WeightSet([statefmt.LayerWeights(
+        "l0", "rnn", W=np.zeros((1, 4, 3), "float32"), R=np.zeros((1, 4, 4), "float32"),
+        Wb=np.zeros((1, 4), "float32"), Rb=np.zeros((1, 4), "float32"))]), tmp_path / "w.statefmt")
+    refused = CliRunner().invoke(main, ["inspect", str(tmp_path / "w.statefmt"), "--plot", str(tmp_path / "w.png")])
+    assert refused.exit_code == 1 and "shows a state" in refused.output and "Traceback" not in refused.output
 
 
 def test_a_diverging_stream_shows_in_the_heatmap_and_in_the_findings(tmp_path):
@@ -140,19 +148,19 @@ def test_a_diverging_stream_shows_in_the_heatmap_and_in_the_findings(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from statefmt.plot import _pooled, findings, plot_state
+    from statefmt.plot import _summarize, findings, plot_state
 
     assert findings(_fleet()) == []  # a healthy fleet: nothing to say
-    fleet = _fleet(streams=2000, diverging=1234)
-    notes = plot_state(fleet, tmp_path / "big.png", max_rows=100)
-    assert [note for note in notes if "'pump-1234'" in note and "|c|" in note]
+    fleet = _fleet(streams=1000, diverging=617)
+    notes = plot_state(fleet, tmp_path / "big.png", max_rows=50)
+    assert [note for note in notes if "'pump-617'" in note and "|c|" in note]
     with Image.open(tmp_path / "big.png") as image:
         image.verify()
-    # what the |c| heatmap shows: 2,000 streams max-pooled into 100 rows of 20; the diverging one's row stands out
-    grid = _pooled(np.abs(fleet[0]["c"][0]), 100, 400)
-    assert grid.shape == (100, 16)
+    # what the |c| heatmap shows: 1,000 streams max-pooled into 50 rows of 20; the diverging one's row stands out
+    grid = _summarize(fleet[0]["c"], 50, 400).grid
+    assert grid.shape == (50, 16)
     brightest = grid.max(axis=1)
-    assert int(brightest.argmax()) == 1234 // 20
+    assert int(brightest.argmax()) == 617 // 20
     assert brightest.max() > 20 * np.median(brightest)
 
 
