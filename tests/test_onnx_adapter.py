@@ -163,6 +163,28 @@ def test_the_dynamo_exporter_writes_gru_linear_before_reset():
     np.testing.assert_allclose(y, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("layout", ["single", "stacked", "bidirectional"])
+def test_dynamo_exports_continue_as_torch_does(kind, layout):
+    """Every LSTM and GRU layout through the dynamo exporter (about 2 s each), states and weights both ways."""
+    layers, bidirectional = (2 if layout == "stacked" else 1), layout == "bidirectional"
+    rnn, data = exported(kind, layers=layers, bidirectional=bidirectional, dynamo=True)
+    session = ort.InferenceSession(data)
+    states = random_states(kind, layers, 2 if bidirectional else 1)
+    _, second, _ = inputs()
+    outputs = session.run(None, {"x": second, **oa.initial_state(states, session)})
+    expected, final = torch_run(rnn, second, ta.initial_state(states, rnn))
+    np.testing.assert_allclose(outputs[0], expected, atol=1e-5, rtol=0)
+    got, want = oa.export(session, outputs), ta.export(rnn, final)
+    for mine, theirs in zip(got.layers, want.layers):
+        for s in mine.state_names:
+            np.testing.assert_allclose(mine[s], theirs[s], atol=1e-5, rtol=0)
+    for mine, theirs in zip(oa.export_weights(data_model(data)).layers, ta.export_weights(rnn).layers):
+        for key in ("W", "R", "Wb", "Rb"):
+            np.testing.assert_array_equal(mine[key], theirs[key])
+
+
 def test_the_dynamo_exporter_unrolls_rnn_and_the_adapter_says_what_works():
     _, data = exported("rnn", dynamo=True)
     with pytest.raises(StateMismatchError, match=r"no LSTM, GRU or RNN node.*dynamo=False"):
@@ -432,6 +454,43 @@ def test_a_state_reached_through_arithmetic_is_refused_naming_the_op():
         oa.initial_state(random_states("lstm", 1, 1), model)
     with pytest.raises(StateMismatchError, match=r"Y_c: no graph output carries the node's final c"):
         oa.export(model, [np.zeros((1, BATCH, UNITS), "float32")])
+
+
+def test_one_input_feeding_h_and_c_needs_them_equal():
+    """torch.onnx's dynamo exporter merges aliased example inputs: one `h0` can end up feeding h and c."""
+    from onnx.reference import ReferenceEvaluator
+
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "h0"], ["Y", "hn", "cn"], hidden_size=UNITS,
+                              name="shared")]
+    model = _graph(nodes, [_info("x", [STEPS, BATCH, INPUT]), _info("h0", [1, BATCH, UNITS])],
+                   [_info("hn", [1, BATCH, UNITS]), _info("cn", [1, BATCH, UNITS])], _lstm_weights())
+    states = random_states("lstm", 1, 1)
+    with pytest.raises(StateMismatchError, match=r"node 'shared', LSTM\): initial_[hc]: the graph feeds one input "
+                                                 r"element to several state elements"):
+        oa.initial_state(states, model)
+    same = StateSet([LayerState("l0", "lstm", h=states.layers[0]["h"], c=states.layers[0]["h"])])
+    feeds = oa.initial_state(same, model)
+    np.testing.assert_array_equal(feeds["h0"], states.layers[0]["h"])
+    hn, cn = ReferenceEvaluator(model).run(None, {"x": inputs()[0].transpose(1, 0, 2), **feeds})
+    got = oa.export(model, [hn, cn])
+    np.testing.assert_array_equal(got.layers[0]["c"], cn)
+
+
+def test_hostile_shapes_are_refused_before_any_allocation():
+    huge = [1, 1 << 40, UNITS]
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0"], ["Y", "hn", "cn"], hidden_size=UNITS)]
+    model = _graph(nodes, [_info("x", [STEPS, "n", INPUT]), _info("h0", huge), _info("c0", huge)],
+                   [_info("hn", [1, "n", UNITS])], _lstm_weights())
+    with pytest.raises(StateMismatchError, match=r"graph input 'h0' of shape \[1, 1099511627776, 4\] is larger than "
+                                                 r"statefmt follows"):
+        oa.initial_state(random_states("lstm", 1, 1), model)
+    shape = numpy_helper.from_array(np.array([1, 1 << 40, UNITS], np.int64), "big")
+    nodes = [helper.make_node("Expand", ["h0", "big"], ["h_big"], name="blow_up"),
+             helper.make_node("LSTM", ["x", "W", "R", "B", "", "h_big", "c0"], ["Y", "hn", "cn"], hidden_size=UNITS)]
+    model = _graph(nodes, [_info("x", [STEPS, "n", INPUT]), _info("h0", [1, 1, UNITS]), _info("c0", [1, "n", UNITS])],
+                   [_info("hn", [1, "n", UNITS])], _lstm_weights() + [shape])
+    with pytest.raises(StateMismatchError, match=r"an Expand of shape .* is larger than statefmt follows"):
+        oa.initial_state(random_states("lstm", 1, 1), model)
 
 
 def test_a_node_without_initial_state_is_refused():
