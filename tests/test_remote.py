@@ -12,11 +12,11 @@ import statefmt
 from statefmt import StateFormatError
 
 
-def _count_gets(server, action):
+def _requests_of(server, action, *args, **kwargs):
+    """What `action(*args, **kwargs)` returns, and the requests the S3 server received meanwhile."""
     before = len(server.requests)
-    result = action()
-    sent = server.requests[before:]
-    return result, sent
+    result = action(*args, **kwargs)
+    return result, server.requests[before:]
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def test_one_stream_by_id_costs_the_same_requests_whatever_the_file_size(s3):
         url = f"s3://{bucket}/fleet-{batch}.statefmt"
         statefmt.save(fleet(batch, units=64), url, storage_options=options)
         row = batch - 17
-        part, sent = _count_gets(server, lambda: statefmt.load(url, streams=[f"pump-{row}"], storage_options=options))
+        part, sent = _requests_of(server, statefmt.load, url, streams=[f"pump-{row}"], storage_options=options)
         assert part.stream_ids == (f"pump-{row}",) and part[0]["h"][0, 0, 0] == row
         assert all(method in ("GET", "HEAD") for method, _, _ in sent)
         assert all(range_ is not None for method, _, range_ in sent if method == "GET"), "never a whole-object GET"
@@ -42,7 +42,7 @@ def test_one_stream_by_id_costs_the_same_requests_whatever_the_file_size(s3):
 
 
 def test_a_flipped_byte_in_a_row_is_caught_over_s3(s3, tmp_path, monkeypatch):
-    server, bucket, options = s3
+    _, bucket, options = s3
     monkeypatch.setattr(statefmt.api, "BLOCK_BYTES", 4096)
     local = tmp_path / "s.statefmt"
     statefmt.save(fleet(37), local)

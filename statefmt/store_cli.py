@@ -1,0 +1,258 @@
+"""`statefmt store …`: the fleet store from the shell. Click options only; the work is in `statefmt.store`.
+
+Importing this module imports click alone: Lance, pyarrow and tqdm load when a store command runs,
+so `statefmt validate` stays as light as before. Exit codes as the rest of the CLI: 0 ok, 1 invalid
+input or mismatch, 2 usage. `--json` prints one JSON object on stdout for pipelines.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+FILE = click.Path(exists=True, dir_okay=False)
+IMPORT_CHUNK = 100_000
+
+
+def _storage_options(pairs: tuple[str, ...]) -> dict[str, str] | None:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, found {pair!r}", param_hint="--storage-option")
+        options[key] = value
+    return options or None
+
+
+def _url_command(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The URL argument and the object-store options every store command takes."""
+    function = click.option("-s", "--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+                            help="An object-store option for Lance (e.g. aws_endpoint=http://…, allow_http=true); "
+                                 "repeatable.")(function)
+    return click.argument("url")(function)
+
+
+def _json_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")(function)
+
+
+@contextmanager
+def _reporting(ctx: click.Context) -> Iterator[None]:
+    from .cli import _reporting  # the CLI's own: one stderr line per problem, exit 1, no traceback
+
+    with _reporting(ctx):
+        yield
+
+
+def _emit(as_json: bool, result: dict[str, Any], text: str) -> None:
+    click.echo(json.dumps(result, default=str, ensure_ascii=False) if as_json else text)
+
+
+@contextmanager
+def _progress(total: int, what: str) -> Iterator[Callable[[int], Any]]:
+    """A tqdm bar on stderr when it is a terminal; a no-op otherwise."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit=" streams", desc=what, disable=not sys.stderr.isatty(), leave=False) as bar:
+        yield bar.update
+
+
+@click.group()
+def store() -> None:
+    """A store of per-stream state on Lance (a directory or s3://…): get and put streams by id, versions."""
+
+
+@store.command()
+@_url_command
+@click.option("--signature", "signature_file", type=FILE, required=True,
+              help="A signature JSON file: the layers the store holds (and their dtype, float32 if unset).")
+@_json_option
+@click.pass_context
+def create(ctx: click.Context, url: str, storage_option: tuple[str, ...], signature_file: str, as_json: bool) -> None:
+    """Create an empty store at URL for states of the signature."""
+    with _reporting(ctx):
+        from . import store as store_api
+        from .cli import _read_signature
+
+        created = store_api.create(url, _read_signature(signature_file),
+                                   storage_options=_storage_options(storage_option))
+        _emit(as_json, {"url": url, "version": created.version, "layers": len(created.signature.layers)},
+              f"{url}: created, {len(created.signature.layers)} layer(s), version {created.version}")
+
+
+@store.command()
+@_url_command
+@click.option("--version", "version", type=click.IntRange(min=1), help="Describe this older version.")
+@_json_option
+@click.pass_context
+def info(ctx: click.Context, url: str, storage_option: tuple[str, ...], version: int | None, as_json: bool) -> None:
+    """Show the store's layers, version and stream count."""
+    with _reporting(ctx):
+        opened = _open(url, storage_option, version)
+        signature = opened.signature
+        layers = [{"name": layer.name, "kind": layer.kind, "units": layer.units, "directions": layer.directions,
+                   "proj_units": layer.proj_units} for layer in signature.layers]
+        summary = {"url": url, "version": opened.version, "streams": len(opened), "dtype": signature.dtype,
+                   "layers": layers}
+        if as_json:
+            _emit(True, summary, "")
+            return
+        click.echo(f"{url}: store, version {summary['version']}, {summary['streams']} stream(s), {signature.dtype}")
+        for index, layer in enumerate(layers):
+            proj = f" proj_units={layer['proj_units']}" if layer["proj_units"] else ""
+            click.echo(f"  [{index}] {layer['name']!r} {layer['kind']} units={layer['units']}{proj} "
+                       f"directions={layer['directions']}")
+
+
+@store.command()
+@_url_command
+@_json_option
+@click.pass_context
+def versions(ctx: click.Context, url: str, storage_option: tuple[str, ...], as_json: bool) -> None:
+    """List the versions kept: number, commit time (UTC), stream count."""
+    with _reporting(ctx):
+        kept = _open(url, storage_option).versions()
+        if as_json:
+            _emit(True, {"url": url, "versions": [{"version": v, "timestamp": t.isoformat(), "streams": n}
+                                                   for v, t, n in kept]}, "")
+            return
+        for version, timestamp, streams in kept:
+            click.echo(f"{version:>8}  {timestamp.isoformat(sep=' ', timespec='seconds')}  {streams} stream(s)")
+
+
+@store.command()
+@_url_command
+@click.argument("ids", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The statefmt file to write.")
+@click.option("--missing", type=click.Choice(["error", "zeros"]), default="error", show_default=True,
+              help="What an unknown stream id gets.")
+@click.option("--version", "version", type=click.IntRange(min=1), help="Read this older version.")
+@_json_option
+@click.pass_context
+def get(ctx: click.Context, url: str, storage_option: tuple[str, ...], ids: tuple[str, ...], output: str,
+        missing: str, version: int | None, as_json: bool) -> None:
+    """Write the states of stream IDS (in that order) to a statefmt file."""
+    with _reporting(ctx):
+        import statefmt
+
+        opened = _open(url, storage_option, version)
+        states = opened.get(list(ids), missing="zeros" if missing == "zeros" else "error")
+        statefmt.save(states, output, metadata={"source": {"model": f"{url} (store version {opened.version})"}})
+        _emit(as_json, {"url": url, "version": opened.version, "output": output, "streams": len(ids)},
+              f"{output}: {len(ids)} stream(s) from {url} version {opened.version}")
+
+
+@store.command()
+@_url_command
+@click.argument("file", type=FILE)
+@_json_option
+@click.pass_context
+def put(ctx: click.Context, url: str, storage_option: tuple[str, ...], file: str, as_json: bool) -> None:
+    """Upsert the streams of FILE (it names them in stream_ids) in one atomic commit."""
+    with _reporting(ctx):
+        import statefmt
+
+        states = statefmt.load(file)
+        if states.stream_ids is None:
+            raise statefmt.StateMismatchError("has no stream_ids: a store keeps streams by id "
+                                              "(StateSet.with_stream_ids names them)", source=file)
+        version = _open(url, storage_option).put(states)
+        _emit(as_json, {"url": url, "version": version, "streams": states.batch_size},
+              f"{url}: {states.batch_size} stream(s) put, version {version}")
+
+
+@store.command(name="import")
+@_url_command
+@click.argument("file", type=FILE)
+@click.option("--chunk", type=click.IntRange(min=1), default=IMPORT_CHUNK, show_default=True,
+              help="Streams per commit.")
+@_json_option
+@click.pass_context
+def import_(ctx: click.Context, url: str, storage_option: tuple[str, ...], file: str, chunk: int,
+            as_json: bool) -> None:
+    """Load FILE's streams into the store at URL, creating it from FILE's layers if there is none.
+
+    A new store is written in one commit. Into an existing store, a bulk upsert: one commit per
+    --chunk streams, with a progress bar; a rerun after a failure upserts the same rows again.
+    """
+    with _reporting(ctx):
+        import statefmt
+
+        from . import store as store_api
+
+        states = statefmt.load(file)
+        if states.stream_ids is None:
+            raise statefmt.StateMismatchError("has no stream_ids: a store keeps streams by id "
+                                              "(StateSet.with_stream_ids names them)", source=file)
+        options = _storage_options(storage_option)
+        created = False
+        ids = list(states.stream_ids)
+        try:
+            target = store_api.open(url, storage_options=options)
+        except statefmt.StateFormatError as error:
+            if not any("no store here" in problem for problem in error.problems):
+                raise
+            signature = statefmt.StateSignature.of(states, batch_size=None, dtype=states.layers[0].dtype)
+            target = store_api.create(url, signature, storage_options=options, states=states)
+            created = True
+        if not created:
+            with _progress(len(ids), "import") as advance:
+                for start in range(0, len(ids), chunk):
+                    target.put(states.rows(ids[start:start + chunk]))
+                    advance(min(chunk, len(ids) - start))
+        _emit(as_json, {"url": url, "version": target.version, "streams": len(ids), "created": created},
+              f"{url}: {len(ids)} stream(s) imported{' into a new store' if created else ''}, "
+              f"version {target.version}")
+
+
+@store.command()
+@_url_command
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--version", "version", type=click.IntRange(min=1), help="Export this older version.")
+@_json_option
+@click.pass_context
+def export(ctx: click.Context, url: str, storage_option: tuple[str, ...], output: str, version: int | None,
+           as_json: bool) -> None:
+    """Write every stream of the store (sorted by id) to one statefmt file."""
+    with _reporting(ctx):
+        import statefmt
+
+        opened = _open(url, storage_option, version)
+        with _progress(len(opened), "export") as advance:
+            states = opened._snapshot(progress=advance)
+        statefmt.save(states, output, metadata={"source": {"model": f"{url} (store version {opened.version})"}})
+        _emit(as_json, {"url": url, "version": opened.version, "output": output, "streams": states.batch_size},
+              f"{output}: {states.batch_size} stream(s) from {url} version {opened.version}")
+
+
+@store.command()
+@_url_command
+@click.option("--cleanup-older-than", type=click.FloatRange(min=0), metavar="DAYS",
+              help="Also delete the files of versions older than DAYS.")
+@_json_option
+@click.pass_context
+def compact(ctx: click.Context, url: str, storage_option: tuple[str, ...], cleanup_older_than: float | None,
+            as_json: bool) -> None:
+    """Rewrite small fragments into large ones and bring the id index up to date."""
+    with _reporting(ctx):
+        from datetime import timedelta
+
+        opened = _open(url, storage_option)
+        version = opened.compact()
+        result: dict[str, Any] = {"url": url, "version": version}
+        text = f"{url}: compacted, version {version}"
+        if cleanup_older_than is not None:
+            result["cleanup"] = opened.cleanup(older_than=timedelta(days=cleanup_older_than))
+            text += f"; {result['cleanup']['old_versions']} old version(s) removed"
+        _emit(as_json, result, text)
+
+
+def _open(url: str, pairs: tuple[str, ...], version: int | None = None) -> Any:
+    from . import store as store_api
+
+    return store_api.open(url, version=version, storage_options=_storage_options(pairs))
