@@ -19,9 +19,11 @@ path or from bytes). onnx and onnxruntime are imported on first use, never when 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import weakref
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -309,7 +311,7 @@ class _Recurrent:
         return (batch, D, H) if self.layout else (D, batch, H)
 
 
-_CACHE: OrderedDict[int, tuple[Any, Any, _Graph]] = OrderedDict()
+_CACHE: OrderedDict[Any, tuple[Callable[[], Any], _Graph]] = OrderedDict()
 
 
 class _Graph:
@@ -355,13 +357,17 @@ class _Graph:
         else:
             raise StateMismatchError(f"{type(model).__name__}: statefmt.adapters.onnx takes an onnx.ModelProto, a "
                                      "path to a .onnx file or an onnxruntime.InferenceSession")
-        cached = _CACHE.get(id(model))
-        if cached is not None and cached[0] == key:
-            _CACHE.move_to_end(id(model))
-            return cached[2]
+        cached = _CACHE.get(key)
+        if cached is not None and (key[0] not in ("proto", "session") or cached[0]() is model):
+            _CACHE.move_to_end(key)
+            return cached[1]
         proto, label = _load(model)
         graph = cls(proto, label)
-        _CACHE[id(model)] = (key, model, graph)  # holding the model keeps its id from being reused
+        try:  # a session is only referenced weakly (it may hold a large model); a ModelProto is kept
+            holder: Callable[[], Any] = weakref.ref(model)
+        except TypeError:
+            holder = functools.partial(lambda kept: kept, model)
+        _CACHE[key] = (holder, graph)  # an id-based key is checked against the very object it was made for
         while len(_CACHE) > 8:
             _CACHE.popitem(last=False)
         return graph
