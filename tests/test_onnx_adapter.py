@@ -443,6 +443,36 @@ def test_one_input_for_all_states_through_gather_split_and_layout_1():
             np.testing.assert_allclose(got.layers[k][s], expected.layers[k][s], atol=1e-5, rtol=0)
 
 
+def test_reshape_cast_identity_and_flatten_chains():
+    """Per-layer 2-D states `[batch, units]` reshaped in (Reshape, Identity, Cast), flattened out (Flatten, Reshape)."""
+    from onnx.reference import ReferenceEvaluator
+
+    consts = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+              (("to3d", [1, -1, UNITS]), ("to2d", [-1, UNITS]))]
+    nodes = [
+        helper.make_node("Reshape", ["h", "to3d"], ["h3"]),
+        helper.make_node("Identity", ["h3"], ["h3i"]),
+        helper.make_node("Cast", ["h3i"], ["h3c"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["c", "to3d"], ["c3"]),
+        helper.make_node("LSTM", ["x", "W", "R", "B", "", "h3c", "c3"], ["Y", "hn", "cn"], hidden_size=UNITS),
+        helper.make_node("Flatten", ["hn"], ["hn_flat"], axis=2),  # [1 * batch, units]
+        helper.make_node("Reshape", ["cn", "to2d"], ["c_out"]),
+    ]
+    model = _graph(nodes, [_info("x", [STEPS, "batch", INPUT]), _info("h", ["batch", UNITS]),
+                           _info("c", ["batch", UNITS])],
+                   [_info("hn_flat", ["batch", UNITS]), _info("c_out", ["batch", UNITS])], _lstm_weights() + consts)
+    states = random_states("lstm", 1, 1, batch=5)
+    feeds = oa.initial_state(states, model)
+    np.testing.assert_array_equal(feeds["h"], states.layers[0]["h"][0])
+    x = np.random.default_rng(4).standard_normal((STEPS, 5, INPUT)).astype("float32")
+    outputs = ReferenceEvaluator(model).run(None, {"x": x, **feeds})
+    _, expected = reference.run(oa.export_weights(model), x.transpose(1, 0, 2), states)
+    got = oa.export(model, outputs)
+    assert got.batch_size == 5
+    for s in ("h", "c"):
+        np.testing.assert_allclose(got.layers[0][s], expected.layers[0][s], atol=1e-5, rtol=0)
+
+
 def test_a_state_reached_through_arithmetic_is_refused_naming_the_op():
     half = numpy_helper.from_array(np.array(0.5, np.float32), "half")
     nodes = [helper.make_node("Mul", ["h0", "half"], ["h_half"], name="scale"),
