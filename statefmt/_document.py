@@ -213,13 +213,14 @@ class Document:
                                      entry["proj_units"], entry["dtype"], **weights,
                                      checksums=entry.get("checksums") if major == "1" else None))
         ids = document.get("stream_ids")
+        v2 = major == "2"  # a 1.x document may hold keys of 2.x's names, which a 1.x reader ignores
         return cls(
             format_version=document["format_version"], content=document["content"], layers=tuple(layers),
             batch_size=document.get("batch_size"),
-            stream_ids=ids is True,
-            block_bytes=document.get("block_bytes", BLOCK_BYTES),
-            checksum_blocks=tuple(document.get("checksum_blocks", ())),
-            ids_v1=tuple(ids) if isinstance(ids, list) else None,
+            stream_ids=v2 and ids is True,
+            block_bytes=document["block_bytes"] if v2 else BLOCK_BYTES,
+            checksum_blocks=tuple(document["checksum_blocks"]) if v2 else (),
+            ids_v1=tuple(ids) if not v2 and isinstance(ids, list) else None,
             **{key: document[key] for key in DESCRIPTIVE_FIELDS if key in document},
         )
 

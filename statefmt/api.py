@@ -279,8 +279,8 @@ def _read(target: Target, *, streams: StreamKeys | None, verify: bool, finite: b
             _refuse_nonfinite(document, list(_nonfinite(document, arrays)), name)
         try:
             return _build(document, arrays, ids, name)
-        except StateError as error:
-            raise StateFormatError(error.problems, source=name) from None
+        except StateError as error:  # what only the layers can say: a 1.x activation outside 2.x's list
+            raise fail(6, error.problems, name) from None
 
 
 def _nonfinite(document: Document, arrays: Mapping[str, np.ndarray]) -> Iterator[tuple[str, int]]:
