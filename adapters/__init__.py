@@ -1,4 +1,5 @@
-"""Framework adapters, one module per framework, each importing its framework only when used.
+"""Framework adapters, one module per framework (keras, torch, flax, onnx), each importing its framework
+only when used.
 
 Every module offers the same verbs, with the same arguments in the same order and meaning:
 
