@@ -1,0 +1,170 @@
+"""Adversarial review of format 2.0, the store and the CLI (issue 11, "the next 29").
+
+Each test fails on the code it was written against and is marked `xfail(strict=True)`: once the
+problem is fixed the test passes, strict xfail turns that into a failure, and the mark comes off.
+Real files, a real Lance store, the real CLI; no mocks.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import statefmt
+from statefmt import LayerSignature, LayerState, StateError, StateFormatError, StateSet, StateSignature
+from statefmt.cli import main
+
+
+def _gru(h: np.ndarray, ids: list[str] | None = None, name: str = "g") -> StateSet:
+    return StateSet([LayerState(name, "gru", h=h)], stream_ids=ids)
+
+
+def _no_traceback(result) -> None:  # type: ignore[no-untyped-def]
+    """A CLI run that ended by a clean exit (one-line error), not by an uncaught exception."""
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+
+
+# ---- silent wrong results ---------------------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="save writes a big-endian array's raw bytes under a little-endian dtype "
+                                       "code: every value reads back byte-swapped (_container.write, _code)")
+def test_big_endian_state_round_trips(tmp_path):
+    expected = np.linspace(-1.5, 2.5, 24).reshape(1, 4, 6)  # float64, native: the independent truth
+    swapped = expected.astype(">f4")
+    statefmt.save(_gru(swapped, ["a", "b", "c", "d"]), tmp_path / "be.statefmt")
+    loaded = statefmt.load(tmp_path / "be.statefmt")[0]["h"]
+    assert loaded.dtype.name == "float32"
+    np.testing.assert_array_equal(loaded.astype(np.float64), expected.astype(np.float32).astype(np.float64))
+
+
+@pytest.mark.xfail(strict=True, reason="streams=b'...' is iterated as ints: load hands out the rows numbered by "
+                                       "the id's bytes, silently (api._read_rows_v2, states.resolve_rows)")
+def test_bytes_stream_id_is_refused_not_read_as_row_numbers(tmp_path):
+    ids = [f"s{i}" for i in range(200)]
+    statefmt.save(_gru(np.random.default_rng(0).random((1, 200, 3)).astype("f4"), ids), tmp_path / "m.statefmt")
+    with pytest.raises(StateError):
+        statefmt.load(tmp_path / "m.statefmt", streams=b"s1")  # "s1" is bytes 115, 49: rows 115 and 49 today
+
+
+@pytest.mark.xfail(strict=True, reason="diff --atol nan accepts NaN, every comparison with it is False, so two "
+                                       "different files are reported 'equal', exit 0 (cli.diff FloatRange)")
+def test_diff_atol_nan_does_not_call_different_files_equal(tmp_path):
+    statefmt.save(_gru(np.zeros((1, 2, 3), "f4")), tmp_path / "a.statefmt")
+    statefmt.save(_gru(np.full((1, 2, 3), 5.0, "f4")), tmp_path / "b.statefmt")
+    result = CliRunner().invoke(main, ["diff", str(tmp_path / "a.statefmt"), str(tmp_path / "b.statefmt"),
+                                       "--atol", "nan"])
+    _no_traceback(result)
+    assert result.exit_code != 0, result.output
+    assert "equal" not in result.stdout
+
+
+# ---- limits that are not symmetric ------------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="load and read accept file:// URLs, save treats one as a relative path "
+                                       "and raises FileNotFoundError (_container.write: file:// not stripped)")
+def test_save_accepts_the_file_url_that_load_accepts(tmp_path):
+    url = f"file://{tmp_path}/f.statefmt"
+    states = _gru(np.ones((1, 2, 3), "f4"), ["a", "b"])
+    statefmt.save(states, url)
+    assert statefmt.load(url).stream_ids == ("a", "b")
+    assert (tmp_path / "f.statefmt").is_file()
+
+
+@pytest.mark.xfail(strict=True, reason="validate(StateSet) passes a lone-surrogate stream id that save then "
+                                       "refuses: in-memory validate skips the id checks (api.validate)")
+def test_in_memory_validate_refuses_what_save_refuses(tmp_path):
+    states = _gru(np.zeros((1, 1, 3), "f4"), ["\ud800"])
+    with pytest.raises(StateFormatError):
+        statefmt.save(states, tmp_path / "x.statefmt")  # save refuses it ...
+    with pytest.raises(StateFormatError):
+        statefmt.validate(states)  # ... so validate, which promises save's checks, must too
+
+
+@pytest.mark.xfail(strict=True, reason="save silently ignores storage_options for a local path, which load "
+                                       "refuses ('apply to URLs only'): a typo'd URL writes locally")
+def test_save_refuses_storage_options_on_a_local_path_as_load_does(tmp_path):
+    path = tmp_path / "so.statefmt"
+    with pytest.raises(StateFormatError):
+        statefmt.save(_gru(np.zeros((1, 1, 3), "f4")), path, storage_options={"anon": True})
+    assert not path.exists()
+
+
+# ---- CLI output and tracebacks ----------------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="inspect --json prints Infinity (not JSON) for a valid, finite float64 "
+                                       "state whose mean/std overflow (report.describe: float stats unguarded)")
+def test_inspect_json_is_valid_json_for_a_finite_float64_state(tmp_path):
+    path = tmp_path / "big.statefmt"
+    statefmt.save(_gru(np.full((1, 2, 3), 1e308, "f8")), path)
+    statefmt.validate(path)  # a valid, finite file
+    result = CliRunner().invoke(main, ["inspect", "--json", str(path)])
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    json.loads(result.stdout, parse_constant=refuse)  # RFC 8259 has no NaN or Infinity
+
+
+# ---- the store --------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_store(tmp_path):
+    pytest.importorskip("lance")
+    from statefmt import store
+
+    return store.create(str(tmp_path / "st.lance"), StateSignature([LayerSignature("gru", 4, name="layer0")],
+                                                                   dtype="float32"))
+
+
+def _rows(ids: list[str], dtype: str = "f4") -> StateSet:
+    h = (np.arange(len(ids) * 4, dtype=np.float64).reshape(1, len(ids), 4) / 7).astype(dtype)
+    return _gru(h, ids, name="layer0")
+
+
+@pytest.mark.xfail(strict=True, reason="put of a big-endian float32 state raises pyarrow's "
+                                       "ArrowNotImplementedError, not a StateError (store._column: pa.array)")
+def test_store_put_big_endian_is_stored_or_refused_cleanly(small_store):
+    states = _rows(["a", "b"], ">f4")
+    try:
+        small_store.put(states)
+    except StateError:
+        return  # a clear refusal is acceptable; a raw Arrow error is not
+    np.testing.assert_array_equal(small_store.get(["a", "b"])[0]["h"], states[0]["h"].astype("<f4"))
+
+
+@pytest.mark.xfail(strict=True, reason="put with a lone-surrogate stream id raises UnicodeEncodeError, not a "
+                                       "StateError naming the id (store._table: pa.array(ids) unguarded)")
+def test_store_put_lone_surrogate_id_is_a_state_error(small_store):
+    with pytest.raises(StateError):
+        small_store.put(_rows(["ok", "\ud800"]))
+    assert len(small_store) == 0
+
+
+@pytest.mark.xfail(strict=True, reason="store.open(version=-1) raises OverflowError from Lance, not a "
+                                       "StateFormatError naming the URL (store.open: version unchecked)")
+def test_store_open_negative_version_is_a_state_error(small_store):
+    from statefmt import store
+
+    with pytest.raises(StateFormatError):
+        store.open(small_store.url, version=-1)
+
+
+@pytest.mark.xfail(strict=True, reason="a put of >= INDEX_LAG_ROWS rows commits twice (upsert, then an index "
+                                       "fold): put returns one version, the handle and versions() show another")
+def test_store_put_is_one_version(small_store):
+    before = len(small_store.versions())
+    version = small_store.put(_rows([f"n{i}" for i in range(10_000)]))
+    assert small_store.version == version
+    assert len(small_store.versions()) == before + 1
+
+
+@pytest.mark.xfail(strict=True, reason="store compact --cleanup-older-than nan ends in a ValueError traceback "
+                                       "after compacting (store_cli.compact: FloatRange accepts nan)")
+def test_store_compact_cleanup_nan_is_a_usage_error(small_store):
+    result = CliRunner().invoke(main, ["store", "compact", small_store.url, "--cleanup-older-than", "nan"])
+    _no_traceback(result)
+    assert result.exit_code == 2, result.output
