@@ -232,3 +232,22 @@ def test_an_overflowing_number_in_the_document_is_refused(tmp_path):
     save_file(load_file(str(base)), str(hostile), metadata={"statefmt": document, "statefmt_checksum": checksum})
     with pytest.raises(StateFormatError):
         statefmt.validate(hostile)
+
+
+@pytest.mark.xfail(strict=True, reason="versions() returns Lance's naive local-time timestamps; `store versions` "
+                                       "labels them UTC (help) and --json drops the offset: hours off outside UTC")
+def test_store_versions_timestamps_are_utc_whatever_the_local_zone(small_store):
+    import os
+    import subprocess
+    import sys
+    from datetime import datetime, timezone
+
+    before = datetime.now(timezone.utc)
+    code = ("import json, sys; from click.testing import CliRunner; from statefmt.cli import main; "
+            "r = CliRunner().invoke(main, ['store', 'versions', sys.argv[1], '--json']); print(r.stdout)")
+    done = subprocess.run([sys.executable, "-c", code, small_store.url], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "TZ": "Asia/Tokyo"}, check=True)  # UTC+9, no daylight saving
+    stamps = [datetime.fromisoformat(v["timestamp"]) for v in json.loads(done.stdout)["versions"]]
+    for stamp in stamps:
+        utc = stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)  # the help says UTC
+        assert abs((utc - before).total_seconds()) < 600, (stamp, before)
