@@ -288,7 +288,7 @@ def test_store_get_lone_surrogate_id_is_the_callers_mismatch(small_store):
                                        "torch.initial_state raises torch's ValueError, not a StateError")
 def test_torch_initial_state_from_a_big_endian_state():
     torch = pytest.importorskip("torch")
-    from adapters import torch as st
+    st = pytest.importorskip("statefmt.adapters.torch")
 
     expected = np.linspace(-1, 1, 6, dtype=np.float32).reshape(1, 2, 3)
     states = _gru(expected.astype(">f4"))
