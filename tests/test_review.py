@@ -297,3 +297,36 @@ def test_torch_initial_state_from_a_big_endian_state():
     except StateError:
         return  # refused with a clear error: acceptable
     np.testing.assert_array_equal(h0.numpy(), expected)
+
+
+@pytest.mark.xfail(strict=True, reason="a FIFO in a store's _versions (or data) folder blocks store.open and "
+                                       "`statefmt store info` forever: Lance reads it; files are checked, stores not")
+def test_store_open_does_not_block_on_a_fifo_manifest(small_store):
+    import os
+    import threading
+
+    from statefmt import store
+
+    folder = os.path.join(small_store.url, "_versions")
+    manifest = min(name for name in os.listdir(folder) if name.endswith(".manifest"))  # Lance's latest
+    os.unlink(os.path.join(folder, manifest))
+    os.mkfifo(os.path.join(folder, manifest))
+    outcome: list[BaseException | None] = []
+
+    def opening() -> None:
+        try:
+            store.open(small_store.url)
+            outcome.append(None)
+        except BaseException as error:  # reported below
+            outcome.append(error)
+
+    thread = threading.Thread(target=opening, daemon=True)
+    thread.start()
+    thread.join(1.5)
+    hung = thread.is_alive()
+    if hung:  # unblock the reader: a writer that opens and closes the FIFO gives it end-of-file
+        descriptor = os.open(os.path.join(folder, manifest), os.O_WRONLY | os.O_NONBLOCK)
+        os.close(descriptor)
+        thread.join(10)
+    assert not hung, "store.open blocked on a FIFO"
+    assert outcome and isinstance(outcome[0], StateFormatError), outcome
