@@ -362,3 +362,15 @@ def test_killed_upload_leaves_no_file_in_tmpdir(s3_bucket, tmp_path):
         child.wait(10)
     leftovers = [path for path in scratch.rglob("*") if path.is_file()]
     assert not leftovers, f"{sum(p.stat().st_size for p in leftovers)} bytes left in {leftovers}"
+
+
+@pytest.mark.xfail(strict=True, reason="upgrade(local, url, storage_options=...) applies the URL's options to the "
+                                       "local source too, which refuses them: a local file cannot be upgraded to S3")
+def test_upgrade_a_local_file_into_object_storage(s3_bucket, tmp_path):
+    server, bucket = s3_bucket
+    local, url = tmp_path / "old.statefmt", f"s3://{bucket}/new.statefmt"
+    expected = np.linspace(0, 1, 6, dtype=np.float32).reshape(1, 2, 3)
+    statefmt.save(_gru(expected, ["a", "b"]), local)
+    statefmt.upgrade(local, url, storage_options=server.fsspec_options)
+    got = statefmt.load(url, storage_options=server.fsspec_options)
+    np.testing.assert_array_equal(got[0]["h"], expected)
