@@ -430,3 +430,11 @@ def test_store_create_on_memory_url_is_a_state_error_or_works():
         return  # refusing a scheme Lance cannot reopen is a fix
     created.put(_rows(["a"]))
     assert created.get(["a"]).stream_ids == ("a",)
+
+
+@pytest.mark.xfail(strict=True, reason="load(streams=1.5) raises TypeError ('float' object is not iterable), not "
+                                       "a StateMismatchError naming the bad key (api._read_rows_v2: list(streams))")
+def test_a_non_iterable_streams_argument_is_a_state_error(tmp_path):
+    statefmt.save(_gru(np.zeros((1, 3, 2), "f4"), ["a", "b", "c"]), tmp_path / "s.statefmt")
+    with pytest.raises(StateError):
+        statefmt.load(tmp_path / "s.statefmt", streams=1.5)
