@@ -472,3 +472,21 @@ def test_store_put_survives_another_writers_temporaries(small_store):
         thread.join(5)
     assert not failures, failures[:3]
     assert len(small_store) == 15
+
+
+@pytest.mark.xfail(strict=True, reason="`statefmt upgrade` rewrites a newer 2.y file as 2.0 in place, dropping the "
+                                       "fields 2.0 does not know (future_field): upgrade only 1.x, leave 2.x alone")
+def test_upgrade_in_place_keeps_a_newer_minor_files_fields(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    vector = Path(__file__).parent.parent / "spec" / "vectors" / "future_minor.statefmt"
+    path = tmp_path / "future.statefmt"
+    shutil.copyfile(vector, path)
+    result = CliRunner().invoke(main, ["upgrade", str(path)])
+    _no_traceback(result)
+    with safe_open(str(path), "np") as file:
+        document = json.loads(file.metadata()["statefmt"])
+    assert document["format_version"] == "2.7" and "future_field" in document, document
