@@ -166,6 +166,20 @@ def test_get_refuses_repeated_and_non_string_ids(fleet):
     with pytest.raises(StateMismatchError, match="non-empty string"):
         fleet.get(["a", 3])
     assert fleet.get([]).batch_size == 0
+    with pytest.raises(StateMismatchError, match="at most 1024 bytes"):
+        fleet.get(["x" * 5000])
+    with pytest.raises(StateMismatchError, match="at most 1024 bytes"):
+        fleet.put(states_for(["ok", "é" * 600], seed=2))  # 1,200 bytes in UTF-8
+
+
+def test_a_handle_sees_its_own_writes_and_others_after_refresh(fleet):
+    other = store.open(fleet.url)
+    version = fleet.put(states_for(["a"], seed=1))
+    assert "a" in fleet and "a" not in other and other.version < version
+    assert other.refresh() >= version and "a" in other
+    newest = fleet.put(states_for(["c"], seed=3))  # `other` is stale again
+    assert other.put(states_for(["b"], seed=2)) > newest  # it commits on the latest version, losing nothing
+    assert store.open(fleet.url).snapshot().stream_ids == ("a", "b", "c")
 
 
 def test_a_bad_put_names_every_problem_and_writes_nothing(fleet):
