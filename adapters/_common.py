@@ -80,13 +80,13 @@ def fit(states: StateSet, signature: StateSignature, *, strict: bool = False, br
         problems.append("broadcast=True needs a batch size, and the target fixes none: "
                         "pass batch_size=N to start N streams")
     if problems:
-        raise StateMismatchError(problems)
+        raise StateMismatchError(problems, source=states.file)
     if not broadcast or states.batch_size == signature.batch_size:
         return states
     size = signature.batch_size
     layers = [layer.with_arrays(**{s: np.broadcast_to(layer[s], (layer.directions, size, layer[s].shape[2]))
                                    for s in layer.state_names}) for layer in states.layers]
-    return StateSet(layers, metadata=states.metadata)
+    return StateSet(layers, metadata=states.metadata, file=states.file)
 
 
 def fit_weights(weights: WeightSet, signature: WeightSignature, problems: Iterable[str] = ()) -> WeightSet:
@@ -108,7 +108,7 @@ def fit_weights(weights: WeightSet, signature: WeightSignature, problems: Iterab
                                 "weights holding them would poison every output")
     problems += signature.check(weights)
     if problems:
-        raise StateMismatchError(problems)
+        raise StateMismatchError(problems, source=weights.file)
     return weights
 
 

@@ -30,7 +30,7 @@ from statefmt import (
     WeightSet,
     WeightSignature,
 )
-from statefmt.cells import ACTIVATIONS, CELLS
+from statefmt.cells import CELLS
 
 from ._common import fit, fit_weights, prefixed, require, source_metadata
 
@@ -314,7 +314,7 @@ class _Layer:
         for setting, function in self._functions(self.cells[0]):
             if _activation_name(function) is None:
                 problems.append(f"{self.where}: {setting}: {_function_name(function)} has no neutral name; the "
-                                f"neutral layout knows {', '.join(f'{n} ({_JAX_NAMES[n]})' for n in ACTIVATIONS)}")
+                                f"neutral layout knows {', '.join(f'{n} ({f})' for n, f in _JAX_NAMES.items())}")
         return problems
 
     def check_reverse(self) -> list[str]:
@@ -346,8 +346,10 @@ class _Layer:
         input_size = int(np.shape(self._params(tree, 0)[self.input_names[0]][0])[0])
         functions = {setting: _activation_name(function) or _function_name(function)
                      for setting, function in self._functions(self.cells[0])}
-        advice = {f"{setting}={name}": f"build the cell with {_FLAX_SETTINGS[setting]}={_JAX_NAMES[name]}"
-                  for setting in functions for name in ACTIVATIONS}
+        advice = {f"{setting}={name}": f"build the cell with {_FLAX_SETTINGS[setting]}={function}"
+                  for setting in functions for name, function in _JAX_NAMES.items()}
+        advice.update({setting: f"JAX has no {{value}} function statefmt knows: load them into Keras, whose layers "
+                                f"take {setting}={{value}}" for setting in functions})
         advice.update({
             "proj_units": "Flax cells have no projection of h: load them into a PyTorch LSTM with "
                           "proj_size={value}, or use weights without P",
@@ -360,7 +362,7 @@ class _Layer:
         return LayerWeightSignature(
             self.kind, self.units, input_size, self.directions, None, self.name,
             activation=functions["activation"], recurrent_activation=functions.get("recurrent_activation", "sigmoid"),
-            activations=tuple(ACTIVATIONS), recurrent_activations=tuple(ACTIVATIONS),
+            activations=tuple(_JAX_NAMES), recurrent_activations=tuple(_JAX_NAMES),
             candidate_bias=not (self.kind == "gru" and self.hidden_names == ("dense_h",)), advice=advice)
 
     def import_weights(self, weights: LayerWeights, tree) -> None:
@@ -440,7 +442,7 @@ def _stack(pieces):
 
 _FLAX_SETTINGS = {"activation": "activation_fn", "recurrent_activation": "gate_fn"}
 _JAX_NAMES = {"tanh": "jax.numpy.tanh", "sigmoid": "jax.nn.sigmoid", "relu": "jax.nn.relu",
-              "hard_sigmoid": "jax.nn.hard_sigmoid"}
+              "hard_sigmoid": "jax.nn.hard_sigmoid"}  # statefmt.cells.ACTIVATIONS that JAX names (not "linear")
 
 
 def _activation_name(function) -> str | None:

@@ -3,8 +3,10 @@
 Keras keeps one recurrent layer per `LSTM`, `GRU` or `SimpleRNN` (or `RNN` over their cells),
 and `Bidirectional` wraps two of them. A run with `return_state=True` returns `[output, h, c]`
 (`[output, fwd_h, fwd_c, bwd_h, bwd_c]` for a Bidirectional) and `initial_state=` takes the
-states in that order. A `stateful=True` layer keeps its states in the variables `layer.states`,
-which `model.save()` does not persist: `export` reads them, `load_into` assigns them.
+states in that order. An `RNN(StackedRNNCells([...]))` holds one neutral layer per cell, named
+"rnn/cell"; its `return_state` and `initial_state=` take one such list per cell. A
+`stateful=True` layer keeps its states in the variables `layer.states`, which `model.save()`
+does not persist: `export` reads them, `load_into` assigns them.
 
 A target is one of those layers or a model; a model's recurrent layers are found in order,
 nested models included (named "outer/inner"). Only `keras.ops` is used, so every backend
@@ -34,7 +36,8 @@ from statefmt.cells import ACTIVATIONS, FRAMEWORK_GATE_ORDER, STATE_NAMES, gate_
 
 from ._common import deprecated, fit, fit_weights, prefixed, require, source_metadata
 
-_SUPPORTED = "LSTM, GRU or SimpleRNN (or RNN of an LSTMCell, GRUCell or SimpleRNNCell), or a Bidirectional of one"
+_SUPPORTED = ("LSTM, GRU or SimpleRNN (or RNN of an LSTMCell, GRUCell or SimpleRNNCell, or of StackedRNNCells of "
+              "them), or a Bidirectional of one")
 
 
 def signature(target: Any, *, name: str | None = None) -> StateSignature:
@@ -69,10 +72,10 @@ def export(source: Any, state: Any = None, *, name: str | None = None) -> StateS
         if problems:
             raise StateError(problems)
         tensors = [[variable.value for variable in layer.variables()] for layer in layers]
-    elif _is_model(source) and len(layers) > 1:
+    elif len(layers) > 1:  # a model, or an RNN(StackedRNNCells), with several recurrent layers
         if not isinstance(state, (list, tuple)) or len(state) != len(layers):
             found = f"{len(state)} entries" if isinstance(state, (list, tuple)) else type(state).__name__
-            raise StateMismatchError(f"state: the model has {len(layers)} recurrent layers and takes a list of "
+            raise StateMismatchError(f"state: {source.name!r} has {len(layers)} recurrent layers and takes a list of "
                                      f"{len(layers)} entries (one layer's return_state tensors each), found {found}")
         tensors = list(state)
     elif (_is_model(source) and isinstance(state, (list, tuple)) and len(state) == 1
@@ -199,7 +202,10 @@ def _layers(target) -> list[_Layer]:
     found = []
 
     def visit(layer, name):
-        if isinstance(layer, recurrent):
+        if isinstance(layer, keras.layers.RNN) and isinstance(layer.cell, keras.layers.StackedRNNCells):
+            for slot, cell in enumerate(layer.cell.cells):  # one neutral layer per cell, in order
+                found.append(_Layer.of(len(found), f"{name}/{cell.name}", layer, slot))
+        elif isinstance(layer, recurrent):
             found.append(_Layer.of(len(found), name, layer))
         elif isinstance(layer, keras.Model):  # Sequential, functional or subclassed: its layers in order
             for inner in layer.layers:
@@ -220,39 +226,52 @@ def _layers(target) -> list[_Layer]:
     return found
 
 
-class _Layer:
-    """One recurrent layer of a target: its RNNs (forward, then backward for a Bidirectional)."""
+def _cell(rnn, slot):
+    """An RNN's cell, or cell `slot` of its StackedRNNCells."""
+    cell = getattr(rnn, "cell", rnn)
+    return cell if slot is None else cell.cells[slot]
 
-    def __init__(self, index, name, kind, rnns):
-        self.index, self.name, self.kind, self.rnns = index, name, kind, rnns
+
+class _Layer:
+    """One recurrent layer of a target: its RNNs (forward, then backward for a Bidirectional), and for an
+    `RNN(StackedRNNCells)` which of its cells (`slot`): each cell of a stack is a neutral layer of its own."""
+
+    def __init__(self, index, name, kind, rnns, slot=None):
+        self.index, self.name, self.kind, self.rnns, self.slot = index, name, kind, rnns, slot
         self.where = f"layer {index} {name!r}"
-        self.cells = [rnn.cell for rnn in rnns]
+        self.cells = [_cell(rnn, slot) for rnn in rnns]
         self.units = self.cells[0].units
         self.directions = len(rnns)
         self.stateful = rnns[0].stateful
         built = self.stateful and rnns[0].states is not None
-        self.batch_size = int(rnns[0].states[0].shape[0]) if built else None
+        variables = self.variables() if built else []
+        self.batch_size = int(variables[0].shape[0]) if built else None
         # the dtype the layer keeps its state in: its state variables', else its compute dtype (a name)
-        self.dtype = rnns[0].states[0].dtype if built else rnns[0].compute_dtype
+        self.dtype = variables[0].dtype if built else rnns[0].compute_dtype
 
     @classmethod
-    def of(cls, index, name, layer) -> _Layer:
+    def of(cls, index, name, layer, slot=None) -> _Layer:
         keras = require("keras", "keras")
         kinds = {keras.layers.LSTMCell: "lstm", keras.layers.GRUCell: "gru", keras.layers.SimpleRNNCell: "rnn"}
         bidirectional = isinstance(layer, keras.layers.Bidirectional)
         rnns = (layer.forward_layer, layer.backward_layer) if bidirectional else (layer,)
-        found = [next((kind for k, kind in kinds.items() if isinstance(getattr(rnn, "cell", None), k)), None)
-                 for rnn in rnns]
         where = f"layer {index} {name!r}"
+        if bidirectional and any(isinstance(getattr(rnn, "cell", None), keras.layers.StackedRNNCells) for rnn in rnns):
+            raise StateMismatchError(f"{where}: a Bidirectional of RNN(StackedRNNCells) has no neutral layout yet; "
+                                     "stack Bidirectional layers instead, one per cell")
+        cells = [_cell(rnn, slot) for rnn in rnns]
+        found = [next((kind for k, kind in kinds.items() if isinstance(cell, k)), None) for cell in cells]
         if None in found or len(set(found)) > 1:
-            cells = " and ".join(type(getattr(rnn, "cell", rnn)).__name__ for rnn in rnns)
-            raise StateMismatchError(f"{where}: {type(layer).__name__} of {cells} has no neutral layout; statefmt "
-                                     f"maps an {_SUPPORTED}, with the same cell both ways")
+            names = " and ".join(type(cell).__name__ for cell in cells)
+            both = ", with the same cell both ways" if bidirectional else ""
+            what = f"RNN(StackedRNNCells) cell {slot}, a {names}," if slot is not None else \
+                f"{type(layer).__name__} of {names}"
+            raise StateMismatchError(f"{where}: {what} has no neutral layout; statefmt maps an {_SUPPORTED}{both}")
         if bidirectional and len({rnn.cell.units for rnn in rnns}) > 1:
             raise StateMismatchError(f"{where}: the forward and backward layers differ in units "
                                      f"({rnns[0].cell.units} vs {rnns[1].cell.units}); the neutral layout stacks "
                                      "the directions of a layer, so build both with the same units")
-        return cls(index, name, found[0], rnns)
+        return cls(index, name, found[0], rnns, slot)
 
     @property
     def _names(self) -> tuple[str, ...]:
@@ -261,8 +280,10 @@ class _Layer:
     # states
 
     def variables(self) -> list:
-        """The state variables, forward then backward, in `return_state` order."""
-        return [variable for rnn in self.rnns for variable in rnn.states]
+        """The state variables, forward then backward, in `return_state` order (of this cell, in a stack)."""
+        tree = require("keras", "keras").tree
+        return [variable for rnn in self.rnns
+                for variable in tree.flatten(rnn.states if self.slot is None else rnn.states[self.slot])]
 
     def check_stateful(self, otherwise: str) -> list[str]:
         if not self.stateful:

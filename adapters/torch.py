@@ -30,6 +30,7 @@ from statefmt import (
     WeightSet,
     WeightSignature,
 )
+from statefmt.cells import ACTIVATIONS, CELLS
 
 from ._common import deprecated, fit, fit_weights, prefixed, require, source_metadata
 
@@ -266,16 +267,13 @@ class _Target:
         else:
             advice["proj_units"] = f"build nn.{module}(..., proj_size={{value}})"
             advice["proj_units=None"] = f"build the {kind} without proj_size"
-        if self.kind == "rnn":
-            activations = ("tanh", "relu")
-            advice.update({f"activation={a}": f"build nn.{module}(..., nonlinearity={a!r})" for a in activations})
-            advice["activation"] = ("load them into Keras SimpleRNN or a Flax SimpleCell, which take "
-                                    "activation={value}")
-        else:
-            activations = ()
-            for setting in ("activation", "recurrent_activation"):
-                advice[setting] = (f"PyTorch's {module} has no such setting: load them into Keras or Flax, whose "
-                                   f"{kind} takes {setting}={{value}}")
+        activations: tuple[str, ...] = ("tanh", "relu") if self.kind == "rnn" else ()
+        for setting in CELLS[self.kind].settings:
+            for value in ACTIVATIONS:  # where each activation PyTorch cannot compute is computed
+                elsewhere = "Keras or Flax" if value != "linear" else "Keras"
+                advice[f"{setting}={value}"] = (
+                    f"build nn.{module}(..., nonlinearity={value!r})" if value in activations else
+                    f"PyTorch's {module} cannot: load them into {elsewhere}, whose {kind} takes {setting}={value}")
         return LayerWeightSignature(
             self.kind, self.units, int(self.params(k, 0)["W"].shape[1]), self.directions, self.proj, _name(None, k),
             activation=self.activation, activations=activations,

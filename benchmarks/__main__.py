@@ -169,8 +169,8 @@ def scale(directory: str) -> dict[str, float]:
         saved = time.perf_counter() - start
         del layers, ids
         probe = [f"sensor-{(count * 7) // 9 + i:08d}" for i in range(REPEAT * 4)]
-        by_id = best(lambda: statefmt.load(path, streams=[probe.pop()]), repeat=REPEAT * 4)
-        by_index = best(lambda: statefmt.load(path, streams=[count // 3]), repeat=REPEAT * 4)
+        by_id = best(lambda path=path, probe=probe: statefmt.load(path, streams=[probe.pop()]), repeat=REPEAT * 4)
+        by_index = best(lambda path=path, count=count: statefmt.load(path, streams=[count // 3]), repeat=REPEAT * 4)
         results[str(count)] = by_id
         base = results[str(SCALE[0])]
         row(f"{count:>10,} streams: by id", by_id, peer=base, note=f"vs 10^3, target <= 2.00x; by index "

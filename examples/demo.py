@@ -34,7 +34,8 @@ def series(length: int) -> np.ndarray:
     t = np.arange(length)[None, :]
     period = np.array([17.0, 23.0, 31.0, 41.0])[:, None]
     phase = rng.uniform(0, 2 * np.pi, (STREAMS, 1))
-    return (np.sin(2 * np.pi * t / period + phase) + 0.05 * rng.standard_normal((STREAMS, length)))[..., None].astype("float32")
+    noisy = np.sin(2 * np.pi * t / period + phase) + 0.05 * rng.standard_normal((STREAMS, length))
+    return noisy[..., None].astype("float32")
 
 
 def train_keras(data: np.ndarray):

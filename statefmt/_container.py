@@ -240,11 +240,11 @@ class BlockReader:
         dtype = info.dtype
         result = np.empty(info.nbytes // dtype.itemsize, dtype) if keep else None
         chunk = CHUNK_BLOCKS * self.block_bytes
-        scratch = None if keep else np.empty(min(chunk, info.nbytes), np.uint8)
+        scratch = np.empty(0 if keep else min(chunk, info.nbytes), np.uint8)
         first, nonfinite = self.first_block[key], 0
         for offset in range(0, info.nbytes, chunk):
             size = min(chunk, info.nbytes - offset)
-            part = result.view(np.uint8)[offset:offset + size] if result is not None else scratch[:size]
+            part = scratch[:size] if result is None else result.view(np.uint8)[offset:offset + size]
             self.container.source.read_into(info.start + offset, part)
             for start in range(0, size, self.block_bytes):
                 index = first + (offset + start) // self.block_bytes
@@ -338,6 +338,8 @@ def _write_payload(fd: int, arrays: Sequence[tuple[str, np.ndarray]], offsets: M
     writer = _Writer(fd) if threaded else None
     nonfinite, index = [], 0
     try:
+        if writer:
+            writer.begin()
         for key, array in arrays:
             raw = array.reshape(-1).view(np.uint8)
             found = 0
@@ -373,11 +375,15 @@ class _Writer(threading.Thread):
 
     def __init__(self, fd: int):
         super().__init__(name="statefmt-writer", daemon=True)
-        self._fd = os.dup(fd)
+        self._caller_fd, self._fd = fd, -1
         self._work: queue.Queue[tuple[np.ndarray, int, int] | None] = queue.Queue()
         self._free: queue.Queue[np.ndarray] = queue.Queue()
         self._made = 0
         self._error: BaseException | None = None
+
+    def begin(self) -> None:
+        """Start writing; inside the caller's `try`, so that `close()` always runs after it."""
+        self._fd = os.dup(self._caller_fd)
         self.start()
 
     def buffer(self, size: int) -> np.ndarray:
@@ -411,9 +417,13 @@ class _Writer(threading.Thread):
             os.close(self._fd)
 
     def close(self) -> None:
-        """Wait for every chunk, and raise what stopped the writes (a full disk, say)."""
+        """Wait for every chunk, and raise what stopped the writes (a full disk, say). However `begin`
+        ended (Ctrl-C while the thread started, say), no thread and no descriptor outlive this."""
         self._work.put(None)
-        self.join()
+        if self._started.wait(timeout=1.0):  # type: ignore[attr-defined]  # Thread's own start event  # launched, if only just: it closes its descriptor itself
+            self.join()
+        elif self._fd >= 0:
+            os.close(self._fd)
         self._raise()
 
     def _raise(self) -> None:

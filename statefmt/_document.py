@@ -85,6 +85,7 @@ class LayerEntry:
     def shapes(self, batch_size: int | None) -> dict[str, tuple[int, ...]]:
         """Each tensor of the layer, in the spec's order, with its shape."""
         d, units, h_units = self.directions, self.units, self.h_units
+        shapes: dict[str, tuple[int, ...]]
         if batch_size is not None:
             shapes = {"h": (d, batch_size, h_units)}
             if self.kind == "lstm":
@@ -212,13 +213,14 @@ class Document:
                                      entry["proj_units"], entry["dtype"], **weights,
                                      checksums=entry.get("checksums") if major == "1" else None))
         ids = document.get("stream_ids")
+        v2 = major == "2"  # a 1.x document may hold keys of 2.x's names, which a 1.x reader ignores
         return cls(
             format_version=document["format_version"], content=document["content"], layers=tuple(layers),
             batch_size=document.get("batch_size"),
-            stream_ids=ids is True,
-            block_bytes=document.get("block_bytes", BLOCK_BYTES),
-            checksum_blocks=tuple(document.get("checksum_blocks", ())),
-            ids_v1=tuple(ids) if isinstance(ids, list) else None,
+            stream_ids=v2 and ids is True,
+            block_bytes=document["block_bytes"] if v2 else BLOCK_BYTES,
+            checksum_blocks=tuple(document["checksum_blocks"]) if v2 else (),
+            ids_v1=tuple(ids) if not v2 and isinstance(ids, list) else None,
             **{key: document[key] for key in DESCRIPTIVE_FIELDS if key in document},
         )
 
@@ -242,7 +244,16 @@ def strict_json(text: str | bytes) -> Any:
         message = str(error) if isinstance(error, StateFormatError) else f"not valid JSON ({error})"
         raise StateFormatError(message[:300]) from None
     check_depth(value)
+    if _SURROGATE_ESCAPE.search(text if isinstance(text, str) else text.decode("utf-8", "replace")):
+        try:  # a pair is one character; a lone surrogate is no Unicode text at all (I-JSON forbids it)
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise StateFormatError("a JSON string holds a lone surrogate (\\ud800 to \\udfff): not Unicode "
+                                   "text") from None
     return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -284,7 +295,8 @@ def _short(value: Any) -> str:
 def schema(major: str = "2") -> dict[str, Any]:
     """The JSON Schema of a document of this major version (statefmt.schema.json is 2.x)."""
     name = "statefmt.schema.json" if major == "2" else "statefmt.schema.v1.json"
-    return json.loads((Path(__file__).parent / name).read_text())
+    loaded: dict[str, Any] = json.loads((Path(__file__).parent / name).read_text())
+    return loaded
 
 
 @lru_cache(maxsize=2)
@@ -356,10 +368,10 @@ def _conforms(value: Any, rules: dict[str, Any] | bool, root: dict[str, Any] | N
     where an integer is expected), so a schema change never weakens the check; jsonschema then
     decides, and it alone writes the messages for a document that fails.
     """
-    root = rules if root is None else root
     if isinstance(rules, bool):
         return rules
-    return all(_keyword_holds(value, keyword, rule, rules, root) for keyword, rule in rules.items())
+    top = rules if root is None else root
+    return all(_keyword_holds(value, keyword, rule, rules, top) for keyword, rule in rules.items())
 
 
 def _keyword_holds(value: Any, keyword: str, rule: Any, rules: dict[str, Any], root: dict[str, Any]) -> bool:
@@ -395,14 +407,14 @@ def _keyword_holds(value: Any, keyword: str, rule: Any, rules: dict[str, Any], r
         if keyword == "items":
             return all(_conforms(item, rule, root) for item in value)
         if keyword != "uniqueItems":
-            return len(value) >= rule if keyword == "minItems" else len(value) <= rule
+            return bool(len(value) >= rule if keyword == "minItems" else len(value) <= rule)
         if rule and not set(map(type, value)) <= {str}:
             raise _Undecided(keyword)
-        return not rule or len(set(value)) == len(value)
+        return bool(not rule or len(set(value)) == len(value))
     if isinstance(value, str) and keyword in ("minLength", "pattern"):
-        return len(value) >= rule if keyword == "minLength" else re.search(rule, value) is not None
+        return bool(len(value) >= rule if keyword == "minLength" else re.search(rule, value) is not None)
     if _is_type(value, "number") and keyword in ("minimum", "maximum"):
-        return value >= rule if keyword == "minimum" else value <= rule
+        return bool(value >= rule if keyword == "minimum" else value <= rule)
     if keyword in _TYPED_KEYWORDS:
         return True
     raise _Undecided(keyword)
@@ -421,7 +433,7 @@ def _is_type(value: Any, name: str) -> bool:
 def _equal(value: Any, candidate: Any) -> bool:
     if any(isinstance(x, (float, dict, list)) for x in (value, candidate)):
         raise _Undecided("enum")  # 1 == 1.0 in JSON Schema; containers are not compared here
-    return type(value) is type(candidate) and value == candidate
+    return type(value) is type(candidate) and bool(value == candidate)
 
 
 # --- step 6: what the schema cannot say ------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .errors import StateFormatError
@@ -11,20 +13,21 @@ SAFETENSORS_CODES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "fl
 DTYPE_NAMES = tuple(SAFETENSORS_CODES)
 
 
-def numpy_dtype(name: str) -> np.dtype:
+def numpy_dtype(name: str) -> np.dtype[Any]:
     """The numpy dtype for a metadata dtype name."""
     if name == "bfloat16":
         import ml_dtypes  # a numpy add-on, loaded only for bfloat16
 
-        return np.dtype(ml_dtypes.bfloat16)
+        bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+        return bfloat16
     if name not in SAFETENSORS_CODES:
         raise StateFormatError(f"unsupported dtype {name!r}; expected one of {', '.join(DTYPE_NAMES)}")
     return np.dtype(name)
 
 
-def dtype_name(dtype) -> str:
+def dtype_name(dtype: Any) -> str:
     """The metadata name of a numpy dtype; `StateFormatError` for any other dtype."""
-    name = np.dtype(dtype).name  # ml_dtypes registers its dtype's name as "bfloat16"
+    name: str = np.dtype(dtype).name  # ml_dtypes registers its dtype's name as "bfloat16"
     if name not in SAFETENSORS_CODES:
         raise StateFormatError(f"unsupported dtype {name}; expected one of {', '.join(DTYPE_NAMES)}")
     return name

@@ -63,7 +63,7 @@ class LocalSource:
         return out
 
     def read_into(self, start: int, buffer: np.ndarray) -> None:
-        view = memoryview(buffer.reshape(-1).view(np.uint8))
+        view = memoryview(buffer.reshape(-1).view(np.uint8).data)
         done = 0
         while done < len(view):
             count = os.preadv(self._fd, [view[done:]], start + done)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -60,36 +61,38 @@ def save(data: StateSet | WeightSet, target: Target, *, metadata: Mapping[str, A
     if unknown:
         raise StateFormatError(f"unknown metadata fields {unknown}; free-form data belongs under 'user'", source=source)
     is_state = isinstance(data, StateSet)
-    entries = tuple(_entry(layer) for layer in data.layers)
+    layers: Sequence[LayerState | LayerWeights] = data.layers
+    entries = tuple(_entry(layer) for layer in layers)
     tensors: list[tuple[str, np.ndarray]] = []
-    for index, layer in enumerate(data.layers):
+    for index, layer in enumerate(layers):
         tensors += [(f"layers.{index}.{name}", layer[name]) for name in _tensor_names(layer)]
-    stream_ids = is_state and data.stream_ids is not None
-    if stream_ids:
+    ids = data.stream_ids if isinstance(data, StateSet) else None
+    stream_ids = ids is not None
+    if ids is not None:
         try:
-            index_tensors = _streams.build(data.stream_ids or ())
+            index_tensors = _streams.build(ids)
         except StateError as error:
             raise StateFormatError(error.problems, source=source) from None
         tensors += [(name, index_tensors[name]) for name in STREAM_TENSORS]
     base = Document(FORMAT_VERSION, "state" if is_state else "weights", entries,
-                    batch_size=data.batch_size if is_state else None, stream_ids=stream_ids, block_bytes=BLOCK_BYTES,
-                    **fields)
+                    batch_size=data.batch_size if isinstance(data, StateSet) else None, stream_ids=stream_ids,
+                    block_bytes=BLOCK_BYTES, **fields)
     _check_written_document(base, source)  # refuse before writing a byte what a reader would refuse
-    wheres = [f"layer {i} {layer.name!r}: {name}" for i, layer in enumerate(data.layers)
+    wheres = [f"layer {i} {layer.name!r}: {name}" for i, layer in enumerate(layers)
               for name in _tensor_names(layer)]
 
     def finish(checksum_blocks: list[str], nonfinite: list[int]) -> dict[str, str]:
         _refuse_nonfinite(is_state, [(where, count) for where, count in zip(wheres, nonfinite) if count], source)
-        document = Document(**{**base.__dict__, "checksum_blocks": tuple(checksum_blocks)})
-        return metadata_entries(document.text())
+        return metadata_entries(dataclasses.replace(base, checksum_blocks=tuple(checksum_blocks)).text())
 
     _container.write(target, tensors, BLOCK_BYTES, finish, durable=durable, storage_options=storage_options)
 
 
 def _check_written_document(document: Document, source: str) -> None:
+    """The reader's checks 2 to 6, on the document about to be written (its checksums still unknown)."""
     try:
-        text = Document(**{**document.__dict__, "checksum_blocks": (CHECKSUM_PREFIX + "0" * 16,)}).text()
-    except (TypeError, ValueError) as error:
+        text = dataclasses.replace(document, checksum_blocks=(CHECKSUM_PREFIX + "0" * 16,)).text()
+    except (TypeError, ValueError) as error:  # json.dumps: NaN, or a value JSON cannot hold
         if isinstance(error, StateError):
             raise StateFormatError(error.problems, source=source) from None
         raise StateFormatError(f"the metadata cannot be stored as JSON: {error}", source=source) from None
@@ -99,7 +102,7 @@ def _check_written_document(document: Document, source: str) -> None:
         raise StateFormatError(error.problems, source=source) from None
 
 
-def read(target: Target, *, streams: StreamKeys | None = None, verify: bool = True,
+def read(target: Target, *, streams: StreamKeys | None = None, verify: bool = True, finite: bool = True,
          storage_options: Mapping[str, Any] | None = None) -> StateSet | WeightSet:
     """Whatever a file holds: a StateSet or a WeightSet, checked; `StateFormatError` names what is wrong.
 
@@ -108,8 +111,10 @@ def read(target: Target, *, streams: StreamKeys | None = None, verify: bool = Tr
     `streams` picks batch rows by stream id or index and reads only their bytes (and, in a 2.x
     file, a few index entries): a constant number of range reads however large the file. Every
     byte handed out is verified against its block checksum (`verify=False` skips that).
+    `finite=False` hands out NaN and Inf instead of refusing them, to look at a poisoned state
+    (`statefmt inspect` does); never feed such a state to a model.
     """
-    return _read(target, streams=streams, verify=verify, storage_options=storage_options)
+    return _read(target, streams=streams, verify=verify, finite=finite, storage_options=storage_options)
 
 
 def load(target: Target, *, streams: StreamKeys | None = None, verify: bool = True,
@@ -145,8 +150,9 @@ def validate(target: Target | StateSet | WeightSet, *, against: StateSignature |
     index is checked too, which `load(streams=...)` cannot do.
     """
     if isinstance(target, (StateSet, WeightSet)):
+        layers: Sequence[LayerState | LayerWeights] = target.layers
         counts = [(f"layer {i} {layer.name!r}: {name}", count)
-                  for i, layer in enumerate(target.layers) for name in _tensor_names(layer)
+                  for i, layer in enumerate(layers) for name in _tensor_names(layer)
                   if (count := _container.count_nonfinite(np.asarray(layer[name])))]
         _refuse_nonfinite(isinstance(target, StateSet), counts, None)
         shape: StateSet | WeightSet | _Shape = target
@@ -185,8 +191,7 @@ def upgrade(source: Target, out: Target | None = None, *, storage_options: Mappi
     >>> upgrade("old.statefmt")  # doctest: +SKIP
     """
     data = _read(source, streams=None, verify=True, storage_options=storage_options)
-    save(data, source if out is None else out, metadata={"created_by": data.metadata.get("created_by")}
-         if data.metadata.get("created_by") else None, storage_options=storage_options)
+    save(data, source if out is None else out, storage_options=storage_options)
 
 
 # --- reading --------------------------------------------------------------------------------------------------------
@@ -215,7 +220,7 @@ def _opened(target: Target, storage_options: Mapping[str, Any] | None
 def _tensor_problems(document: Document, tensors: Mapping[str, _container.TensorInfo]) -> list[str]:
     """Every disagreement between the document and the tensors the header holds (step 7)."""
     problems = []
-    expected = {}
+    expected: dict[str, tuple[str, tuple[int, ...] | None, str]] = {}
     for index, layer in enumerate(document.layers):
         for name, shape in layer.shapes(document.batch_size if document.is_state else None).items():
             expected[f"layers.{index}.{name}"] = (dtype_code(layer.dtype), shape, f"layer {index} {layer.name!r}: "
@@ -228,16 +233,15 @@ def _tensor_problems(document: Document, tensors: Mapping[str, _container.Tensor
                              "stream_ids.offsets": ("U64", (n + 1,), "stream_ids.offsets"),
                              "stream_ids.index": ("U64", (n, 2), "stream_ids.index"),
                              "stream_ids.buckets": ("U64", (2 ** _streams.bucket_bits(n) + 1,), "stream_ids.buckets")})
-    for key, (code, shape, where) in expected.items():
+    for key, (code, wanted, where) in expected.items():
         if key not in tensors:
             problems.append(f"{where}: tensor `{key}` is missing")
             continue
         info = tensors[key]
-        found_shape = info.shape
-        ndim_ok = shape is not None or len(found_shape) == 1
-        if info.code != code or (shape is not None and found_shape != shape) or not ndim_ok:
-            want = f"{list(shape) if shape is not None else '[n]'} {_container._CODES.get(code, code)}"
-            problems.append(f"{where}: expected {want}, tensor `{key}` is {list(found_shape)} "
+        ndim_ok = wanted is not None or len(info.shape) == 1
+        if info.code != code or (wanted is not None and info.shape != wanted) or not ndim_ok:
+            want = f"{list(wanted) if wanted is not None else '[n]'} {_container._CODES.get(code, code)}"
+            problems.append(f"{where}: expected {want}, tensor `{key}` is {list(info.shape)} "
                             f"{_container._CODES.get(info.code, info.code)}")
     extra = sorted(set(tensors) - set(expected))
     if extra:
@@ -274,9 +278,9 @@ def _read(target: Target, *, streams: StreamKeys | None, verify: bool, finite: b
         if finite:
             _refuse_nonfinite(document, list(_nonfinite(document, arrays)), name)
         try:
-            return _build(document, arrays, ids)
-        except StateError as error:
-            raise StateFormatError(error.problems, source=name) from None
+            return _build(document, arrays, ids, name)
+        except StateError as error:  # what only the layers can say: a 1.x activation outside 2.x's list
+            raise fail(6, error.problems, name) from None
 
 
 def _nonfinite(document: Document, arrays: Mapping[str, np.ndarray]) -> Iterator[tuple[str, int]]:
@@ -302,7 +306,7 @@ def _read_v1(container: _container.Container, document: Document,
             for offset in range(0, raw.size, step):
                 part = raw[offset:offset + step]
                 container.source.read_into(info.start + offset, part)
-                digest.update(part)
+                digest.update(part.data)
             if verify and CHECKSUM_PREFIX + digest.hexdigest() != expected:
                 problems.append(f"layer {index} {layer.name!r}: {name}: checksum mismatch, the tensor data is corrupt")
             arrays[key] = array
@@ -314,16 +318,15 @@ def _read_v1(container: _container.Container, document: Document,
 def _read_v2(reader: _container.BlockReader, document: Document,
              verify: bool) -> tuple[dict[str, np.ndarray], list[str] | None]:
     checksums = reader.checksums_all() if verify else None
-    arrays = {}
+    arrays: dict[str, np.ndarray] = {}
     keys = [key for key, _, _ in document.tensors()] + (list(STREAM_TENSORS) if document.stream_ids else [])
     for key in keys:
+        info = reader.container.tensors[key]
         if checksums is None:
-            info = reader.container.tensors[key]
-            array = np.empty(info.shape, info.dtype)
-            reader.container.source.read_into(info.start, array)
+            arrays[key] = np.empty(info.shape, info.dtype)
+            reader.container.source.read_into(info.start, arrays[key])
         else:
-            array, _ = reader.read_tensor(key, checksums)
-        arrays[key] = array
+            arrays[key] = _whole(reader, key, checksums)
     ids = None
     if document.stream_ids:
         try:
@@ -331,6 +334,12 @@ def _read_v2(reader: _container.BlockReader, document: Document,
         except StateError as error:
             raise fail(10, error.problems, reader.container.source.name) from None
     return arrays, ids
+
+
+def _whole(reader: _container.BlockReader, key: str, checksums: np.ndarray) -> np.ndarray:
+    array, _ = reader.read_tensor(key, checksums)
+    assert array is not None  # kept: read_tensor returns None only with keep=False
+    return array
 
 
 def _check_all(container: _container.Container, reader: _container.BlockReader | None, document: Document) -> None:
@@ -348,7 +357,7 @@ def _check_all(container: _container.Container, reader: _container.BlockReader |
                 if count:
                     counts.append((f"layer {index} {layer.name!r}: {tensor}", count))
         if document.stream_ids:
-            index_tensors = {key: reader.read_tensor(key, checksums)[0] for key in STREAM_TENSORS}
+            index_tensors = {key: _whole(reader, key, checksums) for key in STREAM_TENSORS}
             try:
                 _streams.checked_ids(index_tensors, document.batch_size or 0)
             except StateError as error:
@@ -457,7 +466,8 @@ def _ids_of_rows(reader: _container.BlockReader, rows: Sequence[int]) -> list[st
         raise fail(10, "stream_ids.bytes: a stream id is not valid UTF-8", reader.container.source.name) from None
 
 
-def _build(document: Document, arrays: Mapping[str, np.ndarray], ids: Sequence[str] | None) -> StateSet | WeightSet:
+def _build(document: Document, arrays: Mapping[str, np.ndarray], ids: Sequence[str] | None,
+           file: str) -> StateSet | WeightSet:
     layers: list[Any] = []
     for index, entry in enumerate(document.layers):
         names = entry.shapes(document.batch_size if document.is_state else None)
@@ -469,8 +479,8 @@ def _build(document: Document, arrays: Mapping[str, np.ndarray], ids: Sequence[s
                                        recurrent_activation=entry.recurrent_activation or "sigmoid",
                                        linear_before_reset=entry.linear_before_reset is not False))
     if not document.is_state:
-        return WeightSet(layers, metadata=document.fields)
-    return StateSet(layers, stream_ids=ids, metadata=document.fields)
+        return WeightSet(layers, metadata=document.fields, file=file)
+    return StateSet(layers, stream_ids=ids, metadata=document.fields, file=file)
 
 
 def _tensor_names(layer: LayerState | LayerWeights) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from . import _files, api, report
+from . import _files, api, report, store_cli
 from .errors import StateError
 from .report import printable
 from .signature import StateSignature
@@ -112,7 +112,7 @@ def inspect(ctx: click.Context, file: str, as_json: bool) -> None:
     A state holding NaN or Inf is shown, with exit code 1.
     """
     with _reporting(ctx):
-        summary = report.describe(api._read(file, streams=None, verify=True, finite=False))
+        summary = report.describe(api.read(file, finite=False))
         if as_json:
             click.echo(json.dumps({"file": file, **summary}, indent=2))
         else:
@@ -174,5 +174,4 @@ def upgrade(ctx: click.Context, file: str, output: str | None) -> None:
         _echo(f"{output or file}: written as format {api.FORMAT_VERSION}")
 
 
-from .store_cli import store as _store  # noqa: E402  (imports click only; the store loads Lance when run)
-main.add_command(_store)
+main.add_command(store_cli.store)  # imports click only; the store loads Lance when a store command runs

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from .api import _tensor_names
-from .states import StateSet
-from .weights import WeightSet
+from .states import LayerState, StateSet
+from .weights import LayerWeights, WeightSet
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
@@ -24,7 +25,8 @@ def printable(text: str) -> str:
 def describe(data: StateSet | WeightSet) -> dict[str, Any]:
     """Layers, shapes, dtypes and per-tensor statistics (min, max, mean, std, non-finite count)."""
     layers = []
-    for layer in data.layers:
+    each: Sequence[LayerState | LayerWeights] = data.layers
+    for layer in each:
         tensors = {}
         for name in _tensor_names(layer):
             array = np.asarray(layer[name], dtype=np.float64)
@@ -35,7 +37,7 @@ def describe(data: StateSet | WeightSet) -> dict[str, Any]:
             tensors[name] = stats
         entry = {"name": layer.name, "kind": layer.kind, "units": layer.units, "directions": layer.directions,
                  "proj_units": layer.proj_units, "dtype": layer.dtype, "tensors": tensors}
-        if isinstance(data, WeightSet):
+        if isinstance(layer, LayerWeights):
             entry["input_size"] = layer.input_size
         layers.append(entry)
     summary: dict[str, Any] = {"content": "state" if isinstance(data, StateSet) else "weights"}
@@ -50,20 +52,23 @@ def compare(a: StateSet | WeightSet, b: StateSet | WeightSet, *, atol: float = 0
     if type(a) is not type(b):
         return [f"content: {describe(a)['content']} vs {describe(b)['content']}"]
     differences = []
-    if isinstance(a, StateSet):
-        if a.batch_size != b.batch_size:
+    batches_differ = isinstance(a, StateSet) and isinstance(b, StateSet) and a.batch_size != b.batch_size
+    if isinstance(a, StateSet) and isinstance(b, StateSet):
+        if batches_differ:
             differences.append(f"batch size: {a.batch_size} vs {b.batch_size}")
         if a.stream_ids != b.stream_ids:
             differences.append("stream_ids differ")
     if len(a.layers) != len(b.layers):
         differences.append(f"layer count: {len(a.layers)} vs {len(b.layers)}")
     fields = ("name", "kind", "units", "directions", "proj_units", "dtype")
-    for index, (x, y) in enumerate(zip(a.layers, b.layers)):
+    left_layers: Sequence[LayerState | LayerWeights] = a.layers
+    right_layers: Sequence[LayerState | LayerWeights] = b.layers
+    for index, (x, y) in enumerate(zip(left_layers, right_layers)):
         where = f"layer {index} {x.name!r}"
         structural = [f"{where}: {f}: {getattr(x, f)} vs {getattr(y, f)}" for f in fields
                       if getattr(x, f) != getattr(y, f)]
         differences += structural
-        if structural or (isinstance(a, StateSet) and a.batch_size != b.batch_size):
+        if structural or batches_differ:
             continue
         for name in _tensor_names(x):
             left, right = np.asarray(x[name], np.float64), np.asarray(y[name], np.float64)

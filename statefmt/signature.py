@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -23,8 +23,8 @@ from .weights import LayerWeights, WeightSet
 SIGNATURE_VERSION = "1.0"
 
 
-def _refuse(where: str, name: str, expected: str, value: object) -> None:
-    raise StateFormatError(f"{where}{name}: expected {expected}, found {value!r} (a {type(value).__name__})")
+def _refuse(where: str, name: str, expected: str, value: object) -> NoReturn:
+    raise StateFormatError(f"{where}{name}: expected {expected}, found {value!r} ({type(value).__name__})")
 
 
 def _whole(value: object) -> bool:
@@ -164,7 +164,7 @@ class StateSignature:
             _refuse("signature ", "layers", "a list", entries)
         known = {f.name for f in fields(LayerSignature)}
         layers = []
-        for index, entry in enumerate(entries):  # type: ignore[union-attr]
+        for index, entry in enumerate(entries):
             where = f"signature layer {index}: "
             if not isinstance(entry, dict):
                 _refuse(where, "entry", "an object", entry)

@@ -113,7 +113,8 @@ class StateSet:
     >>> states.rows(["b"]).batch_size
     1
 
-    `metadata` holds the optional descriptive fields of the file: `source`, `created_by`, `user`.
+    `metadata` holds the optional descriptive fields of the file: `source`, `created_by`, `user`;
+    `file` is the file it was read from (None in memory), which a mismatch error names.
     """
 
     def __init__(
@@ -122,6 +123,7 @@ class StateSet:
         *,
         stream_ids: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
+        file: str | None = None,
     ) -> None:
         self.layers = tuple(layers)
         if not self.layers:
@@ -142,6 +144,7 @@ class StateSet:
                 raise StateFormatError("stream_ids: every stream id must be a string")
         self.stream_ids: tuple[str, ...] | None = ids
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self.file = file  # the file (or URL) it was read from, which errors about it name
 
     @property
     def batch_size(self) -> int:
@@ -163,19 +166,19 @@ class StateSet:
         """
         keys = [names_or_indices] if isinstance(names_or_indices, (str, int)) else list(names_or_indices)
         return StateSet([self.layers[layer_index(self.layers, key)] for key in keys], stream_ids=self.stream_ids,
-                        metadata=self.metadata)
+                        metadata=self.metadata, file=self.file)
 
     def rows(self, ids_or_indices: str | int | Iterable[str | int]) -> StateSet:
         """The batch rows given by stream id or by index, in the order given."""
         rows = resolve_rows(ids_or_indices, self.batch_size, self.stream_ids)
         stream_ids = None if self.stream_ids is None else [self.stream_ids[row] for row in rows]
         layers = [layer.with_arrays(**{s: layer[s][:, rows] for s in layer.state_names}) for layer in self.layers]
-        return StateSet(layers, stream_ids=stream_ids, metadata=self.metadata)
+        return StateSet(layers, stream_ids=stream_ids, metadata=self.metadata, file=self.file)
 
     def with_stream_ids(self, stream_ids: Sequence[str] | None) -> StateSet:
         """The same state with one id per batch row, so a later `load(path, streams=[id])` or
         `rows([id])` can pick a stream by name (adapters export rows by position only)."""
-        return StateSet(self.layers, stream_ids=stream_ids, metadata=self.metadata)
+        return StateSet(self.layers, stream_ids=stream_ids, metadata=self.metadata, file=self.file)
 
     def __repr__(self) -> str:
         body = ", ".join(repr(layer) for layer in self.layers)
@@ -207,7 +210,8 @@ def refuse_duplicate_names(layers: Iterable[_Named]) -> None:
         raise StateFormatError(f"duplicate layer names: {', '.join(map(repr, duplicates))}; names must be unique")
 
 
-def resolve_rows(ids_or_indices: object, batch_size: int, stream_ids: Sequence[str] | None) -> list[int]:
+def resolve_rows(ids_or_indices: str | int | Iterable[str | int], batch_size: int,
+                 stream_ids: Sequence[str] | None) -> list[int]:
     """Batch row indices for stream ids or indices; refuses unknown ids, out-of-range and repeated rows."""
     keys = [ids_or_indices] if isinstance(ids_or_indices, (str, int, np.integer)) else list(ids_or_indices)
     rows = []

@@ -144,12 +144,14 @@ class LayerWeights:
 class WeightSet:
     """The recurrent weights of a model, layers in order from input to output."""
 
-    def __init__(self, layers: Iterable[LayerWeights], *, metadata: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, layers: Iterable[LayerWeights], *, metadata: Mapping[str, Any] | None = None,
+                 file: str | None = None) -> None:
         self.layers = tuple(layers)
         if not self.layers:
             raise StateFormatError("a WeightSet needs at least one layer")
         refuse_duplicate_names(self.layers)
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self.file = file  # the file (or URL) it was read from, which errors about it name
 
     def __len__(self) -> int:
         return len(self.layers)

@@ -32,8 +32,8 @@ def make_states(dtype="float32", batch=4, stream_ids=True):
 
 
 def assert_same(a: StateSet, b: StateSet):
-    assert [(l.name, l.kind, l.units, l.proj_units, l.directions, l.dtype) for l in a.layers] == \
-           [(l.name, l.kind, l.units, l.proj_units, l.directions, l.dtype) for l in b.layers]
+    assert [(x.name, x.kind, x.units, x.proj_units, x.directions, x.dtype) for x in a.layers] == \
+           [(x.name, x.kind, x.units, x.proj_units, x.directions, x.dtype) for x in b.layers]
     assert a.stream_ids == b.stream_ids
     for x, y in zip(a.layers, b.layers):
         for name in x.state_names:
@@ -64,8 +64,8 @@ def test_plain_safetensors_readers_read_the_file(tmp_path):
     states = make_states()
     statefmt.save(states, tmp_path / "s.statefmt")
     tensors = load_file(tmp_path / "s.statefmt")
-    assert sorted(tensors) == ["checksums", "layers.0.c", "layers.0.h", "layers.1.h", "layers.2.h", "stream_ids.buckets",
-                               "stream_ids.bytes", "stream_ids.index", "stream_ids.offsets"]
+    assert sorted(tensors) == ["checksums", "layers.0.c", "layers.0.h", "layers.1.h", "layers.2.h",
+                               "stream_ids.buckets", "stream_ids.bytes", "stream_ids.index", "stream_ids.offsets"]
     np.testing.assert_array_equal(tensors["layers.1.h"], states["dec/gru 1"]["h"])
 
 
@@ -112,7 +112,7 @@ def test_stream_ids_added_to_an_exported_state(tmp_path):
 def test_select_layers():
     states = make_states()
     picked = states.select(["head", 0])
-    assert [l.name for l in picked.layers] == ["head", "enc"] and picked.stream_ids == states.stream_ids
+    assert [x.name for x in picked.layers] == ["head", "enc"] and picked.stream_ids == states.stream_ids
     assert states.select("dec/gru 1").layers == (states["dec/gru 1"],)
     with pytest.raises(statefmt.StateMismatchError, match="no layer named 'x'; the layers are 'enc'"):
         states.select(["x"])
@@ -124,13 +124,15 @@ def test_select_layers():
     (lambda h: LayerState("a", "lstm", h=h), "an LSTM needs both h and c"),
     (lambda h: LayerState("a", "gru", h=h, c=h), "a GRU has h only"),
     (lambda h: LayerState("a", "mlp", h=h), "kind: expected one of lstm, gru, rnn, found 'mlp'"),
-    (lambda h: LayerState("a", "rnn", h=h[0]), r"expected shape \[directions \(1 or 2\), batch, units\], found \[2, 3\]"),
+    (lambda h: LayerState("a", "rnn", h=h[0]),
+     r"expected shape \[directions \(1 or 2\), batch, units\], found \[2, 3\]"),
     (lambda h: LayerState("a", "rnn", h=h.astype("int32")), "unsupported dtype int32"),
     (lambda h: LayerState("", "rnn", h=h), "non-empty string"),
     (lambda h: LayerState("a", "lstm", h=np.zeros((1, 2, 4), "float32"), c=h), "h is wider than c"),
     (lambda h: StateSet([LayerState("a", "rnn", h=h), LayerState("a", "rnn", h=h)]), "duplicate layer names: 'a'"),
     (lambda h: StateSet([LayerState("a", "rnn", h=h), LayerState("b", "rnn", h=h[:, :1])]), "disagree on batch size"),
-    (lambda h: StateSet([LayerState("a", "rnn", h=h)], stream_ids=["x", "x"]), "2 unique strings, found 2 \\(1 unique\\)"),
+    (lambda h: StateSet([LayerState("a", "rnn", h=h)], stream_ids=["x", "x"]),
+     "2 unique strings, found 2 \\(1 unique\\)"),
     (lambda h: StateSet([]), "at least one layer"),
 ])
 def test_malformed_in_memory_states(build, message):
@@ -163,7 +165,8 @@ def test_every_nan_pattern_is_refused_without_a_warning(dtype, bits):
 
 
 def test_unknown_metadata_field_is_refused(tmp_path):
-    with pytest.raises(statefmt.StateFormatError, match="unknown metadata fields \\['owner'\\]; free-form data belongs under 'user'"):
+    with pytest.raises(statefmt.StateFormatError,
+                       match="unknown metadata fields \\['owner'\\]; free-form data belongs under 'user'"):
         statefmt.save(make_states(), tmp_path / "s.statefmt", metadata={"owner": "me"})
 
 
@@ -209,7 +212,7 @@ def test_signature_json_round_trip():
     assert json.loads(signature.to_json())["statefmt_signature"] == "1.0"
     with pytest.raises(statefmt.StateFormatError, match="not a statefmt signature"):
         StateSignature.from_json("[1, 2]")
-    with pytest.raises(statefmt.StateFormatError, match="expected a 1.x version, found '2.0'"):
+    with pytest.raises(statefmt.StateFormatError, match=r"expected a 1\.x version, found '2\.0'"):
         StateSignature.from_json('{"statefmt_signature": "2.0", "layers": []}')
 
 
@@ -241,7 +244,8 @@ def test_weights_round_trip(tmp_path):
 def test_state_and_weights_files_are_told_apart(tmp_path):
     statefmt.save(make_weights(), tmp_path / "w.statefmt")
     statefmt.save(make_states(), tmp_path / "s.statefmt")
-    with pytest.raises(statefmt.StateFormatError, match="holds weights, not a state; read it with statefmt.load_weights"):
+    with pytest.raises(statefmt.StateFormatError,
+                       match=r"holds weights, not a state; read it with statefmt\.load_weights"):
         statefmt.load(tmp_path / "w.statefmt")
     with pytest.raises(statefmt.StateFormatError, match="holds a state, not weights"):
         statefmt.load_weights(tmp_path / "s.statefmt")

@@ -442,10 +442,7 @@ def _public_save():
 
 @pytest.mark.parametrize("layer", [
     _file_layer,
-    pytest.param(_public_save, marks=pytest.mark.xfail(
-        reason="statefmt._container._Writer: Ctrl-C inside Thread.start() (in _Writer.__init__, before the "
-               "try in _write_payload) leaves the writer thread waiting for work forever, holding a duplicate "
-               "of the temporary's descriptor and its reserved space", strict=False)),
+    _public_save,
 ], ids=["replace_atomically", "statefmt.save"])
 def test_ctrl_c_at_random_moments_of_a_save_leaves_nothing(tmp_path, layer):
     """SIGINT-like interrupts (SIGALRM raising KeyboardInterrupt) at random moments of a 4 MiB save."""

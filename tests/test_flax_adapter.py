@@ -62,8 +62,8 @@ class Model:
                 carry = self.target.initialize_carry(key, x[:, 0].shape)
                 self.variables = self.target.init(key, carry, x[:, 0])
             elif layout == "stack":
-                self.variables = [self.target[0].init(key, x),
-                                  self.target[1].init(jax.random.key(seed + 1), jnp.zeros((BATCH, STEPS, UNITS), dtype))]
+                second = jnp.zeros((BATCH, STEPS, UNITS), dtype)
+                self.variables = [self.target[0].init(key, x), self.target[1].init(jax.random.key(seed + 1), second)]
             else:
                 self.variables = self.target.init(key, x)
 
@@ -287,7 +287,7 @@ MISMATCHES = {
                    ["layer 1 'gru_1': directions: expected 2, found 1"]),
     "proj_units": (narrow_h, {}, ["layer 0 'lstm_0': proj_units: expected None, found 2"]),
     "batch size": (lambda s: s, {"batch_size": 5}, ["batch size: expected 5, found 3"]),
-    "dtype": (lambda s: StateSet([l.with_arrays(**{n: l[n].astype("float16") for n in l.state_names}) for l in s]),
+    "dtype": (lambda s: StateSet([x.with_arrays(**{n: x[n].astype("float16") for n in x.state_names}) for x in s]),
               {"strict": True}, ["layer 0 'lstm_0': dtype: expected float32, found float16",
                                  "layer 1 'gru_1': dtype: expected float32, found float16"]),
 }
@@ -440,7 +440,7 @@ def test_a_cell_without_neutral_layout_is_refused(api):
     cell = nn.MGUCell(UNITS) if api == "linen" else nnx.RNN(nnx.LSTMCell(INPUT, UNITS, rngs=nnx.Rngs(0)))
     if api == "nnx":  # NNX has no MGUCell here: a Bidirectional of different cells has no layout either
         cell = nnx.Bidirectional(cell, nnx.RNN(nnx.GRUCell(INPUT, UNITS, rngs=nnx.Rngs(1))))
-    with pytest.raises(StateMismatchError, match="layer 0: .* has no neutral layout; statefmt maps a LSTMCell"):
+    with pytest.raises(StateMismatchError, match=r"layer 0: .* has no neutral layout; statefmt maps a LSTMCell"):
         fa.signature(cell)
 
 
@@ -479,3 +479,60 @@ def test_old_names_and_positional_variables_work_one_more_release_with_a_warning
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(StateError, match="variables given more than once: pass variables= only"):
         fa.export_weights(linen.target, linen.variables, variables=linen.variables)
+
+
+# 7. Keras 3's hard_sigmoid is jax.nn.hard_sigmoid: weights from a Keras LSTM continue exactly in Flax
+
+@pytest.mark.parametrize("api", APIS)
+def test_keras_hard_sigmoid_lstm_continues_in_a_flax_cell_with_jax_hard_sigmoid(api, tmp_path):
+    keras = pytest.importorskip("keras")
+    from statefmt.adapters import keras as ka
+
+    keras.utils.set_random_seed(0)
+    layer = keras.layers.LSTM(UNITS, recurrent_activation="hard_sigmoid", return_sequences=True, return_state=True,
+                              bias_initializer=keras.initializers.RandomNormal(stddev=0.5))
+    x = inputs()
+    whole = keras.ops.convert_to_numpy(layer(x)[0])[:, SPLIT:]
+    _, *state = layer(x[:, :SPLIT])
+    statefmt.save(ka.export(layer, state), tmp_path / "s.statefmt")
+    statefmt.save(ka.export_weights(layer), tmp_path / "w.statefmt")
+    weights = statefmt.load_weights(tmp_path / "w.statefmt")
+    assert weights[0].recurrent_activation == "hard_sigmoid"
+
+    sigmoid = Model(api, "lstm", "rnn", seed=7)  # Flax's default gate_fn: refused, with advice that works
+    with pytest.raises(StateMismatchError) as error:
+        fa.import_weights(weights, sigmoid.target, variables=sigmoid.variables)
+    assert error.value.problems == [f"layer 0 {weights[0].name!r}: recurrent_activation: the weights use "
+                                    "hard_sigmoid, the target uses sigmoid; build the cell with "
+                                    "gate_fn=jax.nn.hard_sigmoid"]
+    target = Model(api, "lstm", "rnn", seed=7, gate_fn=jax.nn.hard_sigmoid)
+    loaded = fa.import_weights(weights, target.target, variables=target.variables)
+    target.variables = loaded if api == "linen" else None
+    _, continued = target.run(x[:, SPLIT:], fa.initial_state(statefmt.load(tmp_path / "s.statefmt"), target.target))
+    np.testing.assert_allclose(np.asarray(continued), whole, atol=1e-5, rtol=0)
+    zero = jax.tree_util.tree_map(jnp.zeros_like, fa.initial_state(statefmt.load(tmp_path / "s.statefmt"),
+                                                                    target.target))
+    _, cold = target.run(x[:, SPLIT:], zero)
+    assert np.max(np.abs(np.asarray(cold) - whole)) > 1e-3
+
+
+# 8. one API: a clear refusal for a mix-up, and name= as in every adapter
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_weight_set_is_not_a_state_and_a_state_is_not_weights(api):
+    m = model(api, "gru", "rnn")
+    weights = fa.export_weights(m.target, variables=m.variables)
+    with pytest.raises(StateMismatchError, match="expected a StateSet .*, found a WeightSet; weights go to an "
+                                                 r"adapter's import_weights\(weights, target\)"):
+        fa.initial_state(weights, m.target)
+    with pytest.raises(StateMismatchError, match="expected a WeightSet .*, found a StateSet; a state goes to an "
+                                                 r"adapter's initial_state\(states, target\)"):
+        fa.import_weights(random_states(m.target), m.target, variables=m.variables)
+
+
+def test_name_prefixes_every_layer_name():
+    m = model("nnx", "lstm", "stack")
+    carry, _ = m.run(inputs(), fa.initial_state(random_states(m.target), m.target))
+    assert [layer.name for layer in fa.signature(m.target, name="dec").layers] == ["dec/lstm_0", "dec/lstm_1"]
+    assert [layer.name for layer in fa.export(m.target, carry, name="dec")] == ["dec/lstm_0", "dec/lstm_1"]
+    assert [layer.name for layer in fa.export_weights(m.target, name="dec")] == ["dec/lstm_0", "dec/lstm_1"]

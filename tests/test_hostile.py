@@ -112,16 +112,17 @@ def _v1_with(tmp_path, change) -> Path:
     return path
 
 
-def test_a_lone_surrogate_stream_id_in_a_1_0_file_is_shown_escaped_and_refused_by_upgrade(tmp_path):
+def test_a_lone_surrogate_in_a_1_0_file_is_refused_as_no_unicode_text(tmp_path):
+    """I-JSON forbids lone surrogates: "\\ud800" decodes to no Unicode text, which no terminal, JSON
+    encoder or 2.0 writer can take. Refused at step 2, in one line, by every command."""
     path = _v1_with(tmp_path, lambda d: d.update(stream_ids=["\ud800", "ok"]))
-    assert statefmt.load(path).stream_ids == ("\ud800", "ok")
-    shown = statefmt_command("inspect", path)
-    assert shown.returncode == 0 and "\\ud800" in shown.stdout and "Traceback" not in shown.stderr
-    as_json = statefmt_command("inspect", "--json", path)
-    assert as_json.returncode == 0 and json.loads(as_json.stdout)["stream_ids"][0] == "\ud800"
-    upgraded = statefmt_command("upgrade", path, "-o", tmp_path / "v2.statefmt")
-    assert upgraded.returncode == 1 and "not valid Unicode text" in upgraded.stderr
-    assert not (tmp_path / "v2.statefmt").exists()
+    with pytest.raises(statefmt.StateFormatError, match="lone surrogate") as error:
+        statefmt.load(path)
+    assert (error.value.step, error.value.code) == (2, "metadata")
+    for command in (["inspect"], ["inspect", "--json"], ["validate"], ["upgrade"]):
+        result = statefmt_command(*command, path)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert len(result.stderr.splitlines()) == 1 and "lone surrogate" in result.stderr
 
 
 def test_a_float_batch_size_in_a_1_0_file_is_refused_before_any_row_read(tmp_path):

@@ -26,10 +26,11 @@ from hypothesis import strategies as st
 import statefmt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `fuzz/` sits at the root, beside `tests/`
-from fuzz.mutations import MUTATIONS, encode, giant_length, insert_bytes, mutate, seed_states, truncate, verdict
+from fuzz.mutations import MUTATIONS, giant_length, insert_bytes, mutate, truncate, verdict
+from fuzz.mutations import seeds as fuzz_seeds
 from statefmt import LayerState, StateFormatError, StateSet
-from statefmt.cli import main as cli
 from statefmt._document import metadata_entries
+from statefmt.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMP_SUFFIX = ".statefmt-tmp"
@@ -107,35 +108,42 @@ def test_a_pickle_named_safetensors_is_refused_and_runs_nothing(tmp_path, case):
 
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("seeds")
-    return [(states, encode(states, folder / "seed.statefmt")) for states in seed_states()]
+    """2.0 files saved by statefmt (two re-blocked to 4 KiB), the valid 2.0 vectors and the frozen 1.0 ones."""
+    return fuzz_seeds(tmp_path_factory.mktemp("seeds"))
 
 
-@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(choice=st.integers(0, 3), kind=st.sampled_from(sorted(MUTATIONS)), rnd=st.randoms(use_true_random=False))
+# derandomized: the fuzzer finds bugs that tests/test_fuzz_2.py holds as strict xfails until fixed, and a suite
+# run should not fail by chance on one of them; `python -m fuzz` is the place for fresh inputs
+@settings(max_examples=150, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(choice=st.integers(0, 19), kind=st.sampled_from(sorted(MUTATIONS)), rnd=st.randoms(use_true_random=False))
 def test_mutated_files_load_exactly_or_raise_state_format_error(seeds, tmp_path, choice, kind, rnd):
-    original, data = seeds[choice]
+    """read gives the seed's data (or what a re-sealed edit made) or a step-coded StateFormatError; validate
+    agrees; load(streams=...) gives exactly the rows asked for or a StateError (fuzz.mutations.verdict)."""
+    assert len(seeds) == 20
     path = tmp_path / "fuzzed.statefmt"
-    path.write_bytes(mutate(data, rnd, kind)[1])
-    assert verdict(path, original) in ("valid", "format_error")
+    mutant = mutate(seeds[choice], rnd, kind)
+    path.write_bytes(mutant.data)
+    assert verdict(path, mutant, rnd) in ("valid", "format_error")
 
 
 def test_fuzz_command_runs_and_reports():
     result = subprocess.run([sys.executable, "-m", "fuzz", "--inputs", "60", "--seed", "3"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.startswith("60 inputs in ")
+    assert result.stdout.startswith("60 inputs in ") and "v2.0/many_ids.statefmt" in result.stdout
     totals = ast.literal_eval(re.search(r"totals: (\{.*\})", result.stdout).group(1))
     assert sum(totals.values()) == 60 and set(totals) <= {"valid", "format_error"}
+    assert re.search(r"slowest input: \d+\.\d+ s", result.stdout) and "growth after" in result.stdout
 
 
 def test_coverage_guided_fuzzing_runs(tmp_path):
     pytest.importorskip("atheris")  # in the dev install on Linux x86-64
-    result = subprocess.run([sys.executable, "-m", "fuzz.coverage", "-runs=3000", "-seed=1"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "fuzz.coverage", "-runs=1000", "-seed=1"], cwd=ROOT,
                             env={**os.environ, "TMPDIR": str(tmp_path)},  # its scratch corpus lands here
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Done 3000 runs" in result.stderr
+    assert "Done 1000 runs" in result.stderr
 
 
 # --- crash safety ----------------------------------------------------------------------------------------------

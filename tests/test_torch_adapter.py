@@ -180,7 +180,7 @@ def test_no_copies_on_the_cpu(kind, case, dtype, tmp_path):
     for name, tensor in zip(loaded[0].state_names, tensors(injected)):
         assert tensor.data_ptr() == loaded[0][name].ctypes.data  # torch.from_numpy, no copy
     broadcast = ta.initial_state(loaded.rows([1]), m, broadcast=True, batch_size=5)
-    for name, tensor in zip(loaded[0].state_names, tensors(broadcast)):
+    for tensor in tensors(broadcast):
         assert tensor.shape[-2] == 5 and tensor.stride()[-2] == 0  # an expanded view, not 5 copies
         assert torch.equal(tensor[..., 4, :], tensor[..., 0, :])
 
@@ -312,7 +312,7 @@ def replace_layer(states, index, layer):
 
 
 def half(states):
-    return StateSet([l.with_arrays(**{n: l[n].astype("float16") for n in l.state_names}) for l in states])
+    return StateSet([x.with_arrays(**{n: x[n].astype("float16") for n in x.state_names}) for x in states])
 
 
 MISMATCHES = {
@@ -403,19 +403,24 @@ LOAD_REFUSALS = {
     "rnn unknown activation": (
         lambda: relabel(ta.export_weights(model("rnn", "cell")), activation="sigmoid"), ("rnn", "cell"),
         ["layer 0 'l0': activation: the weights use sigmoid, which the target cannot compute (it takes tanh or "
-         "relu only), so they do not map exactly; load them into Keras SimpleRNN or a Flax SimpleCell, which take "
-         "activation=sigmoid"]),
+         "relu only), so they do not map exactly; PyTorch's RNNCell cannot: load them into Keras or Flax, whose RNN "
+         "takes activation=sigmoid"]),
     "lstm activation": (
         lambda: relabel(ta.export_weights(model("lstm", "one")), activation="relu"), ("lstm", "one"),
         ["layer 0 'l0': activation: the weights use relu, which the target cannot compute (it takes tanh only), "
-         "so they do not map exactly; PyTorch's LSTM has no such setting: load them into Keras or Flax, whose "
-         "LSTM takes activation=relu"]),
+         "so they do not map exactly; PyTorch's LSTM cannot: load them into Keras or Flax, whose LSTM takes "
+         "activation=relu"]),
     "gru hard sigmoid": (
         lambda: relabel(ta.export_weights(model("gru", "cell")), recurrent_activation="hard_sigmoid"),
         ("gru", "cell"),
         ["layer 0 'l0': recurrent_activation: the weights use hard_sigmoid, which the target cannot compute (it "
-         "takes sigmoid only), so they do not map exactly; PyTorch's GRUCell has no such setting: load them into "
-         "Keras or Flax, whose GRU takes recurrent_activation=hard_sigmoid"]),
+         "takes sigmoid only), so they do not map exactly; PyTorch's GRUCell cannot: load them into Keras or Flax, "
+         "whose GRU takes recurrent_activation=hard_sigmoid"]),
+    "linear": (
+        lambda: relabel(ta.export_weights(model("rnn", "one")), activation="linear"), ("rnn", "one"),
+        ["layer 0 'l0': activation: the weights use linear, which the target cannot compute (it takes tanh or relu "
+         "only), so they do not map exactly; PyTorch's RNN cannot: load them into Keras, whose RNN takes "
+         "activation=linear"]),
     "reset before the matmul": (
         lambda: relabel(ta.export_weights(model("gru", "one")), linear_before_reset=False), ("gru", "one"),
         ["layer 0 'l0': linear_before_reset: the weights apply r before the recurrent matmul "
@@ -502,3 +507,56 @@ def test_load_weights_is_kept_one_release_and_returns_the_target():
     with pytest.warns(DeprecationWarning, match="load_weights is deprecated .* use import_weights"):
         assert ta.load_weights(ta.export_weights(source), target) is target
     assert all(torch.equal(a, b) for a, b in zip(source.parameters(), target.parameters()))
+
+
+def test_a_weight_set_is_not_a_state_and_a_state_is_not_weights():
+    m = model("lstm", "stack")
+    with pytest.raises(StateMismatchError, match="expected a StateSet .*, found a WeightSet; weights go to an "
+                                                 r"adapter's import_weights\(weights, target\)"):
+        ta.initial_state(ta.export_weights(m), m)
+    with pytest.raises(StateMismatchError, match="expected a WeightSet .*, found a StateSet; a state goes to an "
+                                                 r"adapter's initial_state\(states, target\)"):
+        ta.import_weights(random_states(m), m)
+
+
+def test_broadcast_is_a_flag_and_batch_size_says_how_many():
+    m = model("gru", "one")
+    one = random_states(m, batch=1)
+    with pytest.raises(StateMismatchError) as error:
+        ta.initial_state(one, m, broadcast=4)
+    assert str(error.value) == ("broadcast: expected True or False, found 4; to start N streams from a batch-1 state "
+                                "pass broadcast=True and batch_size=N (here broadcast=True, batch_size=4)")
+    assert ta.initial_state(one, m, broadcast=True, batch_size=4).shape == (1, 4, UNITS)
+    assert ta.initial_state(random_states(m, batch=4), m, batch_size=4).shape == (1, 4, UNITS)
+
+
+def test_a_mismatch_names_the_file_the_state_came_from(tmp_path):
+    m = model("gru", "stack")
+    path = tmp_path / "today.statefmt"
+    statefmt.save(random_states(m).select([0]), path)
+    loaded = statefmt.load(path)
+    assert loaded.file == str(path)
+    with pytest.raises(StateMismatchError) as error:
+        ta.initial_state(loaded, m)
+    assert str(error.value).startswith(f"{loaded.file}: layer count: expected 2, found 1")
+    weights = statefmt.load_weights(_saved(ta.export_weights(model("gru", "one")), tmp_path / "w.statefmt"))
+    with pytest.raises(StateMismatchError) as error:
+        ta.import_weights(weights, m)
+    assert str(error.value).startswith(f"{weights.file}: layer count: expected 2, found 1")
+
+
+def test_a_mismatch_names_the_file_a_set_records():
+    m = model("gru", "stack")
+    one = random_states(m).select([0])
+    with pytest.raises(StateMismatchError) as error:
+        ta.initial_state(StateSet(one.layers, file="today.statefmt").rows([0, 1]), m)
+    assert str(error.value).startswith("today.statefmt: layer count: expected 2, found 1")
+    weights = ta.export_weights(model("gru", "one"))
+    with pytest.raises(StateMismatchError) as error:
+        ta.import_weights(WeightSet(weights.layers, file="w.statefmt"), m)
+    assert str(error.value).startswith("w.statefmt: layer count: expected 2, found 1")
+
+
+def _saved(data, path):
+    statefmt.save(data, path)
+    return path

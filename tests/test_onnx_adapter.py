@@ -1,0 +1,578 @@
+"""The ONNX Runtime adapter against real exports: torch.onnx (both exporters), tf2onnx, and ONNX's own reference.
+
+Expected values come from the framework that trained the model (an uninterrupted PyTorch or
+Keras run) or from the numpy yardstick `reference.run`, never from the adapter under test.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import warnings
+from functools import cache
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pytest
+
+import statefmt
+from statefmt import LayerState, StateError, StateMismatchError, StateSet
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+
+import reference  # noqa: E402  (tests/reference.py, on the path from conftest)
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from statefmt.adapters import onnx as oa  # noqa: E402
+from statefmt.adapters import torch as ta  # noqa: E402
+
+BATCH, INPUT, UNITS, STEPS = 3, 5, 4, 6
+CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
+
+
+class Stack(torch.nn.Module):
+    """What a user exports: the recurrent module with its state as inputs and outputs."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x, *state):
+        lstm = isinstance(self.rnn, torch.nn.LSTM)
+        y, final = self.rnn(x, tuple(state) if lstm else state[0])
+        return (y, *final) if lstm else (y, final)
+
+
+@cache
+def exported(kind, layers=1, bidirectional=False, dynamo=False, seed=0, dynamic=True):
+    """(torch module, ONNX bytes) of a batch-first recurrent stack exported with its state as graph inputs."""
+    torch.manual_seed(seed)
+    rnn = CLASSES[kind](INPUT, UNITS, num_layers=layers, bidirectional=bidirectional, batch_first=True)
+    D = 2 if bidirectional else 1
+    names = ["h0", "c0"] if kind == "lstm" else ["h0"]
+    state = [torch.randn(D * layers, BATCH, UNITS) for _ in names]  # distinct tensors: aliases merge in dynamo
+    outputs = ["y", "hn", "cn"][:1 + len(names)]
+    axes = {"x": {0: "batch"}, **{n: {1: "batch"} for n in names + outputs[1:]}, "y": {0: "batch"}}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Stack(rnn), (torch.zeros(BATCH, STEPS, INPUT), *state), buffer, input_names=["x", *names],
+                          output_names=outputs, dynamo=dynamo, dynamic_axes=None if dynamo or not dynamic else axes)
+    return rnn, buffer.getvalue()
+
+
+def inputs(seed=0, batch=BATCH):
+    x = np.random.default_rng(seed).standard_normal((batch, 2 * STEPS, INPUT)).astype("float32")
+    return x[:, :STEPS], x[:, STEPS:], x
+
+
+def torch_run(rnn, x, state=None):
+    with torch.no_grad():
+        y, final = rnn(torch.from_numpy(x), state)
+    return y.numpy(), final
+
+
+def random_states(kind, layers, directions, batch=BATCH, seed=3):
+    rng = np.random.default_rng(seed)
+    names = ("h", "c") if kind == "lstm" else ("h",)
+    return StateSet([LayerState(f"l{k}", kind, **{s: rng.standard_normal((directions, batch, UNITS)).astype("float32")
+                                                  for s in names}) for k in range(layers)])
+
+
+# --- states through torch.onnx exports --------------------------------------------------------------
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_a_torch_lstm_continues_in_onnx_runtime(dynamo):
+    rnn, data = exported("lstm", layers=2, dynamo=dynamo)
+    session = ort.InferenceSession(data)
+    first, second, whole = inputs()
+    expected, _ = torch_run(rnn, whole)
+    _, state = torch_run(rnn, first)
+
+    sig = oa.signature(session)
+    assert [(layer.kind, layer.units, layer.directions) for layer in sig.layers] == [("lstm", UNITS, 1)] * 2
+    assert sig.dtype == "float32"
+    assert sig.batch_size == (BATCH if dynamo else None)  # the dynamo export fixes the example's batch
+    assert [(n.initial_h, n.initial_c, n.Y_h, n.Y_c) for n in oa.nodes(session)] == [(("h0",), ("c0",), ("hn",),
+                                                                                      ("cn",))] * 2
+    feeds = oa.initial_state(ta.export(rnn, state), session)
+    assert sorted(feeds) == ["c0", "h0"]
+    y, *_ = session.run(None, {"x": second, **feeds})
+    np.testing.assert_allclose(y, expected[:, STEPS:], atol=1e-5, rtol=0)
+    zero = {name: np.zeros_like(value) for name, value in feeds.items()}
+    y0, *_ = session.run(None, {"x": second, **zero})
+    assert np.max(np.abs(y0 - expected[:, STEPS:])) > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("layout", ["single", "stacked", "bidirectional"])
+def test_export_reads_what_torch_returned(kind, layout):
+    rnn, data = exported(kind, layers=2 if layout == "stacked" else 1, bidirectional=layout == "bidirectional")
+    session = ort.InferenceSession(data)
+    first, _, _ = inputs()
+    _, final = torch_run(rnn, first)
+    expected = ta.export(rnn, final)
+    outputs = session.run(None, {"x": first, **oa.initial_state(_zeros(rnn, kind), session)})
+    states = oa.export(session, outputs)
+    by_name = oa.export(session, dict(zip([o.name for o in session.get_outputs()], outputs)))
+    assert states.metadata["source"]["framework"] == "onnxruntime"
+    for got in (states, by_name):
+        assert [layer.kind for layer in got.layers] == [layer.kind for layer in expected.layers]
+        for mine, theirs in zip(got.layers, expected.layers):
+            for s in mine.state_names:
+                np.testing.assert_allclose(mine[s], theirs[s], atol=1e-6, rtol=0)
+
+
+def _zeros(rnn, kind):
+    D = 2 if rnn.bidirectional else 1
+    names = ("h", "c") if kind == "lstm" else ("h",)
+    return StateSet([LayerState(f"l{k}", kind, **{s: np.zeros((D, BATCH, UNITS), "float32") for s in names})
+                     for k in range(rnn.num_layers)])
+
+
+def test_a_state_round_trips_through_the_feeds_and_a_file(tmp_path):
+    """A saved state, fed to a bidirectional GRU, continues as the torch module does from it."""
+    rnn, data = exported("gru", bidirectional=True)
+    session = ort.InferenceSession(data)
+    states = random_states("gru", 1, 2)
+    statefmt.save(states, tmp_path / "s.statefmt")
+    feeds = oa.initial_state(statefmt.load(tmp_path / "s.statefmt"), session)
+    np.testing.assert_array_equal(feeds["h0"], states.layers[0]["h"])
+    _, second, _ = inputs()
+    y, hn = session.run(None, {"x": second, **feeds})
+    expected, final = torch_run(rnn, second, torch.from_numpy(states.layers[0]["h"]))
+    np.testing.assert_allclose(y, expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(oa.export(session, [y, hn]).layers[0]["h"], final.numpy(), atol=1e-5, rtol=0)
+
+
+def test_the_dynamo_exporter_writes_gru_linear_before_reset():
+    """pytorch#189225: the dynamo exporter once wrote linear_before_reset=0, a silent 14% error."""
+    rnn, data = exported("gru", bidirectional=True, dynamo=True)
+    assert [n.linear_before_reset for n in oa.nodes(data_model(data))] == [True]
+    assert oa.export_weights(data_model(data)).layers[0].linear_before_reset is True
+    session = ort.InferenceSession(data)
+    _, second, _ = inputs()
+    states = random_states("gru", 1, 2)
+    y, _ = session.run(None, {"x": second, **oa.initial_state(states, session)})
+    expected, _ = torch_run(rnn, second, torch.from_numpy(states.layers[0]["h"]))
+    np.testing.assert_allclose(y, expected, atol=1e-5, rtol=0)
+
+
+def test_the_dynamo_exporter_unrolls_rnn_and_the_adapter_says_what_works():
+    _, data = exported("rnn", dynamo=True)
+    with pytest.raises(StateMismatchError, match=r"no LSTM, GRU or RNN node.*dynamo=False"):
+        oa.signature(data_model(data))
+
+
+def data_model(data):
+    return onnx.load_from_string(data)
+
+
+def test_a_model_is_a_proto_a_path_or_a_session(tmp_path):
+    _, data = exported("lstm", layers=2)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data)
+    expected = oa.signature(data_model(data))
+    for model in (str(path), path, ort.InferenceSession(str(path)), ort.InferenceSession(data)):
+        assert oa.signature(model) == expected
+
+
+# --- weights ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("layout", ["stacked", "bidirectional"])
+def test_weights_port_both_ways_in_the_neutral_gate_order(kind, layout):
+    layers, bidirectional = (2, False) if layout == "stacked" else (1, True)
+    source, data = exported(kind, layers=layers, bidirectional=bidirectional, seed=0)
+    target, _ = exported(kind, layers=layers, bidirectional=bidirectional, seed=1)
+    mine = oa.export_weights(data_model(data))
+    theirs = ta.export_weights(source)
+    for a, b in zip(mine.layers, theirs.layers):
+        for key in ("W", "R", "Wb", "Rb"):
+            np.testing.assert_array_equal(a[key], b[key])
+    # torch weights of another module into the ONNX model: it now computes that module
+    model = oa.import_weights(ta.export_weights(target), data_model(data))
+    session = ort.InferenceSession(model.SerializeToString())
+    first, _, _ = inputs()
+    states = random_states(kind, layers, 2 if bidirectional else 1)
+    y, *_ = session.run(None, {"x": first, **oa.initial_state(states, session)})
+    expected, _ = torch_run(target, first, ta.initial_state(states, target))
+    np.testing.assert_allclose(y, expected, atol=1e-5, rtol=0)
+    assert np.max(np.abs(session.run(None, {"x": first, **oa.initial_state(states, data_model(data))})[0]
+                         - ort.InferenceSession(data).run(None, {"x": first, **oa.initial_state(
+                             states, data_model(data))})[0])) > 1e-3
+
+
+def test_import_weights_sets_the_math_the_weights_describe():
+    """GRU weights with linear_before_reset=False (Keras reset_after=False) and relu into a torch-exported GRU."""
+    _, data = exported("gru", layers=2)
+    rng = np.random.default_rng(5)
+    layers = []
+    for k, width in enumerate((INPUT, UNITS)):
+        arrays = {"W": rng.standard_normal((1, 3 * UNITS, width)), "R": rng.standard_normal((1, 3 * UNITS, UNITS)),
+                  "Wb": rng.standard_normal((1, 3 * UNITS)), "Rb": rng.standard_normal((1, 3 * UNITS))}
+        layers.append(statefmt.LayerWeights(f"g{k}", "gru", **{n: a.astype("float32") * 0.5 for n, a in arrays.items()},
+                                            activation="relu", linear_before_reset=False))
+    weights = statefmt.WeightSet(layers)
+    model = oa.import_weights(weights, data_model(data))
+    assert [n.linear_before_reset for n in oa.nodes(model)] == [False, False]
+    session = ort.InferenceSession(model.SerializeToString())
+    first, _, _ = inputs()
+    states = random_states("gru", 2, 1)
+    y, *_ = session.run(None, {"x": first, **oa.initial_state(states, session)})
+    expected, _ = reference.run(weights, first, states)
+    np.testing.assert_allclose(y, expected, atol=1e-4, rtol=0)
+    again = oa.export_weights(model)  # and the model's weights read back as they went in
+    assert [(layer.activation, layer.linear_before_reset) for layer in again.layers] == [("relu", False)] * 2
+    np.testing.assert_allclose(again.layers[1]["R"], weights.layers[1]["R"])
+
+
+def test_import_weights_refuses_what_does_not_fit_all_at_once():
+    _, data = exported("lstm", layers=2)
+    gru, _ = exported("gru")
+    with pytest.raises(StateMismatchError) as caught:
+        oa.import_weights(ta.export_weights(gru), data_model(data))
+    message = str(caught.value)
+    assert "layer count: expected 2, found 1" in message
+    assert "layer 0 'l0': kind: expected lstm, found gru" in message
+    projected = torch.nn.LSTM(INPUT, UNITS, proj_size=2)
+    with pytest.raises(StateMismatchError, match="ONNX's LSTM has no projection"):
+        oa.import_weights(ta.export_weights(projected), data_model(exported("lstm")[1]))
+
+
+def test_weight_signature_describes_each_node_and_takes_every_spec_activation():
+    from statefmt.cells import ACTIVATIONS
+
+    source, data = exported("gru", bidirectional=True)
+    sig = oa.weight_signature(data_model(data))
+    layer = sig.layers[0]
+    assert (layer.kind, layer.units, layer.input_size, layer.directions, layer.linear_before_reset) == (
+        "gru", UNITS, INPUT, 2, True)
+    assert set(layer.activations) == set(ACTIVATIONS) == set(layer.recurrent_activations)
+    assert sig.check(ta.export_weights(source)) == []
+    assert "input_size: expected 5, found 4" in " ".join(sig.check(ta.export_weights(
+        torch.nn.GRU(UNITS, UNITS, bidirectional=True))))
+
+
+@pytest.mark.parametrize("activation", ["linear", "hard_sigmoid", "relu", "sigmoid"])
+def test_every_spec_activation_runs_in_onnx_runtime(activation):
+    """Each activation the spec names, as the RNN's activation, against the numpy yardstick."""
+    rng = np.random.default_rng(9)
+    layer = statefmt.LayerWeights("r", "rnn", rng.standard_normal((1, UNITS, INPUT)).astype("float32") * 0.3,
+                                  rng.standard_normal((1, UNITS, UNITS)).astype("float32") * 0.3,
+                                  rng.standard_normal((1, UNITS)).astype("float32"),
+                                  np.zeros((1, UNITS), "float32"), activation=activation)
+    weights = statefmt.WeightSet([layer])
+    model = oa.to_onnx(weights)
+    assert oa.export_weights(model).layers[0].activation == activation
+    first, _, _ = inputs()
+    states = random_states("rnn", 1, 1)
+    y, _ = ort.InferenceSession(model.SerializeToString()).run(None, {"x": first, **oa.initial_state(states, model)})
+    if activation in reference.ACTIVATIONS:
+        np.testing.assert_allclose(y, reference.run(weights, first, states)[0], atol=1e-5, rtol=0)
+    else:  # the yardstick knows tanh, relu and sigmoid: check the step equations directly
+        expected, h = [], states.layers[0]["h"][0].astype("float64")
+        f = {"linear": lambda v: v, "hard_sigmoid": lambda v: np.clip(v / 6 + 0.5, 0, 1)}[activation]
+        for t in range(STEPS):
+            h = f(first[:, t] @ layer["W"][0].T + layer["Wb"][0] + h @ layer["R"][0].T)
+            expected.append(h)
+        np.testing.assert_allclose(y, np.stack(expected, axis=1), atol=1e-5, rtol=0)
+
+
+def test_name_prefixes_every_layer():
+    rnn, data = exported("lstm", layers=2)
+    session = ort.InferenceSession(data)
+    assert [layer.name for layer in oa.signature(session, name="enc").layers] == ["enc/l0", "enc/l1"]
+    assert [layer.name for layer in oa.export_weights(data_model(data), name="enc").layers] == ["enc/l0", "enc/l1"]
+    first, _, _ = inputs()
+    outputs = session.run(None, {"x": first, **oa.initial_state(_zeros(rnn, "lstm"), session)})
+    assert [layer.name for layer in oa.export(session, outputs, name="enc").layers] == ["enc/l0", "enc/l1"]
+
+
+def test_the_deprecated_load_weights_still_works():
+    source, data = exported("rnn")
+    with pytest.warns(DeprecationWarning, match="use import_weights"):
+        model = oa.load_weights(ta.export_weights(source), data_model(data))
+    np.testing.assert_array_equal(oa.export_weights(model).layers[0]["W"], ta.export_weights(source).layers[0]["W"])
+
+
+# --- to_onnx ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_to_onnx_runs_neutral_weights_with_named_state(kind):
+    rnn, _ = exported(kind, layers=2, seed=4)
+    weights = ta.export_weights(rnn)
+    model = oa.to_onnx(weights)
+    names = ["x"] + [f"l{k}.{s}0" for k in range(2) for s in (("h", "c") if kind == "lstm" else ("h",))]
+    assert [i.name for i in model.graph.input] == names
+    session = ort.InferenceSession(model.SerializeToString())
+    _, _, whole = inputs(batch=7)  # the batch is dynamic
+    states = random_states(kind, 2, 1, batch=7)
+    outputs = session.run(None, {"x": whole, **oa.initial_state(states, session)})
+    expected, final = torch_run(rnn, whole, ta.initial_state(states, rnn))
+    np.testing.assert_allclose(outputs[0], expected, atol=1e-5, rtol=0)
+    got = oa.export(session, outputs)
+    np.testing.assert_allclose(got.layers[1]["h"], ta.export(rnn, final).layers[1]["h"], atol=1e-5, rtol=0)
+
+
+def test_to_onnx_with_a_static_batch_broadcasts_one_warm_start():
+    rnn, _ = exported("lstm", seed=4)
+    model = oa.to_onnx(ta.export_weights(rnn), batch_size=5)
+    assert oa.signature(model).batch_size == 5
+    one = random_states("lstm", 1, 1, batch=1)
+    feeds = oa.initial_state(one, model, broadcast=True)
+    assert feeds["l0.h0"].shape == (1, 5, UNITS)
+    np.testing.assert_array_equal(feeds["l0.c0"][0, 4], one.layers[0]["c"][0, 0])
+    with pytest.raises(StateMismatchError, match="batch size: expected 5, found 1"):
+        oa.initial_state(one, model)
+
+
+def test_broadcast_is_a_bool_and_batch_size_says_how_many():
+    _, data = exported("gru")
+    one = random_states("gru", 1, 1, batch=1)
+    feeds = oa.initial_state(one, data_model(data), broadcast=True, batch_size=6)
+    assert feeds["h0"].shape == (1, 6, UNITS)
+    with pytest.raises(StateMismatchError, match="broadcast=True, batch_size=6"):
+        oa.initial_state(one, data_model(data), broadcast=6)
+    with pytest.raises(StateMismatchError, match="pass batch_size=N"):
+        oa.initial_state(one, data_model(data), broadcast=True)
+    static = oa.to_onnx(ta.export_weights(exported("gru")[0]), batch_size=5)
+    with pytest.raises(StateMismatchError, match="the target fixes batch size 5, found batch_size=6"):
+        oa.initial_state(one, static, broadcast=True, batch_size=6)
+
+
+def test_hard_sigmoid_maps_onto_keras_3():
+    keras = pytest.importorskip("keras")
+    from statefmt.adapters import keras as ka
+
+    keras.utils.set_random_seed(0)
+    layer = keras.layers.LSTM(UNITS, recurrent_activation="hard_sigmoid", return_sequences=True, return_state=True)
+    first, _, _ = inputs()
+    expected, *_ = layer(first)
+    model = oa.to_onnx(ka.export_weights(layer))
+    session = ort.InferenceSession(model.SerializeToString())
+    zeros = {i.name: np.zeros((1, BATCH, UNITS), "float32") for i in model.graph.input[1:]}
+    y, *_ = session.run(None, {"x": first, **zeros})
+    np.testing.assert_allclose(y, np.asarray(expected), atol=1e-5, rtol=0)
+    assert oa.export_weights(model).layers[0].recurrent_activation == "hard_sigmoid"
+
+
+# --- chains the exporters do not write, checked with ONNX's reference implementation ------------------
+
+def _graph(nodes, inputs_, outputs_, initializers=(), opset=17):
+    graph = helper.make_graph(nodes, "g", inputs_, outputs_, list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _lstm_weights(seed=0, directions=1):
+    rng = np.random.default_rng(seed)
+    return [numpy_helper.from_array(rng.standard_normal(shape).astype("float32") * 0.5, name)
+            for name, shape in (("W", (directions, 4 * UNITS, INPUT)), ("R", (directions, 4 * UNITS, UNITS)),
+                                ("B", (directions, 8 * UNITS)))]
+
+
+def _info(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def test_one_input_for_all_states_through_gather_split_and_layout_1():
+    """One `state` input [batch, 4, units] holds h and c of two layers; layout=1 takes [batch, directions, units]."""
+    from onnx.reference import ReferenceEvaluator
+
+    consts = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+              (("i0", [0]), ("i1", [1]), ("i2", [2]), ("split", [2, 2]))]
+    nodes = [
+        helper.make_node("Split", ["state", "split"], ["s01", "s23"], axis=1),
+        helper.make_node("Gather", ["s01", "i0"], ["h_0"], axis=1),  # [batch, 1, units]
+        helper.make_node("Gather", ["s01", "i1"], ["c_0"], axis=1),
+        helper.make_node("Transpose", ["s23"], ["s23t"], perm=[1, 0, 2]),  # [2, batch, units]
+        helper.make_node("Slice", ["s23t", "i0", "i1"], ["h_1t"]),
+        helper.make_node("Slice", ["s23t", "i1", "split"], ["c_1t"]),  # ends [2] clamps to 2
+        helper.make_node("Transpose", ["h_1t"], ["h_1"], perm=[1, 0, 2]),
+        helper.make_node("Transpose", ["c_1t"], ["c_1"], perm=[1, 0, 2]),
+        helper.make_node("LSTM", ["x", "W", "R", "B", "", "h_0", "c_0"], ["Y0", "hn0", "cn0"], hidden_size=UNITS,
+                         layout=1, name="first"),
+        helper.make_node("Squeeze", ["Y0", "i2"], ["x1"]),  # Y [batch, seq, 1, units] -> [batch, seq, units]
+        helper.make_node("LSTM", ["x1", "W1", "R1", "B1", "", "h_1", "c_1"], ["Y1", "hn1", "cn1"], hidden_size=UNITS,
+                         layout=1, name="second"),
+        helper.make_node("Concat", ["hn0", "cn0", "hn1", "cn1"], ["state_out"], axis=1),
+    ]
+    rng = np.random.default_rng(1)
+    second = [numpy_helper.from_array(rng.standard_normal(s).astype("float32") * 0.5, n) for n, s in
+              (("W1", (1, 4 * UNITS, UNITS)), ("R1", (1, 4 * UNITS, UNITS)), ("B1", (1, 8 * UNITS)))]
+    model = _graph(nodes, [_info("x", ["batch", STEPS, INPUT]), _info("state", ["batch", 4, UNITS])],
+                   [_info("state_out", ["batch", 4, UNITS])], _lstm_weights(0) + second + consts)
+    assert [(n.layout, n.initial_h, n.Y_c) for n in oa.nodes(model)] == [(1, ("state",), ("state_out",))] * 2
+    weights = oa.export_weights(model)
+    states = random_states("lstm", 2, 1)
+    feeds = oa.initial_state(states, model)
+    assert list(feeds) == ["state"] and feeds["state"].shape == (BATCH, 4, UNITS)
+    first, _, _ = inputs()
+    (state_out,) = ReferenceEvaluator(model).run(None, {"x": first, **feeds})
+    _, expected = reference.run(weights, first, states)
+    got = oa.export(model, [state_out])
+    for k in range(2):
+        for s in ("h", "c"):
+            np.testing.assert_allclose(got.layers[k][s], expected.layers[k][s], atol=1e-5, rtol=0)
+
+
+def test_a_state_reached_through_arithmetic_is_refused_naming_the_op():
+    half = numpy_helper.from_array(np.array(0.5, np.float32), "half")
+    nodes = [helper.make_node("Mul", ["h0", "half"], ["h_half"], name="scale"),
+             helper.make_node("LSTM", ["x", "W", "R", "B", "", "h_half", "c0"], ["Y", "hn", "cn"], hidden_size=UNITS)]
+    model = _graph(nodes, [_info("x", [STEPS, BATCH, INPUT]), _info("h0", [1, BATCH, UNITS]),
+                           _info("c0", [1, BATCH, UNITS])], [_info("hn", [1, BATCH, UNITS])], _lstm_weights() + [half])
+    with pytest.raises(StateMismatchError, match=r"initial_h: it goes through Mul \(node 'scale'\), which statefmt "
+                                                 r"cannot invert"):
+        oa.initial_state(random_states("lstm", 1, 1), model)
+    with pytest.raises(StateMismatchError, match=r"Y_c: no graph output carries the node's final c"):
+        oa.export(model, [np.zeros((1, BATCH, UNITS), "float32")])
+
+
+def test_a_node_without_initial_state_is_refused():
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B"], ["Y", "hn", "cn"], hidden_size=UNITS)]
+    model = _graph(nodes, [_info("x", [STEPS, BATCH, INPUT])], [_info("hn", [1, BATCH, UNITS])], _lstm_weights())
+    with pytest.raises(StateMismatchError, match="has no initial_h input, so it always starts from zeros"):
+        oa.initial_state(random_states("lstm", 1, 1), model)
+
+
+def _lstm_with(**changes):
+    attrs = {"hidden_size": UNITS, **changes.pop("attrs", {})}
+    node = helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0", *changes.pop("extra", [])],
+                            ["Y", "hn", "cn"], name="lstm", **attrs)
+    return _graph([node], [_info("x", [STEPS, BATCH, INPUT]), _info("h0", [1, BATCH, UNITS]),
+                           _info("c0", [1, BATCH, UNITS])], [_info("hn", [1, BATCH, UNITS])],
+                  _lstm_weights() + changes.pop("initializers", []))
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"extra": ["P"], "initializers": [numpy_helper.from_array(np.ones((1, 3 * UNITS), np.float32), "P")]},
+     "the node has peepholes \\(ONNX's LSTM input P, which is not statefmt's projection P\\)"),
+    ({"attrs": {"clip": 3.0}}, "clip=3.0: the node clips its cell inputs"),
+    ({"attrs": {"input_forget": 1}}, "input_forget=1: the node couples the input and forget gates"),
+    ({"attrs": {"activations": ["HardSigmoid", "Tanh", "Tanh"]}},
+     "HardSigmoid\\(alpha=0.2, beta=0.5\\), Keras 2's hard_sigmoid rather than Keras 3's"),
+    ({"attrs": {"activations": ["Sigmoid", "Tanh", "Relu"]}}, "the cell candidate uses tanh and the output relu"),
+])
+def test_export_weights_refuses_what_the_neutral_layout_cannot_hold(changes, message):
+    with pytest.raises(StateMismatchError, match=message):
+        oa.export_weights(_lstm_with(**changes))
+
+
+def test_zero_peepholes_export_and_import_drops_them():
+    zeros = numpy_helper.from_array(np.zeros((1, 3 * UNITS), np.float32), "P")
+    model = _lstm_with(extra=["P"], initializers=[zeros], attrs={"clip": 3.0})
+    with pytest.raises(StateMismatchError, match="clip"):
+        oa.export_weights(model)
+    weights = oa.export_weights(_lstm_with(extra=["P"], initializers=[zeros]))
+    served = oa.import_weights(weights, model)
+    node = next(n for n in served.graph.node if n.op_type == "LSTM")
+    assert len(node.input) < 8 and "clip" not in [a.name for a in node.attribute]
+    assert "P" not in [t.name for t in served.graph.initializer]
+
+
+# --- tf2onnx (Keras) ---------------------------------------------------------------------------------
+
+@cache
+def keras_converted(kind, bidirectional):
+    pytest.importorskip("tf2onnx")
+    import keras
+    import tensorflow as tf
+    import tf2onnx
+
+    keras.utils.set_random_seed(2)
+    cls = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "rnn": keras.layers.SimpleRNN}[kind]
+    layer = cls(UNITS, return_sequences=True, return_state=True)
+    if bidirectional:
+        layer = keras.layers.Bidirectional(layer)
+    count = (2 if kind == "lstm" else 1) * (2 if bidirectional else 1)
+    layer(np.zeros((BATCH, 1, INPUT), "float32"))
+    spec = [tf.TensorSpec((None, None, INPUT), tf.float32, name="x")]
+    spec += [tf.TensorSpec((None, UNITS), tf.float32, name=f"s{i}") for i in range(count)]
+
+    @tf.function(input_signature=spec)
+    def run(x, *state):
+        return layer(x, initial_state=list(state))
+
+    model, _ = tf2onnx.convert.from_function(run, input_signature=spec, opset=17)
+    return layer, model
+
+
+def test_a_keras_bidirectional_lstm_through_tf2onnx_continues_in_onnx_runtime():
+    from statefmt.adapters import keras as ka
+
+    layer, model = keras_converted("lstm", True)
+    assert oa.nodes(model)[0].direction == "bidirectional"
+    first, second, _ = inputs()
+    _, *final = layer(first)
+    states = StateSet([ka.export(layer, state=final)[0]])
+    expected, *_ = layer(second, initial_state=ka.initial_state(states, layer))
+    session = ort.InferenceSession(model.SerializeToString())
+    feeds = oa.initial_state(states, session)
+    assert sorted(feeds) == ["s0", "s1", "s2", "s3"]  # Keras' order: forward h, c, backward h, c
+    outputs = session.run(None, {"x": second, **feeds})
+    np.testing.assert_allclose(outputs[0], np.asarray(expected), atol=1e-5, rtol=0)
+    _, *after = layer(second, initial_state=ka.initial_state(states, layer))
+    for s in ("h", "c"):
+        np.testing.assert_allclose(oa.export(session, outputs).layers[0][s], ka.export(layer, state=after)[0][s],
+                                   atol=1e-5, rtol=0)
+
+
+def test_tf2onnx_writes_a_keras_gru_as_a_loop_and_the_adapter_says_what_works():
+    _, model = keras_converted("gru", False)
+    with pytest.raises(StateMismatchError, match=r"its recurrence is a Loop \(tf2onnx writes Keras GRU and "
+                                                 r"SimpleRNN that way.*to_onnx\(weights\)"):
+        oa.signature(model)
+
+
+# --- refusals of what is not a model or not a state ---------------------------------------------------
+
+def test_hostile_or_mistaken_arguments_get_one_line_errors(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07not really a model" * 10)
+    with pytest.raises(StateError, match=r"junk\.onnx: not an ONNX model") as caught:
+        oa.signature(junk)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(StateError, match="cannot read the model"):
+        oa.signature(tmp_path / "missing.onnx")
+    with pytest.raises(StateMismatchError, match=r"takes an onnx\.ModelProto, a path"):
+        oa.signature(object())
+    source, data = exported("lstm")
+    weights = ta.export_weights(source)
+    with pytest.raises(StateMismatchError, match=r"expected a StateSet .* found a WeightSet"):
+        oa.initial_state(weights, data_model(data))
+    with pytest.raises(StateMismatchError, match=r"expected a WeightSet .* found a StateSet"):
+        oa.import_weights(random_states("lstm", 1, 1), data_model(data))
+    with pytest.raises(StateMismatchError, match=r"expected a WeightSet .* found a StateSet"):
+        oa.to_onnx(random_states("lstm", 1, 1))
+    with pytest.raises(StateError, match=r"ONNX Runtime keeps no state: pass what session.run returned"):
+        oa.export(data_model(data))
+    with pytest.raises(StateMismatchError, match="outputs: the model has 3 outputs"):
+        oa.export(data_model(data), [np.zeros(1)])
+    with pytest.raises(StateMismatchError, match=r"'hn', 'cn' carry final states and are missing"):
+        oa.export(data_model(data), {"y": np.zeros(1)})
+    with pytest.raises(StateMismatchError, match="device: ONNX Runtime takes host arrays"):
+        oa.initial_state(random_states("lstm", 1, 1), data_model(data), device="cuda")
+    with pytest.raises(StateMismatchError, match="layer 0 'l0': units: expected 4, found 3"):
+        oa.initial_state(StateSet([LayerState("l0", "lstm", h=np.zeros((1, 2, 3), "f4"), c=np.zeros((1, 2, 3), "f4"))]),
+                         data_model(data))
+
+
+def test_importing_the_adapter_loads_neither_onnx_nor_onnxruntime():
+    code = ("import sys, statefmt.adapters.onnx\n"
+            "print(sorted(m for m in ('onnx', 'onnxruntime', 'torch', 'tensorflow', 'jax') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_a_missing_onnx_names_the_extra():
+    code = ("import sys\nsys.modules['onnx'] = None\nfrom statefmt.adapters import onnx\n"
+            "try:\n    onnx.signature('m.onnx')\nexcept ImportError as error:\n    print(error)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert 'pip install "statefmt[onnx]"' in result.stdout, result.stderr
