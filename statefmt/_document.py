@@ -86,11 +86,8 @@ class LayerEntry:
         """Each tensor of the layer, in the spec's order, with its shape."""
         d, units, h_units = self.directions, self.units, self.h_units
         shapes: dict[str, tuple[int, ...]]
-        if batch_size is not None:
-            shapes = {"h": (d, batch_size, h_units)}
-            if self.kind == "lstm":
-                shapes["c"] = (d, batch_size, units)
-            return shapes
+        if batch_size is not None:  # h may be projected; c (an LSTM's) never is
+            return {name: (d, batch_size, h_units if name == "h" else units) for name in cells.STATE_NAMES[self.kind]}
         rows = cells.GATES[self.kind] * units
         assert self.input_size is not None
         shapes = {"W": (d, rows, self.input_size), "R": (d, rows, h_units), "Wb": (d, rows), "Rb": (d, rows)}
