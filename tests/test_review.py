@@ -440,9 +440,8 @@ def test_a_non_iterable_streams_argument_is_a_state_error(tmp_path):
         statefmt.load(tmp_path / "s.statefmt", streams=1.5)
 
 
-@pytest.mark.xfail(strict=True, reason="_make_durable fsyncs every recent file by name: another writer's Lance "
-                                       "temporary (.tmp*) vanishing meanwhile makes a put that committed raise "
-                                       "FileNotFoundError (seen with 2 putters + 1 compactor)")
+# Found failing (13 puts in 30 raised FileNotFoundError after committing; 2 putters + 1 compactor showed it too);
+# fixed on main meanwhile (store._make_durable skips .tmp* and vanished files): kept as a regression test.
 def test_store_put_survives_another_writers_temporaries(small_store):
     import os
     import threading
