@@ -18,8 +18,7 @@ from typing import Any
 import click
 
 from . import _files, api, report, store_cli
-from .errors import StateError
-from .report import printable
+from .errors import StateError, printable
 from .signature import StateSignature
 
 MAX_SIGNATURE_BYTES = 16 * 1024 * 1024

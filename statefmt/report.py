@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,15 +10,6 @@ import numpy as np
 from .api import _tensor_names
 from .states import LayerState, StateSet
 from .weights import LayerWeights, WeightSet
-
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(text: str) -> str:
-    """`text` with control characters escaped, so a name or id read from a file cannot forge lines,
-    move the cursor or send terminal escapes (OSC, BEL, carriage return, bidi overrides)."""
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates, escaped too
-    return _CONTROL.sub(lambda match: ascii(match.group())[1:-1], text)
 
 
 def describe(data: StateSet | WeightSet) -> dict[str, Any]:

@@ -326,20 +326,28 @@ def _make_durable(url: str, since_ns: int) -> None:
             directories.append(path)
     for directory in list(directories):
         for entry in os.scandir(directory):
-            if directory == root or entry.stat(follow_symlinks=False).st_mtime_ns < since_ns:
+            if directory == root or entry.name.startswith(".tmp"):  # another writer's file, not yet in place
                 continue
-            if entry.is_dir(follow_symlinks=False):  # an index's own directory
-                directories.append(entry.path)
-                for inner in os.scandir(entry.path):
-                    _fsync(inner.path)
-            elif entry.is_file(follow_symlinks=False):
-                _fsync(entry.path)
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime_ns < since_ns:
+                    continue
+                if entry.is_dir(follow_symlinks=False):  # an index's own directory
+                    directories.append(entry.path)
+                    for inner in os.scandir(entry.path):
+                        _fsync(inner.path)
+                elif entry.is_file(follow_symlinks=False):
+                    _fsync(entry.path)
+            except FileNotFoundError:  # another writer's, renamed or cleaned up meanwhile
+                continue
     for directory in directories:
         _fsync(directory)
 
 
 def _fsync(path: str) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
     try:
         os.fsync(descriptor)
     finally:

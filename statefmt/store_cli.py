@@ -55,8 +55,12 @@ def _emit(as_json: bool, result: dict[str, Any], text: str) -> None:
 
 @contextmanager
 def _progress(total: int, what: str) -> Iterator[Callable[[int], Any]]:
-    """A tqdm bar on stderr when it is a terminal; a no-op otherwise."""
-    from tqdm import tqdm
+    """A tqdm bar on stderr when it is a terminal; a no-op otherwise (or without tqdm)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # statefmt[store] brings it; a bare install just shows no bar
+        yield lambda rows: None
+        return
 
     with tqdm(total=total, unit=" streams", desc=what, disable=not sys.stderr.isatty(), leave=False) as bar:
         yield bar.update
