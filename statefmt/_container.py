@@ -26,9 +26,9 @@ import numpy as np
 import xxhash
 
 from . import _files
-from ._files import _reserve as files_reserve
 from ._document import CHECKSUM_PREFIX, CHECKSUMS_TENSOR, fail, strict_json
 from ._dtypes import numpy_dtype
+from ._files import _reserve as files_reserve
 from ._source import Source, display, is_url, local_path
 from .errors import StateError, StateFormatError
 
