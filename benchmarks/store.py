@@ -197,26 +197,19 @@ def fleet_vs_raw(report: Report, work: Path, n: int, repeat: int) -> dict:
         if durable:
             store._make_durable(raw, started)
 
-    lag, versions = store.INDEX_LAG_ROWS, []
-    store.INDEX_LAG_ROWS = 10**12  # the commit alone, index fold left out
+    versions: list[tuple[int, int]] = []
     put, raw_put = duel(lambda: versions.append((fleet.version, fleet.put(next(mine_turn)[0]))), raw_upsert, repeat)
-    store.INDEX_LAG_ROWS = lag
-    put_fold, raw_put_index = duel(lambda: fleet.put(next(mine_turn)[0]),
-                                   lambda: (raw_upsert(), dataset.optimize.optimize_indices(),
-                                            store._make_durable(raw, time.time_ns() - 10**9)), repeat)
     raw_put_volatile = best(lambda: raw_upsert(durable=False), repeat=repeat)
     one_commit = all(after == before + 1 for before, after in versions)
     report.row("raw_put10k_volatile", "raw Lance merge_insert (no fsync)", raw_put_volatile)
     report.row("raw_put10k", "raw Lance merge_insert + fsync", raw_put)
     report.row("put10k", "statefmt put (the data commit)", put, peer=raw_put, peer_name="raw",
                note=f"one new version each: {one_commit}")
-    report.row("raw_put10k_index", "raw Lance merge_insert + optimize_indices + fsync", raw_put_index)
-    report.row("put10k_fold", f"statefmt put + id-index fold (>= {lag:,} rows)", put_fold, peer=raw_put_index,
-               peer_name="raw", note="(target <= 1 s)")
+
     after = [ids[i] for i in rng.integers(0, n, 200)]
     p50_after, p99_after = percentiles(lambda key: fleet.get([key]), after)
     report.row("get1_after_puts", f"statefmt get 1 after {2 * repeat} puts", p50_after, p99=p99_after)
-    figures.update(write=write, put10k=put, put10k_fold=put_fold, one_commit=one_commit)
+    figures.update(write=write, put10k=put, one_commit=one_commit)
     return {"ids": ids, "arrays": arrays, "url": url, **figures}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -234,7 +235,8 @@ def strict_json(text: str | bytes) -> Any:
     """Parse JSON as RFC 8259 says and RFC 7493 (I-JSON) asks: no duplicate keys, no NaN or
     Infinity, nesting at most MAX_DEPTH deep. `StateFormatError` says what is wrong."""
     try:
-        value = json.loads(text, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_constant)
+        value = json.loads(text, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_constant,
+                           parse_float=_finite_float)
     except RecursionError:
         raise StateFormatError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as error:
@@ -259,6 +261,13 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         repeated = sorted(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
         raise StateFormatError(f"duplicate JSON key {_short(repeated[0])}: a key may appear once per object")
     return result
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise StateFormatError(f"the number {text[:40]} overflows a double; NaN and Infinity are not allowed")
+    return value
 
 
 def _refuse_constant(name: str) -> Any:

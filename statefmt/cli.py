@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -120,7 +121,7 @@ def inspect(ctx: click.Context, file: str, as_json: bool, plot: str | None) -> N
             for note in plot_state(data, plot, title=file):
                 _echo(f"plot: {note}", err=True)
         if as_json:
-            click.echo(json.dumps({"file": file, **summary}, indent=2))
+            click.echo(json.dumps({"file": file, **summary}, indent=2, allow_nan=False))
         else:
             _print_summary(file, summary)
         poisoned = [f"layer {i} {layer['name']!r}: {name}: {stats['nonfinite']} non-finite values (NaN or Inf)"
@@ -159,6 +160,8 @@ def _print_summary(file: str, summary: dict[str, Any]) -> None:
 @click.pass_context
 def diff(ctx: click.Context, a: str, b: str, atol: float) -> None:
     """Compare A and B: structure, then values. Exit 0 equal, 1 different, 2 unreadable."""
+    if math.isnan(atol):
+        raise click.BadParameter("must be a number, not NaN", param_hint="--atol")
     with _reporting(ctx, code=2):
         left, right = api.read(a), api.read(b)
     differences = report.compare(left, right, atol=atol)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +24,9 @@ def describe(data: StateSet | WeightSet) -> dict[str, Any]:
             finite = array[np.isfinite(array)]
             stats = {"shape": list(array.shape), "nonfinite": int(array.size - finite.size)}
             for stat in ("min", "max", "mean", "std"):
-                stats[stat] = float(getattr(finite, stat)()) if finite.size else None
+                with np.errstate(over="ignore", invalid="ignore"):
+                    value = float(getattr(finite, stat)()) if finite.size else None
+                stats[stat] = value if value is not None and math.isfinite(value) else None  # 1e308s overflow std
             tensors[name] = stats
         entry = {"name": layer.name, "kind": layer.kind, "units": layer.units, "directions": layer.directions,
                  "proj_units": layer.proj_units, "dtype": layer.dtype, "tensors": tensors}

@@ -8,6 +8,7 @@ input or mismatch, 2 usage. `--json` prints one JSON object on stdout for pipeli
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +36,12 @@ def _url_command(function: Callable[..., Any]) -> Callable[..., Any]:
                             help="An object-store option for Lance (e.g. aws_endpoint=http://…, allow_http=true); "
                                  "repeatable.")(function)
     return click.argument("url")(function)
+
+
+def _not_nan(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and math.isnan(value):
+        raise click.BadParameter("must be a number of days, not NaN")
+    return value
 
 
 def _json_option(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -205,6 +212,7 @@ def import_(ctx: click.Context, url: str, storage_option: tuple[str, ...], file:
             target = store_api.create(url, signature, storage_options=options, states=states)
             created = True
         if not created:
+            store_api._table(target._layers, states, url)  # every stream checked before the first commit
             with _progress(len(ids), "import") as advance:
                 for start in range(0, len(ids), chunk):
                     target.put(states.rows(ids[start:start + chunk]))
@@ -236,7 +244,7 @@ def export(ctx: click.Context, url: str, storage_option: tuple[str, ...], output
 
 @store.command()
 @_url_command
-@click.option("--cleanup-older-than", type=click.FloatRange(min=0), metavar="DAYS",
+@click.option("--cleanup-older-than", type=click.FloatRange(min=0, max=1e6), metavar="DAYS", callback=_not_nan,
               help="Also delete the files of versions older than DAYS.")
 @_json_option
 @click.pass_context

@@ -256,14 +256,16 @@ def test_a_put_returns_only_once_its_files_are_fsynced(fleet, monkeypatch):
     assert {str(root), str(root / "data"), str(root / "_versions")} <= synced
 
 
-def test_many_puts_keep_the_id_index_current(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "INDEX_LAG_ROWS", 10)
+def test_compact_brings_the_id_index_up_to_date_after_many_puts(tmp_path):
+    """A put is one version and leaves its rows outside the id index (a get scans them); compact folds them in."""
     fleet = store.create(str(tmp_path / "fleet"), SIGNATURE)
     for start in range(0, 60, 12):
-        fleet.put(states_for([f"s{i}" for i in range(start, start + 12)], seed=start))
+        before = fleet.version
+        assert fleet.put(states_for([f"s{i}" for i in range(start, start + 12)], seed=start)) == before + 1
+    fleet.compact()
     dataset = lance.dataset(fleet.url)
     indexed = {f for segment in dataset.describe_indices()[0].segments for f in segment.fragment_ids}
-    assert len(dataset.get_fragments()) == 5 and {f.fragment_id for f in dataset.get_fragments()} <= indexed
+    assert {f.fragment_id for f in dataset.get_fragments()} <= indexed
     plan = dataset.scanner(filter="stream_id = 's5'").explain_plan()
     assert "ScalarIndexQuery" in plan
     assert fleet.get(["s59", "s0"]).stream_ids == ("s59", "s0")
