@@ -191,3 +191,44 @@ def test_the_command_line_shows_control_characters_escaped(tmp_path):
     path.write_bytes(parts.bytes())
     assert statefmt.read(path).layers[0].name == "enc\n\x1b]0;owned\x07\r"
     _check_cli(path, valid=True)
+
+
+def _with_tensor_named(name: str, case: str) -> bytes:
+    vector = Path(__file__).resolve().parents[1] / "spec" / "vectors" / "lstm.statefmt"
+    parts = Parts.of(vector.read_bytes())
+    if case == "extra tensor":  # step 7: a tensor no layer describes
+        parts.table[name] = {"dtype": "F32", "shape": [0]}
+        parts.data[name] = b""
+        return parts.bytes()
+    raw = parts.bytes()
+    length = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + length])
+    entry = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
+    if case == "bad dtype":  # step 1, while parsing the table
+        entry = {"dtype": "X", "shape": [0], "data_offsets": [0, 0]}
+    elif case == "overlap":  # step 1, the coverage check
+        entry["data_offsets"] = [4, 8]
+    header[name] = entry
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + raw[8 + length:]
+
+
+_RAW_NAME = "a tensor name reaches the error message raw (newline, ESC): "
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param("bad dtype", marks=pytest.mark.xfail(strict=True, reason=_RAW_NAME + "_container._tensor_info")),
+    pytest.param("overlap", marks=pytest.mark.xfail(strict=True, reason=_RAW_NAME + "_container.Container.__init__")),
+    pytest.param("extra tensor", marks=pytest.mark.xfail(strict=True, reason=_RAW_NAME + "api._tensor_problems")),
+])
+def test_a_tensor_name_with_a_newline_gives_one_line_problems(tmp_path, case):
+    """Found by atheris: a tensor name holding a newline (a `\\n` escape in the header) is quoted raw in the
+    messages (`tensor `{key}`` in _container, "tensors not described" in api), so a problem spans two lines
+    and carries terminal escapes: a log or a terminal would show a forged line."""
+    path = tmp_path / "newline.statefmt"
+    path.write_bytes(_with_tensor_named('x\n"forged": ok\x1b[2K', case))
+    with pytest.raises(StateFormatError) as refused:
+        statefmt.read(path)
+    assert refused.value.step in (1, 7)
+    assert all("\n" not in problem and "\x1b" not in problem for problem in refused.value.problems), \
+        refused.value.problems
