@@ -1,5 +1,17 @@
-"""Framework adapters, one module per framework, each importing its framework only when used.
+"""Framework adapters, one module per framework (keras, torch, flax, onnx), each importing its framework
+only when used.
 
-Every module offers the same verbs: `signature(target)`, `export(source, state=None)`,
-`initial_state(states, target, *, strict=False, device=None, broadcast=False)`.
+Every module offers the same verbs, with the same arguments in the same order and meaning:
+
+    signature(target, *, name=None) -> StateSignature
+    export(source, state=None, *, name=None) -> StateSet
+    initial_state(states, target, *, strict=False, broadcast=False, batch_size=None, device=None)
+    export_weights(source, *, name=None) -> WeightSet
+    import_weights(weights, target) -> the target holding the weights
+    weight_signature(target) -> WeightSignature
+
+`name=` prefixes every layer name with "name/". `broadcast=True` starts every stream from a
+batch-1 state, at the target's batch size or at `batch_size=N`. Flax linen, whose modules hold
+no params, also takes `variables=` by keyword in the weight verbs. `load_weights` is the old
+name of `import_weights`, kept one release with a DeprecationWarning.
 """

@@ -84,6 +84,7 @@ def fit(states: StateSet, signature: StateSignature, *, strict: bool = False, br
     if not broadcast or states.batch_size == signature.batch_size:
         return states
     size = signature.batch_size
+    assert size is not None  # broadcast without a batch size was refused above
     layers = [layer.with_arrays(**{s: np.broadcast_to(layer[s], (layer.directions, size, layer[s].shape[2]))
                                    for s in layer.state_names}) for layer in states.layers]
     return StateSet(layers, metadata=states.metadata, file=states.file)

@@ -243,13 +243,15 @@ class _Layer:
         nn = require("flax.linen", "flax")
         nnx = require("flax.nnx", "flax")
         api = "nnx" if isinstance(module, nnx.Module) else "linen"
+        rnns: tuple[Any, ...]
+        paths: tuple[tuple[str, ...], ...]
         if isinstance(module, (nn.Bidirectional, nnx.Bidirectional)):
             rnns, paths = (module.forward_rnn, module.backward_rnn), (("forward_rnn", "cell"), ("backward_rnn", "cell"))
         elif isinstance(module, (nn.RNN, nnx.RNN)):
             rnns, paths = (module,), (("cell",),)
         else:
             rnns, paths = (None,), ((),)
-        cells = tuple(module if rnn is None else getattr(rnn, "cell", None) for rnn in rnns)
+        cells: tuple[Any, ...] = tuple(module if rnn is None else getattr(rnn, "cell", None) for rnn in rnns)
         table = _cell_table()
         found = [next((table[k] for k in type(cell).__mro__ if k in table), None) for cell in cells]
         if None in found or len(set(found)) > 1:
@@ -262,7 +264,9 @@ class _Layer:
             raise StateMismatchError(f"layer {index}: the forward and backward cells differ in units "
                                      f"({' vs '.join(map(str, sorted(units)))}); the neutral layout stacks the "
                                      "directions of a layer, so build both with the same units")
-        kind, *names = found[0]
+        entry = found[0]
+        assert entry is not None  # refused above
+        kind, *names = entry
         reverse = rnns[0] is not None and len(rnns) == 1 and bool(rnns[0].reverse)
         return cls(index, api, kind, cells, paths, names, reverse)
 
@@ -337,8 +341,9 @@ class _Layer:
             for key, value in zip(("W", "R", "Wb", "Rb"), (kernel_i.T, kernel_h.T, wb, rb)):
                 arrays[key].append(value)
         functions = {setting: _activation_name(function) for setting, function in self._functions(self.cells[0])}
-        return LayerWeights(prefixed(prefix, self.name), self.kind, **{k: np.stack(v) for k, v in arrays.items()},
-                            activation=functions["activation"],
+        stacked: dict[str, Any] = {k: np.stack(v) for k, v in arrays.items()}
+        return LayerWeights(prefixed(prefix, self.name), self.kind, **stacked,
+                            activation=str(functions["activation"]),  # named: check_exportable refused others
                             recurrent_activation=functions.get("recurrent_activation") or "sigmoid")
 
     def weight_signature(self, tree) -> LayerWeightSignature:
@@ -454,7 +459,7 @@ def _activation_name(function) -> str | None:
 
 
 def _function_name(function) -> str:
-    return _activation_name(function) or getattr(function, "__name__", repr(function))
+    return _activation_name(function) or str(getattr(function, "__name__", repr(function)))
 
 
 def _describe(value) -> str:

@@ -199,7 +199,7 @@ def _is_model(target) -> bool:
 def _layers(target) -> list[_Layer]:
     keras = require("keras", "keras")
     recurrent = (keras.layers.RNN, keras.layers.Bidirectional)
-    found = []
+    found: list[Any] = []
 
     def visit(layer, name):
         if isinstance(layer, keras.layers.RNN) and isinstance(layer.cell, keras.layers.StackedRNNCells):
@@ -254,7 +254,7 @@ class _Layer:
         keras = require("keras", "keras")
         kinds = {keras.layers.LSTMCell: "lstm", keras.layers.GRUCell: "gru", keras.layers.SimpleRNNCell: "rnn"}
         bidirectional = isinstance(layer, keras.layers.Bidirectional)
-        rnns = (layer.forward_layer, layer.backward_layer) if bidirectional else (layer,)
+        rnns: tuple[Any, ...] = (layer.forward_layer, layer.backward_layer) if bidirectional else (layer,)
         where = f"layer {index} {name!r}"
         if bidirectional and any(isinstance(getattr(rnn, "cell", None), keras.layers.StackedRNNCells) for rnn in rnns):
             raise StateMismatchError(f"{where}: a Bidirectional of RNN(StackedRNNCells) has no neutral layout yet; "

@@ -19,9 +19,11 @@ path or from bytes). onnx and onnxruntime are imported on first use, never when 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import weakref
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -61,6 +63,7 @@ _ADVICE = {"proj_units": "ONNX's LSTM has no projection (its input P is a peepho
 _MOVES = {"Identity": (0,), "Cast": (0,), "Transpose": (0,), "Reshape": (0,), "Squeeze": (0,), "Unsqueeze": (0,),
           "Slice": (0,), "Gather": (0,), "Split": (0,), "Flatten": (0,), "Expand": (0,), "Concat": None}
 _OPSET = 17
+_MAX_ELEMENTS = 1 << 28  # elements of one index map: a state of 268M values, 2 GiB of indices
 
 
 # --- the adapter's verbs ---------------------------------------------------------------------------
@@ -235,7 +238,7 @@ def to_onnx(weights: WeightSet, *, batch_size: int | None = None, opset: int = _
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(first["W"].dtype))
     batch: int | str = batch_size if batch_size is not None else "batch"
     inputs = [helper.make_tensor_value_info("x", elem, [batch, "time", first.input_size])]
-    outputs = [None]
+    outputs: list[Any] = []
     nodes_, initializers = [helper.make_node("Transpose", ["x"], ["x.tbf"], perm=[1, 0, 2])], []
     initializers.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), "shape.tb_"))
     sequence = "x.tbf"
@@ -261,7 +264,7 @@ def to_onnx(weights: WeightSet, *, batch_size: int | None = None, opset: int = _
         sequence = f"{name}.y"
     nodes_.append(helper.make_node("Transpose", [sequence], ["y"], perm=[1, 0, 2]))
     width = weights.layers[-1].directions * weights.layers[-1].units
-    outputs[0] = helper.make_tensor_value_info("y", elem, [batch, "time", width])
+    outputs.insert(0, helper.make_tensor_value_info("y", elem, [batch, "time", width]))
     graph = helper.make_graph(nodes_, "statefmt", inputs, outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="statefmt.adapters.onnx")
@@ -308,13 +311,13 @@ class _Recurrent:
         return (batch, D, H) if self.layout else (D, batch, H)
 
 
-_CACHE: OrderedDict[int, tuple[Any, Any, _Graph]] = OrderedDict()
+_CACHE: OrderedDict[Any, tuple[Callable[[], Any], _Graph]] = OrderedDict()
 
 
 class _Graph:
     """A model's graph, its recurrent nodes, and the chains between them and the graph's inputs and outputs."""
 
-    def __init__(self, proto, label: str):
+    def __init__(self, proto: Any, label: str):
         self.proto = proto
         self.label = label
         graph = proto.graph
@@ -331,10 +334,11 @@ class _Graph:
                 if name:
                     self.consumers.setdefault(name, []).append((node, position))
         self.nodes = self._recurrent_nodes()
-        self._maps: dict[tuple[str, int | None], Any] = {}
+        self._maps: OrderedDict[tuple[str, int | None], Any] = OrderedDict()
+        self._static: list[int | None] = []  # the static batch, once known
 
     @classmethod
-    def of(cls, model) -> _Graph:
+    def of(cls, model: Any) -> _Graph:
         """The graph of a ModelProto, a path or an InferenceSession; analyses are kept for the last few models."""
         if isinstance(model, _Graph):
             return model
@@ -353,13 +357,17 @@ class _Graph:
         else:
             raise StateMismatchError(f"{type(model).__name__}: statefmt.adapters.onnx takes an onnx.ModelProto, a "
                                      "path to a .onnx file or an onnxruntime.InferenceSession")
-        cached = _CACHE.get(id(model))
-        if cached is not None and cached[0] == key:
-            _CACHE.move_to_end(id(model))
-            return cached[2]
+        cached = _CACHE.get(key)
+        if cached is not None and (key[0] not in ("proto", "session") or cached[0]() is model):
+            _CACHE.move_to_end(key)
+            return cached[1]
         proto, label = _load(model)
         graph = cls(proto, label)
-        _CACHE[id(model)] = (key, model, graph)  # holding the model keeps its id from being reused
+        try:  # a session is only referenced weakly (it may hold a large model); a ModelProto is kept
+            holder: Callable[[], Any] = weakref.ref(model)
+        except TypeError:
+            holder = functools.partial(lambda kept: kept, model)
+        _CACHE[key] = (holder, graph)  # an id-based key is checked against the very object it was made for
         while len(_CACHE) > 8:
             _CACHE.popitem(last=False)
         return graph
@@ -456,16 +464,25 @@ class _Graph:
 
     def static_batch(self) -> int | None:
         """The batch size static state inputs fix, or None when one of them is dynamic."""
-        try:
-            maps = self._feed_map(None)
-        except (_Unmappable, StateMismatchError):
-            return None
-        sizes = {m.shape[1] for per_node in maps[1] for m in per_node.values()}
-        return sizes.pop() if len(sizes) == 1 else None
+        if not self._static:
+            try:
+                maps = self._feed_map(None)
+                sizes = {m.shape[1] for per_node in maps[1] for m in per_node.values()}
+                self._static.append(sizes.pop() if len(sizes) == 1 else None)
+            except (_Unmappable, StateMismatchError):
+                self._static.append(None)
+        return self._static[0]
+
+    def _remember(self, key: tuple[str, int | None], value: Any) -> Any:
+        """Keep index maps for the last few batch sizes (a server sees many; each map is as large as the state)."""
+        self._maps[key] = value
+        while len(self._maps) > 8:
+            self._maps.popitem(last=False)
+        return value
 
     # the index maps: which element of which graph input (output) each state element is
 
-    def _feed_map(self, batch: int | None):
+    def _feed_map(self, batch: int | None) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
         """(state inputs, per node {state: indices [D, N, H] into the inputs' flat concatenation})."""
         key = ("feed", batch)
         if key not in self._maps:
@@ -474,11 +491,11 @@ class _Graph:
             for name in names:
                 try:
                     shape = self.input_shape(name, batch)
+                    size = _bounded(shape, f"graph input {name!r}")
                 except _Unmappable as error:
                     if batch is None:
                         raise
                     raise StateMismatchError(f"{self.label}: {error}") from None
-                size = int(np.prod(shape, dtype=np.int64))
                 sources[name] = np.arange(offset, offset + size, dtype=np.int64).reshape(shape)
                 offset += size
             evaluator = _Evaluator(self, sources)
@@ -498,7 +515,8 @@ class _Graph:
                         raise StateMismatchError(f"{self.label}: {where}: {error}") from None
                     maps[s] = self._normalize(node, result, batch, where)
                 per_node.append(maps)
-            self._maps[key] = (sources, per_node, offset)
+            self._remember(key, (sources, per_node, offset))
+        self._maps.move_to_end(key)
         return self._maps[key][0], self._maps[key][1]
 
     def _normalize(self, node, indices, batch, where):
@@ -518,33 +536,74 @@ class _Graph:
         return indices.transpose(1, 0, 2) if node.layout else indices
 
     def feeds(self, states: StateSet) -> dict[str, np.ndarray]:
-        batch = states.batch_size
         static = self.static_batch()
-        sources, per_node = self._feed_map(None if static is not None else batch)
-        total = sum(int(a.size) for a in sources.values())
-        dtypes = {name: np.dtype(self.input_dtype(name)) if self.input_dtype(name) != "bfloat16"
-                  else _bfloat16() for name in sources}
-        dtype = next(iter(dtypes.values()))
-        flat = np.zeros(total, dtype)
-        positions, values = [], []
-        for maps, layer in zip(per_node, states.layers):
+        batch = None if static is not None else states.batch_size
+        sources, per_node = self._feed_map(batch)
+        plan = self._feed_plan(batch)
+        dtypes = {name: _numpy_dtype(self.input_dtype(name)) for name in sources}
+        result: dict[str, np.ndarray] = {}
+        for name, (k, s) in plan["direct"].items():  # an input that is exactly one node's state: no copy needed
+            result[name] = np.ascontiguousarray(np.asarray(states.layers[k][s]).astype(dtypes[name], copy=False))
+        rest = [name for name in sources if name not in result]
+        if not rest:
+            return result
+        flat = np.zeros(sum(int(a.size) for a in sources.values()), np.result_type(*dtypes.values()))
+        for k, (maps, layer) in enumerate(zip(per_node, states.layers)):
             for s, indices in maps.items():
-                array = np.broadcast_to(layer[s], indices.shape)
-                positions.append(indices.reshape(-1))
-                values.append(np.asarray(array, dtype).reshape(-1))
-        positions_, values_ = np.concatenate(positions), np.concatenate(values)
-        flat[positions_] = values_
-        clash = flat[positions_] != values_
-        if np.any(clash):
-            raise StateMismatchError(f"{self.label}: the graph feeds one input element to several state elements, and "
-                                     f"the state gives them different values ({int(clash.sum())} elements)")
-        result, offset = {}, 0
-        for name, indices in sources.items():
-            result[name] = flat[offset:offset + indices.size].reshape(indices.shape).astype(dtypes[name], copy=False)
-            offset += indices.size
+                run = plan["runs"][k, s]  # one run of one input: a copy of memory, no scatter
+                values = np.broadcast_to(layer[s], indices.shape).reshape(-1)
+                flat[run if run is not None else indices.reshape(-1)] = values
+        if not plan["unique"]:  # one input element feeds several state elements: their values must agree
+            for k, (maps, layer) in enumerate(zip(per_node, states.layers)):
+                for s, indices in maps.items():
+                    clash = flat[indices] != np.broadcast_to(layer[s], indices.shape)
+                    if np.any(clash):
+                        raise StateMismatchError(
+                            f"{self.label}: {self.nodes[k].where(k)}: initial_{s}: the graph feeds one input element "
+                            f"to several state elements, and the state gives them different values "
+                            f"({int(clash.sum())} elements); the model shares that input between them")
+        offsets = plan["offsets"]
+        for name in rest:
+            indices = sources[name]
+            start = offsets[name]
+            result[name] = flat[start:start + indices.size].reshape(indices.shape).astype(dtypes[name], copy=False)
         return result
 
-    def _output_map(self, batch: int):
+    def _feed_plan(self, batch: int | None) -> dict[str, Any]:
+        """Which inputs are one node state as is, and whether any input element feeds two state elements."""
+        key = ("plan", batch)
+        if key not in self._maps:
+            sources, per_node = self._feed_map(batch)
+            offsets, offset = {}, 0
+            for name, indices in sources.items():
+                offsets[name] = offset
+                offset += indices.size
+            counts = np.zeros(offset, np.int32)
+            owners: dict[str, list[tuple[int, str]]] = {}
+            runs: dict[tuple[int, str], slice | None] = {}
+            for k, maps in enumerate(per_node):
+                for s, indices in maps.items():
+                    flat = indices.reshape(-1)
+                    contiguous = flat[-1] - flat[0] == flat.size - 1 and bool(np.all(np.diff(flat) == 1))
+                    runs[k, s] = slice(int(flat[0]), int(flat[-1]) + 1) if contiguous else None
+                    np.add.at(counts, indices.reshape(-1), 1)
+                    for name, start in offsets.items():
+                        if start <= indices.flat[0] < start + sources[name].size:
+                            owners.setdefault(name, []).append((k, s))
+            unique = bool(np.all(counts <= 1))
+            direct = {}
+            for name, indices in sources.items() if unique else ():
+                pieces = owners.get(name, [])
+                if len(pieces) == 1:
+                    k, s = pieces[0]
+                    mine = per_node[k][s]
+                    if mine.shape == indices.shape and np.array_equal(mine, indices):
+                        direct[name] = (k, s)
+            self._remember(key, {"offsets": offsets, "unique": unique, "direct": direct, "runs": runs})
+        self._maps.move_to_end(key)
+        return self._maps[key]
+
+    def _output_map(self, batch: int) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], int]:
         """Per graph output reached: indices into the nodes' flat concatenated final states (-1: not a state)."""
         key = ("out", batch)
         if key not in self._maps:
@@ -553,7 +612,10 @@ class _Graph:
                 entry = {}
                 for s, slot in zip(node.state_names, (1, 2)):
                     shape = node.state_shape(batch)
-                    size = int(np.prod(shape))
+                    try:
+                        size = _bounded(shape, f"node {node.name!r}'s final state")
+                    except _Unmappable as error:
+                        raise StateMismatchError(f"{self.label}: {error}") from None
                     entry[s] = (offset, shape)
                     if node.outputs[slot]:
                         sources[node.outputs[slot]] = np.arange(offset, offset + size, dtype=np.int64).reshape(shape)
@@ -570,10 +632,11 @@ class _Graph:
                         raise StateMismatchError(f"{self.label}: output {name!r}: {error}") from None
                     if outputs[name] is None:
                         del outputs[name]
-            self._maps[key] = (outputs, layout, offset)
+            self._remember(key, (outputs, layout, offset))
+        self._maps.move_to_end(key)
         return self._maps[key]
 
-    def named_outputs(self, outputs) -> dict[str, np.ndarray]:
+    def named_outputs(self, outputs: Any) -> dict[str, np.ndarray]:
         if isinstance(outputs, Mapping):
             named = dict(outputs)
         elif isinstance(outputs, Sequence) and not isinstance(outputs, (str, bytes)):
@@ -595,36 +658,73 @@ class _Graph:
             raise StateMismatchError(f"outputs: {', '.join(map(repr, missing))} carry final states and are missing; "
                                      "run the session with output_names=None (all outputs), or include them")
         batch = self._batch_of(arrays, carriers)
-        outputs, layout, total = self._output_map(batch)
-        source = np.full(total, -1, np.int64)
-        flat_values, offset = [], 0
+        outputs, layout, _ = self._output_map(batch)
         for name, indices in outputs.items():
-            array = arrays[name]
-            if array.shape != indices.shape:
+            if arrays[name].shape != indices.shape:
                 raise StateMismatchError(f"outputs: {name!r}: expected shape {list(indices.shape)} at batch {batch}, "
-                                         f"found {list(array.shape)}")
-            valid = indices.reshape(-1) >= 0
-            source[indices.reshape(-1)[valid]] = offset + np.flatnonzero(valid)
-            flat_values.append(array.reshape(-1))
-            offset += array.size
-        values = np.concatenate(flat_values) if flat_values else np.zeros(0, np.float32)
+                                         f"found {list(arrays[name].shape)}")
+        plan = self._gather_plan(batch)
         problems, states = [], []
         for k, (node, entry) in enumerate(zip(self.nodes, layout)):
             arrays_k = {}
-            for s, (start, shape) in entry.items():
-                picks = source[start:start + int(np.prod(shape))]
-                if np.any(picks < 0):
+            for s, (_, shape) in entry.items():
+                where = plan[k][s]
+                if where is None:
                     problems.append(f"{node.where(k)}: Y_{s}: no graph output carries the node's final {s}; export "
                                     "the model with it as an output (torch: return h_n, c_n from forward)")
                     continue
-                array = values[picks].reshape(shape)
+                name, picks = where
+                if isinstance(name, list):
+                    held, positions = picks
+                    array = np.empty(held.size, arrays[name[held[0]]].dtype)
+                    for i in np.unique(held):
+                        mask = held == i
+                        array[mask] = arrays[name[i]].reshape(-1)[positions[mask]]
+                    array = array.reshape(shape)
+                else:
+                    flat = arrays[name].reshape(-1)
+                    array = (flat[picks] if isinstance(picks, slice) else np.take(flat, picks)).reshape(shape)
                 arrays_k[s] = array.transpose(1, 0, 2) if node.layout else array
             states.append(arrays_k)
         if problems:
             raise StateMismatchError([f"{self.label}: {p}" for p in problems])
         return states
 
-    def _batch_of(self, arrays, carriers) -> int:
+    def _gather_plan(self, batch: int) -> list[dict[str, Any]]:
+        """Per node state: (output, slice or flat indices into it) holding it, or None when no output does."""
+        key = ("gather", batch)
+        if key not in self._maps:
+            outputs, layout, total = self._output_map(batch)
+            names = list(outputs)
+            holder = np.full(total, -1, np.int32)
+            position = np.full(total, -1, np.int64)
+            for i, name in enumerate(names):
+                flat = outputs[name].reshape(-1)
+                valid = flat >= 0
+                holder[flat[valid]] = i
+                position[flat[valid]] = np.flatnonzero(valid)
+            plan: list[dict[str, Any]] = []
+            for entry in layout:
+                found: dict[str, Any] = {}
+                for s, (start, shape) in entry.items():
+                    stop = start + int(np.prod(shape))
+                    held = holder[start:stop]
+                    if np.any(held < 0):
+                        found[s] = None
+                        continue
+                    if np.any(held != held[0]):  # spread over several outputs (tf2onnx: one per direction)
+                        found[s] = ([names[i] for i in range(len(names))], (held.copy(), position[start:stop]))
+                        continue
+                    picks: Any = position[start:stop]
+                    if picks[-1] - picks[0] == picks.size - 1 and np.all(np.diff(picks) == 1):
+                        picks = slice(int(picks[0]), int(picks[-1]) + 1)  # one run of one output: a view, no copy
+                    found[s] = (names[held[0]], picks)
+                plan.append(found)
+            self._remember(key, plan)
+        self._maps.move_to_end(key)
+        return self._maps[key]
+
+    def _batch_of(self, arrays: dict[str, np.ndarray], carriers: set[str]) -> int:
         """The batch of a run: static, or solved from one output's size (linear in the batch), or one of its dims."""
         static = self.static_batch()
         if static is not None:
@@ -708,13 +808,15 @@ class _Graph:
         if len(functions) != per * node.directions:
             return {}, [f"activations: expected {per * node.directions} ({per} per direction), "
                         f"found {len(functions)}"]
-        names, problems = [], []
+        names: list[str] = []
+        problems: list[str] = []
         for function in functions:
             name = _neutral_name(*function)
             if name is None:
                 problems.append(f"activations: {_describe_function(*function)} has no name in the neutral layout "
                                 f"(which knows {', '.join(_ACTIVATIONS)}); statefmt cannot port it exactly")
-            names.append(name)
+            else:
+                names.append(name)
         if problems:
             return {}, problems
         forward, backward = names[:per], names[per:]
@@ -729,18 +831,21 @@ class _Graph:
         return {"recurrent_activation": forward[0], "activation": forward[1]}, []
 
     def export_weights(self, name: str, node: _Recurrent) -> LayerWeights:
-        W, R = self.tensor(node.inputs[1]), self.tensor(node.inputs[2])
+        W: Any = self.tensor(node.inputs[1])  # check_exportable saw W, R and B stored
+        R: Any = self.tensor(node.inputs[2])
         rows = W.shape[1]
-        B = self.tensor(node.inputs[3]) if node.inputs[3] else np.zeros((node.directions, 2 * rows), W.dtype)
+        B: Any = self.tensor(node.inputs[3]) if node.inputs[3] else np.zeros((node.directions, 2 * rows), W.dtype)
         rows_ = gate_rows(node.kind, node.hidden_size, FRAMEWORK_GATE_ORDER["onnx"][node.kind])
 
         def neutral(array):
             return array[:, rows_]
 
         functions, _ = self._neutral_activations(node)
-        extra = {"linear_before_reset": bool(node.attrs.get("linear_before_reset", 0))} if node.kind == "gru" else {}
         return LayerWeights(name, node.kind, neutral(W), neutral(R), neutral(B[:, :rows]), neutral(B[:, rows:]),
-                            **functions, **extra)
+                            activation=functions["activation"],
+                            recurrent_activation=functions.get("recurrent_activation", "sigmoid"),
+                            linear_before_reset=bool(node.attrs.get("linear_before_reset", 0))
+                            if node.kind == "gru" else True)
 
     def input_size(self, node: _Recurrent) -> int | None:
         W = self.initializers.get(node.inputs[1])
@@ -766,7 +871,7 @@ class _Graph:
             tuple(_ACTIVATIONS), tuple(_ACTIVATIONS), bool(node.attrs.get("linear_before_reset", 0)),
             advice=_ADVICE)
 
-    def with_weights(self, weights: WeightSet):
+    def with_weights(self, weights: WeightSet) -> Any:
         from onnx import helper, numpy_helper
 
         model = type(self.proto)()
@@ -815,17 +920,21 @@ _TAKES_ALPHA = {"HardSigmoid": (0.2, 0.5), "LeakyRelu": (0.01, None), "Threshold
 _TAKES_BETA = {"HardSigmoid", "ScaledTanh", "Affine"}
 
 
-def _neutral_name(name: str, alpha, beta) -> str | None:
+def _neutral_name(name: str, alpha: float | None, beta: float | None) -> str | None:
     for neutral, (onnx_name, a, b) in _ACTIVATIONS.items():
-        if onnx_name == name and (a is None or abs(alpha - a) < 1e-6) and (b is None or abs(beta - b) < 1e-6):
+        if onnx_name == name and _near(alpha, a) and _near(beta, b):
             return neutral
     return None
 
 
-def _describe_function(name: str, alpha, beta) -> str:
+def _near(value: float | None, expected: float | None) -> bool:
+    return expected is None or (value is not None and abs(value - expected) < 1e-6)
+
+
+def _describe_function(name: str, alpha: float | None, beta: float | None) -> str:
     if alpha is None:
         return name
-    if name == "HardSigmoid" and abs(alpha - 0.2) < 1e-6 and abs(beta - 0.5) < 1e-6:
+    if name == "HardSigmoid" and _near(alpha, 0.2) and _near(beta, 0.5):
         return "HardSigmoid(alpha=0.2, beta=0.5), Keras 2's hard_sigmoid rather than Keras 3's (x/6 + 0.5),"
     return f"{name}(alpha={alpha:g}" + (f", beta={beta:g})" if beta is not None else ")")
 
@@ -947,7 +1056,7 @@ class _Evaluator:
         return self._value(name, depth + 1)[0].shape
 
 
-def _attributes(node) -> dict[str, Any]:
+def _attributes(node: Any) -> dict[str, Any]:
     from onnx import helper, numpy_helper
 
     attrs = {}
@@ -957,7 +1066,7 @@ def _attributes(node) -> dict[str, Any]:
     return attrs
 
 
-def _is_float(elem) -> bool:
+def _is_float(elem: Any) -> bool:
     from onnx import TensorProto
 
     return elem in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
@@ -965,7 +1074,7 @@ def _is_float(elem) -> bool:
 
 def _run(op: str, inputs: list, attrs: dict[str, Any], *, cast: bool) -> list[np.ndarray]:
     """One ONNX op on numpy arrays (index arrays pass through the element-moving ops unchanged in dtype)."""
-    x = inputs[0] if inputs else None
+    x: Any = inputs[0] if inputs else None
 
     def ints(array):
         return [int(v) for v in np.asarray(array).reshape(-1)]
@@ -1033,6 +1142,7 @@ def _run(op: str, inputs: list, attrs: dict[str, Any], *, cast: bool) -> list[np
         return [np.concatenate(inputs, axis=attrs["axis"])]
     if op == "Expand":
         shape = np.broadcast_shapes(x.shape, tuple(ints(inputs[1])))
+        _bounded(shape, "an Expand")
         return [np.broadcast_to(x, shape).copy()]
     if op == "Constant":
         for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
@@ -1046,7 +1156,7 @@ def _run(op: str, inputs: list, attrs: dict[str, Any], *, cast: bool) -> list[np
         return [np.array(x.size, np.int64)]
     if op == "ConstantOfShape":
         value = attrs.get("value", np.zeros(1, np.float32))
-        return [np.full(ints(x), value.reshape(-1)[0], value.dtype)]
+        return [np.full(_bounded(ints(x), "a ConstantOfShape", as_shape=True), value.reshape(-1)[0], value.dtype)]
     binary = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Max": np.maximum, "Min": np.minimum,
               "Equal": np.equal}
     if op in binary:
@@ -1061,8 +1171,20 @@ def _run(op: str, inputs: list, attrs: dict[str, Any], *, cast: bool) -> list[np
     if op == "Where":
         return [np.where(*inputs)]
     if op == "Range":
-        return [np.arange(inputs[0], inputs[1], inputs[2])]
+        start, limit, delta = (np.asarray(v).item() for v in inputs)
+        if delta == 0 or (limit - start) / delta > _MAX_ELEMENTS:
+            raise _Unmappable(f"a Range from {start} to {limit} by {delta} is too long to follow")
+        return [np.arange(start, limit, delta)]
     raise _Unmappable(f"{op} is not supported")
+
+
+def _bounded(shape: Any, what: str, *, as_shape: bool = False) -> Any:
+    """The element count of `shape` (or the shape itself), refusing what no state could need (a hostile graph)."""
+    dims = [int(d) for d in shape]
+    size = int(np.prod(dims, dtype=np.float64)) if dims else 1
+    if any(d < 0 for d in dims) or size > _MAX_ELEMENTS:
+        raise _Unmappable(f"{what} of shape {dims} is larger than statefmt follows ({_MAX_ELEMENTS} elements)")
+    return dims if as_shape else size
 
 
 def _slice(start: int, end: int, step: int, dim: int) -> slice:
@@ -1110,11 +1232,13 @@ def _fresh(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _dtype_name(dtype) -> str:
+def _dtype_name(dtype: Any) -> str:
     return "bfloat16" if dtype.name == "bfloat16" else np.dtype(dtype).name
 
 
-def _bfloat16():
-    import ml_dtypes
+def _numpy_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes  # a statefmt dependency (numpy has no bfloat16)
 
-    return np.dtype(ml_dtypes.bfloat16)
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)

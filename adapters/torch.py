@@ -124,7 +124,7 @@ def export_weights(source: Any, *, name: str | None = None) -> WeightSet:
     with torch.no_grad():
         for k in range(t.layers):
             params = [t.params(k, d) for d in range(t.directions)]
-            arrays = {key: _numpy(torch.stack([p[key] for p in params])) for key in params[0]}
+            arrays: dict[str, Any] = {key: _numpy(torch.stack([p[key] for p in params])) for key in params[0]}
             layers.append(LayerWeights(_name(name, k), t.kind, **arrays, activation=t.activation))
     return WeightSet(layers, metadata={"source": t.source()})
 
@@ -217,7 +217,7 @@ class _Target:
         names = {"W": "weight_ih", "R": "weight_hh", "Wb": "bias_ih", "Rb": "bias_hh"}
         if self.proj:
             names["P"] = "weight_hr"
-        params = {key: getattr(self.module, name + suffix, None) for key, name in names.items()}
+        params: dict[str, Any] = {key: getattr(self.module, name + suffix, None) for key, name in names.items()}
         for key in ("Wb", "Rb"):
             if params[key] is None:
                 W = params["W"]

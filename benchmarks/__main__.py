@@ -20,22 +20,11 @@ from statefmt.adapters import torch as torch_adapter
 
 import statefmt
 from benchmarks._memory import LAYERS, UNITS, payload, state_set
+from benchmarks._timing import best
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 2**20
 REPEAT = 5
-
-
-def best(action, *, repeat: int = REPEAT, before=None) -> float:
-    """The shortest of `repeat` timed runs of `action()`; `before()` runs untimed ahead of each."""
-    times = []
-    for _ in range(repeat):
-        if before is not None:
-            before()
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def row(label: str, seconds: float, *, nbytes: int = 0, peer: float | None = None, note: str = "") -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks._timing import best
 from statefmt import _files
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,17 +64,6 @@ RESERVATIONS: dict[str, Callable[[int, int], None]] = {
     "os.posix_fallocate": reserve_posix,
     "none": reserve_none,
 }
-
-
-def best(action: Callable[[], object], *, repeat: int, before: Callable[[], object] | None = None) -> float:
-    times = []
-    for _ in range(repeat):
-        if before is not None:
-            before()
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def unlink(path: str) -> None:

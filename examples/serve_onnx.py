@@ -1,15 +1,16 @@
-"""Serving a PyTorch LSTM forecaster with ONNX Runtime, each stream's state kept in statefmt between calls.
+"""Serving a PyTorch LSTM forecaster with ONNX Runtime, each stream's state kept in a statefmt store between calls.
 
 ONNX Runtime is stateless by design (onnxruntime#11085): the caller feeds each stream's state in
 and keeps what comes out. Here a 2-layer LSTM forecaster, trained briefly in PyTorch on noisy
 sine waves, is exported with torch.onnx and served by one ORT session. Requests arrive in
 rounds; each carries the next chunk of a few of many streams, in any mix. For each request
-the server reads those streams' states by id (new streams start from zeros), runs the session
-once for the whole batch, and writes the final states back by id.
+the server gets those streams' states from the store (statefmt.store, on Lance) by id (new
+streams start from zeros), runs the session once for the whole batch, and puts the final
+states back by id.
 
-Halfway, the server is dropped and a new one starts from the same model and state file: every
+Halfway, the server is dropped and a new one starts from the same model and store: every
 stream must continue exactly as one uninterrupted PyTorch run of its whole history predicts.
-A server restarted with an empty state (every stream from zeros) must not.
+A server restarted on an empty store (every stream from zeros) must not.
 
     python examples/serve_onnx.py [folder]
 """
@@ -24,11 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-import statefmt
-from statefmt import LayerState, StateSet
-
 STREAMS, UNITS, LAYERS, CHUNK, ROUNDS, PER_REQUEST = 40, 16, 2, 15, 12, 8
-RESTART_AFTER = ROUNDS // 2
 
 
 def series(streams: int, length: int, seed: int = 0) -> np.ndarray:
@@ -85,59 +82,26 @@ def export_onnx(model, path: Path) -> None:
     path.write_bytes(buffer.getvalue())
 
 
-class StateFile:
-    """Every stream's state in one statefmt file, by stream id: `get` and `put`, as a store would offer."""
-
-    def __init__(self, path: Path, signature: statefmt.StateSignature):
-        self.path = path
-        self.signature = signature
-
-    def get(self, ids: list[str]) -> StateSet:
-        """The states of `ids` in that order; a stream seen for the first time starts from zeros."""
-        current = statefmt.load(self.path) if self.path.exists() else None
-        rows = {stream: row for row, stream in enumerate(current.stream_ids)} if current is not None else {}
-        layers = []
-        for k, expected in enumerate(self.signature.layers):
-            arrays = {}
-            for s in ("h", "c") if expected.kind == "lstm" else ("h",):
-                array = np.zeros((expected.directions, len(ids), expected.units), "float32")
-                for column, stream in enumerate(ids):
-                    if stream in rows:
-                        array[:, column] = current.layers[k][s][:, rows[stream]]
-                arrays[s] = array
-            layers.append(LayerState(expected.name or f"l{k}", expected.kind, **arrays))
-        return StateSet(layers, stream_ids=ids)
-
-    def put(self, states: StateSet) -> None:
-        """Replace (or add) the rows of `states.stream_ids`, atomically."""
-        if not self.path.exists():
-            statefmt.save(states, self.path)
-            return
-        current = statefmt.load(self.path)
-        kept = [stream for stream in current.stream_ids if stream not in set(states.stream_ids)]
-        merged = [
-            layer.with_arrays(**{s: np.concatenate([current.rows(kept).layers[k][s] if kept else
-                                                    layer[s][:, :0], layer[s]], axis=1)
-                                 for s in layer.state_names})
-            for k, layer in enumerate(states.layers)]
-        statefmt.save(StateSet(merged, stream_ids=kept + list(states.stream_ids)), self.path)
-
-
 class Server:
-    """One ORT session, called once per request; the streams' states live in the state file between calls."""
+    """One ORT session, called once per request; the streams' states live in the store between calls."""
 
-    def __init__(self, model_path: Path, state_path: Path):
+    def __init__(self, model_path: Path, store_path: Path):
         import onnxruntime
         from statefmt.adapters import onnx as onnx_adapter
 
+        from statefmt import store
+
         self.adapter = onnx_adapter
         self.session = onnxruntime.InferenceSession(str(model_path))
-        self.states = StateFile(state_path, onnx_adapter.signature(self.session))
+        if store_path.exists():
+            self.store = store.open(str(store_path))
+        else:
+            self.store = store.create(str(store_path), onnx_adapter.signature(self.session))
 
     def predict(self, ids: list[str], chunk: np.ndarray) -> np.ndarray:
-        feeds = self.adapter.initial_state(self.states.get(ids), self.session)
+        feeds = self.adapter.initial_state(self.store.get(ids, missing="zeros"), self.session)
         outputs = self.session.run(None, {"x": chunk, **feeds})
-        self.states.put(self.adapter.export(self.session, outputs).with_stream_ids(ids))
+        self.store.put(self.adapter.export(self.session, outputs).with_stream_ids(ids))
         return outputs[0]
 
 
@@ -179,13 +143,13 @@ def _serve(folder: Path) -> dict[str, float]:
     def chunk(request):
         return np.stack([data[int(stream[7:]), n * CHUNK:(n + 1) * CHUNK] for stream, n in request])
 
-    server = Server(model_path, folder / "server.statefmt")
+    server = Server(model_path, folder / "streams.lance")
     for request in plan[:restart]:
         server.predict([stream for stream, _ in request], chunk(request))
-    del server  # the server goes away; its streams' states are in the file
+    del server  # the server goes away; its streams' states are in the store
 
-    restarted = Server(model_path, folder / "server.statefmt")
-    from_zero = Server(model_path, folder / "zero.statefmt")
+    restarted = Server(model_path, folder / "streams.lance")
+    from_zero = Server(model_path, folder / "empty.lance")
     handed, zero, streams = 0.0, 0.0, set()
     for request in plan[restart:]:
         ids = [stream for stream, _ in request]

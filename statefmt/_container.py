@@ -28,7 +28,8 @@ import xxhash
 from . import _files
 from ._document import CHECKSUM_PREFIX, CHECKSUMS_TENSOR, fail, strict_json
 from ._dtypes import numpy_dtype
-from ._source import Source, display, is_url
+from ._files import _reserve as files_reserve
+from ._source import Source, display, is_url, local_path
 from .errors import StateError, StateFormatError
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own cap
@@ -291,6 +292,7 @@ def write(target: str | os.PathLike[str] | bytes, tensors: Sequence[tuple[str, n
     gives a file whose checksums match its bytes. A local target is replaced atomically; a URL is
     uploaded in one PUT (or multipart upload) once the whole file exists locally.
     """
+    target = local_path(target)
     target = os.fsdecode(target) if isinstance(target, bytes) else target
     arrays = [(key, np.ascontiguousarray(array)) for key, array in tensors]
     counts = [block_count(array.nbytes, block_bytes) for _, array in arrays]
@@ -439,7 +441,8 @@ def _pwrite_all(fd: int, data: Any, position: int) -> None:
 
 
 def _upload(url: str, fill: Callable[[int], None], size: int, storage_options: Mapping[str, Any] | None) -> None:
-    """Build the file in a local temporary, then put it whole: an object appears complete or not at all."""
+    """Build the file in an unnamed local temporary, then put it whole: an object appears complete or not at
+    all, and a process killed meanwhile leaves nothing behind (the temporary has no name to leak under)."""
     import tempfile
 
     try:
@@ -447,11 +450,12 @@ def _upload(url: str, fill: Callable[[int], None], size: int, storage_options: M
     except ImportError:
         raise ImportError('saving to a URL needs fsspec: pip install "statefmt[remote]"') from None
     fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-    with tempfile.TemporaryDirectory(prefix="statefmt-upload-") as folder:
-        local = os.path.join(folder, "file.statefmt")
-        _files.replace_atomically(local, fill, size=size, durable=False)
+    with tempfile.TemporaryFile(prefix="statefmt-upload-") as temporary:  # O_TMPFILE, or unlinked at once
+        fd = temporary.fileno()
+        files_reserve(fd, size)
+        fill(fd)
         try:
-            fs.put_file(local, path)
+            fs.put_file(f"/proc/self/fd/{fd}", path)  # a path to the unnamed file, for clients that want one
         except (OSError, ValueError) as error:
             if isinstance(error, StateError):
                 raise

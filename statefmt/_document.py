@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -86,11 +87,8 @@ class LayerEntry:
         """Each tensor of the layer, in the spec's order, with its shape."""
         d, units, h_units = self.directions, self.units, self.h_units
         shapes: dict[str, tuple[int, ...]]
-        if batch_size is not None:
-            shapes = {"h": (d, batch_size, h_units)}
-            if self.kind == "lstm":
-                shapes["c"] = (d, batch_size, units)
-            return shapes
+        if batch_size is not None:  # h may be projected; c (an LSTM's) never is
+            return {name: (d, batch_size, h_units if name == "h" else units) for name in cells.STATE_NAMES[self.kind]}
         rows = cells.GATES[self.kind] * units
         assert self.input_size is not None
         shapes = {"W": (d, rows, self.input_size), "R": (d, rows, h_units), "Wb": (d, rows), "Rb": (d, rows)}
@@ -213,13 +211,14 @@ class Document:
                                      entry["proj_units"], entry["dtype"], **weights,
                                      checksums=entry.get("checksums") if major == "1" else None))
         ids = document.get("stream_ids")
+        v2 = major == "2"  # a 1.x document may hold keys of 2.x's names, which a 1.x reader ignores
         return cls(
             format_version=document["format_version"], content=document["content"], layers=tuple(layers),
             batch_size=document.get("batch_size"),
-            stream_ids=ids is True,
-            block_bytes=document.get("block_bytes", BLOCK_BYTES),
-            checksum_blocks=tuple(document.get("checksum_blocks", ())),
-            ids_v1=tuple(ids) if isinstance(ids, list) else None,
+            stream_ids=v2 and ids is True,
+            block_bytes=document["block_bytes"] if v2 else BLOCK_BYTES,
+            checksum_blocks=tuple(document["checksum_blocks"]) if v2 else (),
+            ids_v1=tuple(ids) if not v2 and isinstance(ids, list) else None,
             **{key: document[key] for key in DESCRIPTIVE_FIELDS if key in document},
         )
 
@@ -236,7 +235,8 @@ def strict_json(text: str | bytes) -> Any:
     """Parse JSON as RFC 8259 says and RFC 7493 (I-JSON) asks: no duplicate keys, no NaN or
     Infinity, nesting at most MAX_DEPTH deep. `StateFormatError` says what is wrong."""
     try:
-        value = json.loads(text, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_constant)
+        value = json.loads(text, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_constant,
+                           parse_float=_finite_float)
     except RecursionError:
         raise StateFormatError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as error:
@@ -261,6 +261,13 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         repeated = sorted(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
         raise StateFormatError(f"duplicate JSON key {_short(repeated[0])}: a key may appear once per object")
     return result
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise StateFormatError(f"the number {text[:40]} overflows a double; NaN and Infinity are not allowed")
+    return value
 
 
 def _refuse_constant(name: str) -> Any:

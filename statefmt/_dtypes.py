@@ -31,3 +31,11 @@ def dtype_name(dtype: Any) -> str:
     if name not in SAFETENSORS_CODES:
         raise StateFormatError(f"unsupported dtype {name}; expected one of {', '.join(DTYPE_NAMES)}")
     return name
+
+
+def little_endian(array: Any) -> np.ndarray:
+    """`array` as a numpy array in little-endian byte order, as files store it (a copy only when swapped)."""
+    native: np.ndarray = np.asarray(array)
+    if native.dtype.byteorder == ">" or (native.dtype.byteorder == "=" and not np.little_endian):
+        return native.astype(native.dtype.newbyteorder("<"))
+    return native

@@ -439,6 +439,10 @@ def _checked_path(path: PathArgument) -> str:
                                source=ascii(path)) from None
     if "\0" in text:
         raise StateFormatError("a path cannot contain a NUL character", source=ascii(text))
+    if not text:
+        raise StateFormatError("the path is empty; name a file")
+    if text.endswith(os.sep):
+        raise StateFormatError("ends with a slash, so it names a folder, not a file", source=text)
     return text
 
 

@@ -121,10 +121,20 @@ class FsspecSource:
         pass
 
 
+def local_path(target: str | os.PathLike[str] | bytes) -> str | os.PathLike[str] | bytes:
+    """A `file://` URL as the path it names (empty or `localhost` host only); anything else unchanged."""
+    if isinstance(target, str) and target.startswith("file://"):
+        host, _, path = target[len("file://"):].partition("/")
+        if host not in ("", "localhost"):
+            raise StateFormatError(f"a file:// URL names a file on this machine: host {host!r} is not local",
+                                   source=target)
+        return "/" + path
+    return target
+
+
 def open_source(target: str | os.PathLike[str] | bytes, storage_options: Mapping[str, Any] | None = None) -> Source:
     """The byte source for a local path or a URL."""
-    if isinstance(target, str) and target.startswith("file://"):
-        target = target[len("file://"):]
+    target = local_path(target)
     if is_url(target):
         assert isinstance(target, str)
         return FsspecSource(target, storage_options)

@@ -26,10 +26,10 @@ from ._document import (
     fail,
     metadata_entries,
 )
-from ._source import display, open_source
+from ._source import display, is_url, open_source
 from .errors import StateError, StateFormatError, StateMismatchError
 from .signature import StateSignature
-from .states import LayerState, StateSet, resolve_rows
+from .states import LayerState, StateSet, resolve_rows, stream_keys
 from .weights import LayerWeights, WeightSet
 
 Target = str | os.PathLike[str] | bytes
@@ -56,6 +56,8 @@ def save(data: StateSet | WeightSet, target: Target, *, metadata: Mapping[str, A
     source = display(target)
     if not isinstance(data, (StateSet, WeightSet)):
         raise StateFormatError(f"save() takes a StateSet or a WeightSet, not {type(data).__name__}", source=source)
+    if storage_options and not is_url(target):
+        raise StateFormatError("storage_options apply to URLs only", source=source)
     fields = {**data.metadata, "created_by": f"statefmt {__version__}", **(metadata or {})}
     unknown = sorted(set(fields) - set(DESCRIPTIVE_FIELDS))
     if unknown:
@@ -155,6 +157,8 @@ def validate(target: Target | StateSet | WeightSet, *, against: StateSignature |
                   for i, layer in enumerate(layers) for name in _tensor_names(layer)
                   if (count := _container.count_nonfinite(np.asarray(layer[name])))]
         _refuse_nonfinite(isinstance(target, StateSet), counts, None)
+        if isinstance(target, StateSet) and target.stream_ids is not None:
+            _streams.encode(target.stream_ids)  # what save refuses: an id that is no Unicode text
         shape: StateSet | WeightSet | _Shape = target
         source = None
     else:
@@ -190,8 +194,18 @@ def upgrade(source: Target, out: Target | None = None, *, storage_options: Mappi
 
     >>> upgrade("old.statefmt")  # doctest: +SKIP
     """
-    data = _read(source, streams=None, verify=True, storage_options=storage_options)
-    save(data, source if out is None else out, storage_options=storage_options)
+    with _opened(source, _options_for(source, storage_options)) as (_, _, document):
+        if document.major != "1":
+            raise StateFormatError(f"is format {document.format_version} already; upgrade rewrites 1.x files",
+                                   source=display(source))
+    data = _read(source, streams=None, verify=True, storage_options=_options_for(source, storage_options))
+    target = source if out is None else out
+    save(data, target, storage_options=_options_for(target, storage_options))
+
+
+def _options_for(target: Target, storage_options: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """`storage_options` where `target` is a URL; none for a local path (upgrade reads and writes both)."""
+    return storage_options if is_url(target) else None
 
 
 # --- reading --------------------------------------------------------------------------------------------------------
@@ -279,8 +293,8 @@ def _read(target: Target, *, streams: StreamKeys | None, verify: bool, finite: b
             _refuse_nonfinite(document, list(_nonfinite(document, arrays)), name)
         try:
             return _build(document, arrays, ids, name)
-        except StateError as error:
-            raise StateFormatError(error.problems, source=name) from None
+        except StateError as error:  # what only the layers can say: a 1.x activation outside 2.x's list
+            raise fail(6, error.problems, name) from None
 
 
 def _nonfinite(document: Document, arrays: Mapping[str, np.ndarray]) -> Iterator[tuple[str, int]]:
@@ -378,7 +392,10 @@ def _read_rows_v2(reader: _container.BlockReader, document: Document,
     """Some rows of a 2.x state: a few verified range reads per step, however many rows the file has."""
     name = reader.container.source.name
     batch = document.batch_size or 0
-    keys = [streams] if isinstance(streams, (str, int, np.integer)) else list(streams)
+    try:
+        keys = stream_keys(streams)
+    except StateError as error:
+        raise StateMismatchError(error.problems, source=name) from None
     wanted_ids = [key for key in keys if isinstance(key, str)]
     if wanted_ids and not document.stream_ids:
         raise StateMismatchError(f"stream {wanted_ids[0]!r} asked for by id, but the state has no stream_ids",

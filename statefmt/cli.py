@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,8 +19,7 @@ from typing import Any
 import click
 
 from . import _files, api, report, store_cli
-from .errors import StateError
-from .report import printable
+from .errors import StateError, printable
 from .signature import StateSignature
 
 MAX_SIGNATURE_BYTES = 16 * 1024 * 1024
@@ -114,7 +114,7 @@ def inspect(ctx: click.Context, file: str, as_json: bool) -> None:
     with _reporting(ctx):
         summary = report.describe(api.read(file, finite=False))
         if as_json:
-            click.echo(json.dumps({"file": file, **summary}, indent=2))
+            click.echo(json.dumps({"file": file, **summary}, indent=2, allow_nan=False))
         else:
             _print_summary(file, summary)
         poisoned = [f"layer {i} {layer['name']!r}: {name}: {stats['nonfinite']} non-finite values (NaN or Inf)"
@@ -153,6 +153,8 @@ def _print_summary(file: str, summary: dict[str, Any]) -> None:
 @click.pass_context
 def diff(ctx: click.Context, a: str, b: str, atol: float) -> None:
     """Compare A and B: structure, then values. Exit 0 equal, 1 different, 2 unreadable."""
+    if math.isnan(atol):
+        raise click.BadParameter("must be a number, not NaN", param_hint="--atol")
     with _reporting(ctx, code=2):
         left, right = api.read(a), api.read(b)
     differences = report.compare(left, right, atol=atol)

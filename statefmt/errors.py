@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import re
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped, so a name or id read from a file cannot forge lines,
+    move the cursor or send terminal escapes (OSC, BEL, carriage return, bidi overrides)."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates, escaped too
+    return _CONTROL.sub(lambda match: ascii(match.group())[1:-1], text)
+
 
 class StateError(ValueError):
     """Base of all statefmt errors.
 
     `problems` lists every problem found, each a self-contained line; the
     message joins them so that ``str(error)`` is one line a person can act on.
+    Whatever a hostile file put in a name reaches them escaped (`printable`).
     """
 
     step: int | None = None  # a file that fails a reader check: the spec's step number, and its stable code
     code: str | None = None
 
     def __init__(self, problems: str | list[str], *, source: str | None = None):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.problems = [printable(problem) for problem in ([problems] if isinstance(problems, str) else problems)]
         self.source = source
-        prefix = f"{source}: " if source else ""
+        prefix = f"{printable(source)}: " if source else ""
         if len(self.problems) == 1:
             message = prefix + self.problems[0]
         else:

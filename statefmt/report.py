@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,15 +11,6 @@ import numpy as np
 from .api import _tensor_names
 from .states import LayerState, StateSet
 from .weights import LayerWeights, WeightSet
-
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(text: str) -> str:
-    """`text` with control characters escaped, so a name or id read from a file cannot forge lines,
-    move the cursor or send terminal escapes (OSC, BEL, carriage return, bidi overrides)."""
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates, escaped too
-    return _CONTROL.sub(lambda match: ascii(match.group())[1:-1], text)
 
 
 def describe(data: StateSet | WeightSet) -> dict[str, Any]:
@@ -33,7 +24,9 @@ def describe(data: StateSet | WeightSet) -> dict[str, Any]:
             finite = array[np.isfinite(array)]
             stats = {"shape": list(array.shape), "nonfinite": int(array.size - finite.size)}
             for stat in ("min", "max", "mean", "std"):
-                stats[stat] = float(getattr(finite, stat)()) if finite.size else None
+                with np.errstate(over="ignore", invalid="ignore"):
+                    value = float(getattr(finite, stat)()) if finite.size else None
+                stats[stat] = value if value is not None and math.isfinite(value) else None  # 1e308s overflow std
             tensors[name] = stats
         entry = {"name": layer.name, "kind": layer.kind, "units": layer.units, "directions": layer.directions,
                  "proj_units": layer.proj_units, "dtype": layer.dtype, "tensors": tensors}

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ._dtypes import dtype_name
+from ._dtypes import dtype_name, little_endian
 from .cells import KINDS, STATE_NAMES
 from .errors import StateFormatError, StateMismatchError
 
@@ -40,7 +40,7 @@ class LayerState:
         if (kind == "lstm") != (c is not None):
             expected = "an LSTM needs both h and c" if kind == "lstm" else f"a {kind.upper()} has h only, no c"
             raise StateFormatError(f"{where}: {expected}")
-        arrays = {"h": np.asarray(h)} if c is None else {"h": np.asarray(h), "c": np.asarray(c)}
+        arrays = {"h": little_endian(h)} if c is None else {"h": little_endian(h), "c": little_endian(c)}
         for state, array in arrays.items():
             if array.ndim != 3 or array.shape[0] not in (1, 2):
                 raise StateFormatError(
@@ -140,8 +140,10 @@ class StateSet:
                     f"stream_ids: expected {self.batch_size} unique strings, found {len(ids)} "
                     f"({len(set(ids))} unique)"
                 )
-            if not set(map(type, ids)) <= {str}:  # at C speed: 10^7 ids
-                raise StateFormatError("stream_ids: every stream id must be a string")
+            if not set(map(type, ids)) <= {str}:  # at C speed: 10^7 ids; str subclasses (np.str_) as plain str
+                if not all(isinstance(i, str) for i in ids):
+                    raise StateFormatError("stream_ids: every stream id must be a string")
+                ids = tuple(map(str, ids))
         self.stream_ids: tuple[str, ...] | None = ids
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.file = file  # the file (or URL) it was read from, which errors about it name
@@ -210,10 +212,21 @@ def refuse_duplicate_names(layers: Iterable[_Named]) -> None:
         raise StateFormatError(f"duplicate layer names: {', '.join(map(repr, duplicates))}; names must be unique")
 
 
+def stream_keys(ids_or_indices: Any) -> list[Any]:
+    """The streams asked for, as a list: one id (str) or row (int), or an iterable of them. Bytes are
+    refused, not iterated as row numbers."""
+    if isinstance(ids_or_indices, (str, int, np.integer)):
+        return [ids_or_indices]
+    if isinstance(ids_or_indices, (bytes, bytearray, memoryview)) or not isinstance(ids_or_indices, Iterable):
+        raise StateMismatchError(f"streams: expected a stream id (str), a row (int) or a list of them, found "
+                                 f"{type(ids_or_indices).__name__}")
+    return list(ids_or_indices)
+
+
 def resolve_rows(ids_or_indices: str | int | Iterable[str | int], batch_size: int,
                  stream_ids: Sequence[str] | None) -> list[int]:
     """Batch row indices for stream ids or indices; refuses unknown ids, out-of-range and repeated rows."""
-    keys = [ids_or_indices] if isinstance(ids_or_indices, (str, int, np.integer)) else list(ids_or_indices)
+    keys = stream_keys(ids_or_indices)
     rows = []
     position = None
     for key in keys:

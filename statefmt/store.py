@@ -22,12 +22,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 import numpy as np
 
 from ._document import BLOCK_BYTES, FORMAT_VERSION, Document, LayerEntry, strict_json
+from ._source import local_path
 from .cells import STATE_NAMES
 from .errors import StateError, StateFormatError, StateMismatchError
 from .signature import LayerSignature, StateSignature
@@ -41,7 +42,6 @@ PRIMARY_KEY = {"lance-schema:unenforced-primary-key": "true"}  # a second insert
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_LAYERS = 1024
 MAX_ID_BYTES = 1024
-INDEX_LAG_ROWS = 8192  # rows in unindexed fragments a put leaves before it folds them into the index: a get scans them
 COMMIT_ATTEMPTS = 20
 _SHOWN_IDS = 10
 
@@ -211,8 +211,12 @@ def _check_ids(given: Any, what: str) -> list[str]:
     """Stream ids as a list; `StateMismatchError` for a non-string, an empty or an over-long id, or a repeat."""
     ids: list[str] = [given] if isinstance(given, str) else list(given)
     if not ids or (set(map(type, ids)) == {str} and min(map(len, ids)) > 0
-                   and max(map(len, ids)) * 4 <= MAX_ID_BYTES and len(set(ids)) == len(ids)):
+                   and max(map(len, ids)) * 4 <= MAX_ID_BYTES and len(set(ids)) == len(ids) and _unicode(ids)):
         return ids  # the common case, at C speed: a million ids in ~0.1 s
+    text = [i for i in ids if isinstance(i, str) and not _unicode([i])]
+    if text:
+        raise StateMismatchError(f"{what}: a stream id must be Unicode text; found {_shown([ascii(t) for t in text])}"
+                                 " (a lone surrogate?)")
     bad = [i for i in ids if not isinstance(i, str) or not i or len(i.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES]
     if bad:
         raise StateMismatchError(f"{what}: every stream id must be a non-empty string of at most {MAX_ID_BYTES} "
@@ -221,6 +225,15 @@ def _check_ids(given: Any, what: str) -> list[str]:
         repeats = sorted(i for i, n in Counter(ids).items() if n > 1)
         raise StateMismatchError(f"{what}: stream ids given more than once: {_shown(repeats)}")
     return ids
+
+
+def _unicode(ids: Sequence[str]) -> bool:
+    """Whether every id encodes as UTF-8 (no lone surrogates), in one pass at C speed."""
+    try:
+        "".join(ids).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _signature(layers: Sequence[_Layer]) -> StateSignature:
@@ -251,7 +264,7 @@ def create(url: str, signature: StateSignature, *, storage_options: dict[str, st
     dtype = signature.dtype or "float32"
     layers = tuple(_Layer(layer.name or f"layer{index}", layer.kind, layer.units, layer.directions, layer.proj_units,
                           dtype) for index, layer in enumerate(signature.layers))
-    url = str(url)
+    url = _url(url)
     _parse_document(_document(layers), url)  # refuses what a reader would refuse: duplicate names, bad projections
     import lance
     import pyarrow as pa
@@ -274,7 +287,9 @@ def create(url: str, signature: StateSignature, *, storage_options: dict[str, st
             raise
         dataset.create_scalar_index(ID_COLUMN, "BTREE", name=INDEX_NAME)
     _make_durable(url, 0)
-    return Store(url, lance.dataset(url, storage_options=storage_options), layers, storage_options, read_only=False)
+    with _lance_errors(url, "cannot open the store just created"):
+        dataset = lance.dataset(url, storage_options=storage_options)
+    return Store(url, dataset, layers, storage_options, read_only=False)
 
 
 def open(url: str, *, version: int | None = None,  # the issue's name: store.open, beside create
@@ -287,12 +302,17 @@ def open(url: str, *, version: int | None = None,  # the issue's name: store.ope
     """
     import lance
 
-    url = str(url)
+    url = _url(url)
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 0):
+        raise StateFormatError(f"version: expected a version number (an int >= 0), found {version!r}", source=url)
     local = _local_path(url)
-    if local is not None and not os.path.isdir(os.path.join(local, "_versions")):
-        reason = "a file, not a store directory" if os.path.isfile(local) else \
-            "no store here (no Lance dataset at this URL)"
-        raise StateFormatError(reason, source=url)  # Lance would retry for seconds before it says so
+    if local is not None:
+        versions = os.path.join(local, "_versions")
+        if not os.path.isdir(versions):
+            reason = "a file, not a store directory" if os.path.isfile(local) else \
+                "no store here (no Lance dataset at this URL)"
+            raise StateFormatError(reason, source=url)  # Lance would retry for seconds before it says so
+        _refuse_special_files(versions, url)
     with _lance_errors(url, "not a readable statefmt store"):
         try:
             dataset = lance.dataset(url, version=version, storage_options=storage_options)
@@ -306,6 +326,15 @@ def open(url: str, *, version: int | None = None,  # the issue's name: store.ope
                                    f"{' …' if len(kept) > 20 else ''}", source=url) from None
         layers = _check_schema(dataset.schema, url)
     return Store(url, dataset, layers, storage_options, read_only=version is not None)
+
+
+def _refuse_special_files(folder: str, url: str) -> None:
+    """A FIFO or device among a local store's manifests would block Lance's read forever: refuse it first."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.is_file(follow_symlinks=True) and not entry.is_dir(follow_symlinks=True):
+                raise StateFormatError(f"_versions/{entry.name} is not a regular file (a FIFO or a device?): not a "
+                                       "readable store", source=url)
 
 
 def _make_durable(url: str, since_ns: int) -> None:
@@ -326,20 +355,28 @@ def _make_durable(url: str, since_ns: int) -> None:
             directories.append(path)
     for directory in list(directories):
         for entry in os.scandir(directory):
-            if directory == root or entry.stat(follow_symlinks=False).st_mtime_ns < since_ns:
+            if directory == root or entry.name.startswith(".tmp"):  # another writer's file, not yet in place
                 continue
-            if entry.is_dir(follow_symlinks=False):  # an index's own directory
-                directories.append(entry.path)
-                for inner in os.scandir(entry.path):
-                    _fsync(inner.path)
-            elif entry.is_file(follow_symlinks=False):
-                _fsync(entry.path)
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime_ns < since_ns:
+                    continue
+                if entry.is_dir(follow_symlinks=False):  # an index's own directory
+                    directories.append(entry.path)
+                    for inner in os.scandir(entry.path):
+                        _fsync(inner.path)
+                elif entry.is_file(follow_symlinks=False):
+                    _fsync(entry.path)
+            except FileNotFoundError:  # another writer's, renamed or cleaned up meanwhile
+                continue
     for directory in directories:
         _fsync(directory)
 
 
 def _fsync(path: str) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
     try:
         os.fsync(descriptor)
     finally:
@@ -347,10 +384,16 @@ def _fsync(path: str) -> None:
 
 
 def _local_path(url: str) -> str | None:
-    """The local path of a URL without a scheme (or file://); None for an object store."""
-    if url.startswith("file://"):
-        return url[len("file://"):]
+    """The local path of a URL without a scheme; None for an object store (`_url` turned file:// into a path)."""
     return None if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", url) else url
+
+
+def _url(url: Any) -> str:
+    """The URL Lance is given: a path for a local store (a file:// URL names one on this machine only)."""
+    text = os.fspath(url) if isinstance(url, os.PathLike) else url
+    if not isinstance(text, str) or not text:
+        raise StateFormatError(f"a store URL must be a non-empty path or URL, found {text!r}")
+    return str(local_path(text))
 
 
 def _check_schema(schema: Any, url: str) -> tuple[_Layer, ...]:
@@ -423,7 +466,8 @@ class Store:
                 rows = (entry.get("metadata") or {}).get("total_rows")
                 if rows is None:  # older manifests do not carry the count
                     rows = self._dataset.checkout_version(entry["version"]).count_rows()
-                found.append((int(entry["version"]), entry["timestamp"], int(rows)))
+                stamp = entry["timestamp"]  # Lance's is naive local time
+                found.append((int(entry["version"]), stamp.astimezone(timezone.utc), int(rows)))
         return found
 
     def refresh(self) -> int:
@@ -581,10 +625,8 @@ class Store:
         table = _table(self._layers, states, self.url)
         if table is None:
             return self.version
-        version = self._commit("put", lambda dataset: dataset.merge_insert(ID_COLUMN).when_matched_update_all()
-                               .when_not_matched_insert_all().conflict_retries(COMMIT_ATTEMPTS).execute(table))
-        self._fold_index()
-        return version
+        return self._commit("put", lambda dataset: dataset.merge_insert(ID_COLUMN).when_matched_update_all()
+                            .when_not_matched_insert_all().conflict_retries(COMMIT_ATTEMPTS).execute(table))
 
     def delete(self, ids: Sequence[str]) -> int:
         """Remove the streams `ids` (unknown ones are ignored) in one commit; returns its version."""
@@ -638,26 +680,6 @@ class Store:
                 delay = min(delay * 2, 1.0)
         raise AssertionError("unreachable")
 
-    def _fold_index(self) -> None:
-        """Fold unindexed rows into the id index once they exceed INDEX_LAG_ROWS: a point get scans them.
-
-        The fold is a commit of its own that changes no rows; losing a race to another writer is fine.
-        """
-        try:
-            with _lance_errors(self.url, "cannot update the id index"):
-                dataset = self._dataset
-                indexed = _indexed_fragments(dataset)
-                if indexed is None:
-                    dataset.create_scalar_index(ID_COLUMN, "BTREE", name=INDEX_NAME)
-                    return
-                lag = sum(f.physical_rows for f in dataset.get_fragments() if f.fragment_id not in indexed)
-                if lag >= INDEX_LAG_ROWS:
-                    started = time.time_ns()
-                    dataset.optimize.optimize_indices()
-                    _make_durable(self.url, started)
-        except StateFormatError as error:
-            if not _is_conflict(error):
-                raise
 
 
 def _indexed_fragments(dataset: Any) -> set[int] | None:
@@ -669,8 +691,14 @@ def _indexed_fragments(dataset: Any) -> set[int] | None:
 
 
 def _fit_problems(layers: Sequence[_Layer], states: StateSet) -> list[str]:
-    """Every way `states` does not fit the store's layers: kind, units, directions, proj_units, dtype."""
+    """Every way `states` does not fit the store's layers: kind, units, directions, proj_units, dtype, and
+    order. Layers match by position, as everywhere in statefmt; but a state whose layers carry the store's
+    names in another order would be stored under the wrong names, so that is refused."""
     problems = _signature(layers).check(states)
+    names, given = [layer.name for layer in layers], [layer.name for layer in states.layers]
+    if given != names and sorted(given) == sorted(names):
+        problems.append(f"layers: the store holds {names} in this order, the state gives {given}; "
+                        "reorder them with StateSet.select(names)")
     for index, (layer, found) in enumerate(zip(layers, states.layers)):
         if found.dtype != layer.dtype:
             problems.append(f"layer {index} {found.name!r}: dtype: expected {layer.dtype}, found {found.dtype}")
@@ -688,6 +716,8 @@ def _table(layers: Sequence[_Layer], states: StateSet, url: str) -> Any:
     import pyarrow.compute as pc
 
     ids = states.stream_ids  # unique strings: StateSet checks that
+    if not _unicode(ids):
+        _check_ids(ids, "put")  # names the ids that are no Unicode text
     id_array = pa.array(ids, pa.string())
     if ids and (pc.min(pc.binary_length(id_array)).as_py() == 0
                 or pc.max(pc.binary_length(id_array)).as_py() > MAX_ID_BYTES):

@@ -8,6 +8,7 @@ input or mismatch, 2 usage. `--json` prints one JSON object on stdout for pipeli
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,6 +38,12 @@ def _url_command(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.argument("url")(function)
 
 
+def _not_nan(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and math.isnan(value):
+        raise click.BadParameter("must be a number of days, not NaN")
+    return value
+
+
 def _json_option(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")(function)
 
@@ -55,8 +62,12 @@ def _emit(as_json: bool, result: dict[str, Any], text: str) -> None:
 
 @contextmanager
 def _progress(total: int, what: str) -> Iterator[Callable[[int], Any]]:
-    """A tqdm bar on stderr when it is a terminal; a no-op otherwise."""
-    from tqdm import tqdm
+    """A tqdm bar on stderr when it is a terminal; a no-op otherwise (or without tqdm)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # statefmt[store] brings it; a bare install just shows no bar
+        yield lambda rows: None
+        return
 
     with tqdm(total=total, unit=" streams", desc=what, disable=not sys.stderr.isatty(), leave=False) as bar:
         yield bar.update
@@ -201,6 +212,7 @@ def import_(ctx: click.Context, url: str, storage_option: tuple[str, ...], file:
             target = store_api.create(url, signature, storage_options=options, states=states)
             created = True
         if not created:
+            store_api._table(target._layers, states, url)  # every stream checked before the first commit
             with _progress(len(ids), "import") as advance:
                 for start in range(0, len(ids), chunk):
                     target.put(states.rows(ids[start:start + chunk]))
@@ -232,7 +244,7 @@ def export(ctx: click.Context, url: str, storage_option: tuple[str, ...], output
 
 @store.command()
 @_url_command
-@click.option("--cleanup-older-than", type=click.FloatRange(min=0), metavar="DAYS",
+@click.option("--cleanup-older-than", type=click.FloatRange(min=0, max=1e6), metavar="DAYS", callback=_not_nan,
               help="Also delete the files of versions older than DAYS.")
 @_json_option
 @click.pass_context

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ._dtypes import dtype_name
+from ._dtypes import dtype_name, little_endian
 from .cells import ACTIVATIONS, GATE_ORDER, GATES, KINDS
 from .errors import StateFormatError, StateMismatchError
 from .states import layer_index, refuse_duplicate_names
@@ -60,9 +60,9 @@ class LayerWeights:
         if not isinstance(linear_before_reset, (bool, np.bool_)):
             raise StateFormatError(f"{where}: linear_before_reset: expected True or False, "
                                    f"found {linear_before_reset!r}")
-        arrays = {"W": np.asarray(W), "R": np.asarray(R), "Wb": np.asarray(Wb), "Rb": np.asarray(Rb)}
+        arrays = {"W": little_endian(W), "R": little_endian(R), "Wb": little_endian(Wb), "Rb": little_endian(Rb)}
         if P is not None:
-            arrays["P"] = np.asarray(P)
+            arrays["P"] = little_endian(P)
         W_ = arrays["W"]
         if W_.ndim != 3 or W_.shape[0] not in (1, 2) or W_.shape[1] % GATES[kind] or W_.shape[1] == 0:
             raise StateFormatError(

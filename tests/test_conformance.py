@@ -225,6 +225,7 @@ class OnnxKeras(Onnx):
             from statefmt.adapters import onnx as adapter
 
             return self._session(adapter.to_onnx(keras.export_weights(layers)))
+        pytest.importorskip("tf2onnx", reason="tf2onnx converts the Keras LSTM sources (pip install tf2onnx)")
         return self._session(_tf2onnx(layers))
 
 

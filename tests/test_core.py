@@ -271,3 +271,16 @@ def test_a_huge_bad_value_gives_a_short_problem_line(tmp_path):
     with pytest.raises(statefmt.StateFormatError) as error:
         statefmt.load(path)
     assert error.value.problems[0].startswith("user: [") and len(error.value.problems[0]) < 300
+
+
+def test_nan_in_weights_is_refused_in_the_words_of_weights(tmp_path):
+    weights = make_weights()
+    zeros = {key: np.zeros(shape, "float32") for key, shape in (("R", (1, 2, 2)), ("Wb", (1, 2)), ("Rb", (1, 2)))}
+    poisoned = WeightSet([LayerWeights("rnn", "rnn", W=np.full((1, 2, 3), np.nan, "float32"), **zeros),
+                          *weights.layers[:1]])
+    for action in (lambda: statefmt.validate(poisoned), lambda: statefmt.save(poisoned, tmp_path / "w.statefmt")):
+        with pytest.raises(statefmt.StateFormatError) as error:
+            action()
+        (problem,) = error.value.problems
+        assert problem.startswith("layer 0 'rnn': W: 6 non-finite values (NaN or Inf)")
+        assert "weights" in problem and "state" not in problem

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from forked import exit_code, fork
 
 import statefmt
 from statefmt import LayerState, StateFormatError, StateSet, _files
@@ -223,31 +224,6 @@ def _blocked_writer(path: Path, data: bytes, ready: Path, go: Path) -> None:
     _files.replace_atomically(path, fill, size=len(data))
 
 
-def _fork(work) -> int:
-    pid = os.fork()
-    if pid == 0:  # the child never returns into pytest
-        code = 1
-        try:
-            work()
-            code = 0
-        finally:
-            os._exit(code)
-    return pid
-
-
-def _exit_code(pid: int, timeout: float = 30.0) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail(f"writer {pid} did not finish in {timeout:.0f} s")
-        time.sleep(0.005)
-
-
 def _saves_beside_a_live_writer(tmp_path: Path, path: Path, ready: Path, go: Path, finish, alive=None) -> None:
     wait_for(lambda: ready.exists() or (alive is not None and not alive()))
     if not ready.exists():
@@ -267,8 +243,8 @@ def _saves_beside_a_live_writer(tmp_path: Path, path: Path, ready: Path, go: Pat
 def test_a_live_writer_in_another_process_keeps_its_temporary(tmp_path):
     path, ready, go = tmp_path / "s.statefmt", tmp_path / "ready", tmp_path / "go"
     replace(path, b"old")
-    pid = _fork(lambda: _blocked_writer(path, b"theirs" * 1000, ready, go))
-    _saves_beside_a_live_writer(tmp_path, path, ready, go, lambda: _exit_code(pid) == 0 or pytest.fail("writer"))
+    pid = fork(lambda: _blocked_writer(path, b"theirs" * 1000, ready, go))
+    _saves_beside_a_live_writer(tmp_path, path, ready, go, lambda: exit_code(pid) == 0 or pytest.fail("writer"))
 
 
 def test_a_live_writer_in_another_thread_keeps_its_temporary(tmp_path):
@@ -308,7 +284,7 @@ def test_a_killed_writers_temporaries_are_removed_by_the_next_save(tmp_path):
     pids = []
     for k in range(2):
         ready = tmp_path / f"ready{k}"
-        pids.append(_fork(lambda ready=ready: _blocked_writer(path, b"never" * 100, ready, tmp_path / "go")))
+        pids.append(fork(lambda ready=ready: _blocked_writer(path, b"never" * 100, ready, tmp_path / "go")))
         wait_for(ready.exists)
     (tmp_path / f".s.statefmt.5{SUFFIX}").write_bytes(b"left by a writer that died")
     assert len(temporaries(tmp_path)) == 3
@@ -334,11 +310,11 @@ def test_long_names_that_share_a_prefix_save_side_by_side(tmp_path):
     """Their temporaries' names are cut to the same prefix: the lock, not the name, tells them apart."""
     a, b = tmp_path / ("y" * 250 + "a"), tmp_path / ("y" * 250 + "b")
     ready, go = tmp_path / "ready", tmp_path / "go"
-    pid = _fork(lambda: _blocked_writer(a, b"theirs" * 1000, ready, go))
+    pid = fork(lambda: _blocked_writer(a, b"theirs" * 1000, ready, go))
     wait_for(ready.exists)
     replace(b, b"b")
     go.touch()
-    assert _exit_code(pid) == 0
+    assert exit_code(pid) == 0
     assert a.read_bytes() == b"theirs" * 1000 and b.read_bytes() == b"b"
     assert sorted(os.listdir(tmp_path)) == sorted([a.name, b.name, "go", "ready"])
 
@@ -528,7 +504,7 @@ def test_a_full_disk_names_the_path_and_leaves_the_old_file(tmp_path):
         except OSError as error:
             os._exit(3 if (error.errno, error.filename) == (errno.EFBIG, str(path)) else 4)
 
-    assert _exit_code(_fork(save_under_a_1_mib_limit)) == 3
+    assert exit_code(fork(save_under_a_1_mib_limit)) == 3
     assert same(statefmt.load(path), states_of(1)) and temporaries(tmp_path) == []
 
 
@@ -631,7 +607,7 @@ def test_permission_denied_says_permission_denied(tmp_path):
         os._exit(5)
 
     if IS_ROOT:
-        assert _exit_code(_fork(read_as_nobody)) == 3
+        assert exit_code(fork(read_as_nobody)) == 3
     else:
         os.chmod(path, 0o000)
         with pytest.raises(StateFormatError, match=f"^{re.escape(str(path))}: permission denied$"):

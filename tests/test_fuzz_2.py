@@ -1,5 +1,5 @@
 """The fuzzers on format 2.0: their mutations reach the checks behind the checksums, their verdict
-can fail, and the bugs they found (strict xfail until the core is fixed; see the fuzz report)."""
+can fail, and regression tests for the bugs they found."""
 
 from __future__ import annotations
 
@@ -125,9 +125,6 @@ def _v1_lstm_with(edit) -> bytes:
     return parts.bytes()
 
 
-@pytest.mark.xfail(strict=True, reason="a 1.0 document holding the 2.0 key `checksum_blocks` as a number raises "
-                                       "TypeError in Document.from_dict (_document.py: tuple(document.get("
-                                       "'checksum_blocks', ()))), not StateFormatError")
 def test_a_1_0_document_with_a_2_0_key_of_another_type_is_read_or_refused(tmp_path):
     path = tmp_path / "v1.statefmt"
     path.write_bytes(_v1_lstm_with(lambda document: document.update(checksum_blocks=5)))
@@ -153,9 +150,6 @@ def _v1_weights_with_activation(activation: str) -> bytes:
     return parts.bytes()
 
 
-@pytest.mark.xfail(strict=True, reason="a 1.0 weights file with an activation outside 2.0's closed list ('h') is "
-                                       "refused by read without a spec step (.step None): LayerWeights' error is "
-                                       "re-raised by api._read around _build without fail()")
 def test_what_read_returns_can_be_saved_again(tmp_path):
     """Whatever read accepts, save (and `statefmt upgrade`) writes; whatever it refuses, it refuses at a step."""
     path = tmp_path / "v1-weights.statefmt"

@@ -163,6 +163,28 @@ def test_the_dynamo_exporter_writes_gru_linear_before_reset():
     np.testing.assert_allclose(y, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("layout", ["single", "stacked", "bidirectional"])
+def test_dynamo_exports_continue_as_torch_does(kind, layout):
+    """Every LSTM and GRU layout through the dynamo exporter (about 2 s each), states and weights both ways."""
+    layers, bidirectional = (2 if layout == "stacked" else 1), layout == "bidirectional"
+    rnn, data = exported(kind, layers=layers, bidirectional=bidirectional, dynamo=True)
+    session = ort.InferenceSession(data)
+    states = random_states(kind, layers, 2 if bidirectional else 1)
+    _, second, _ = inputs()
+    outputs = session.run(None, {"x": second, **oa.initial_state(states, session)})
+    expected, final = torch_run(rnn, second, ta.initial_state(states, rnn))
+    np.testing.assert_allclose(outputs[0], expected, atol=1e-5, rtol=0)
+    got, want = oa.export(session, outputs), ta.export(rnn, final)
+    for mine, theirs in zip(got.layers, want.layers):
+        for s in mine.state_names:
+            np.testing.assert_allclose(mine[s], theirs[s], atol=1e-5, rtol=0)
+    for mine, theirs in zip(oa.export_weights(data_model(data)).layers, ta.export_weights(rnn).layers):
+        for key in ("W", "R", "Wb", "Rb"):
+            np.testing.assert_array_equal(mine[key], theirs[key])
+
+
 def test_the_dynamo_exporter_unrolls_rnn_and_the_adapter_says_what_works():
     _, data = exported("rnn", dynamo=True)
     with pytest.raises(StateMismatchError, match=r"no LSTM, GRU or RNN node.*dynamo=False"):
@@ -421,6 +443,36 @@ def test_one_input_for_all_states_through_gather_split_and_layout_1():
             np.testing.assert_allclose(got.layers[k][s], expected.layers[k][s], atol=1e-5, rtol=0)
 
 
+def test_reshape_cast_identity_and_flatten_chains():
+    """Per-layer 2-D states `[batch, units]` reshaped in (Reshape, Identity, Cast), flattened out (Flatten, Reshape)."""
+    from onnx.reference import ReferenceEvaluator
+
+    consts = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+              (("to3d", [1, -1, UNITS]), ("to2d", [-1, UNITS]))]
+    nodes = [
+        helper.make_node("Reshape", ["h", "to3d"], ["h3"]),
+        helper.make_node("Identity", ["h3"], ["h3i"]),
+        helper.make_node("Cast", ["h3i"], ["h3c"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["c", "to3d"], ["c3"]),
+        helper.make_node("LSTM", ["x", "W", "R", "B", "", "h3c", "c3"], ["Y", "hn", "cn"], hidden_size=UNITS),
+        helper.make_node("Flatten", ["hn"], ["hn_flat"], axis=2),  # [1 * batch, units]
+        helper.make_node("Reshape", ["cn", "to2d"], ["c_out"]),
+    ]
+    model = _graph(nodes, [_info("x", [STEPS, "batch", INPUT]), _info("h", ["batch", UNITS]),
+                           _info("c", ["batch", UNITS])],
+                   [_info("hn_flat", ["batch", UNITS]), _info("c_out", ["batch", UNITS])], _lstm_weights() + consts)
+    states = random_states("lstm", 1, 1, batch=5)
+    feeds = oa.initial_state(states, model)
+    np.testing.assert_array_equal(feeds["h"], states.layers[0]["h"][0])
+    x = np.random.default_rng(4).standard_normal((STEPS, 5, INPUT)).astype("float32")
+    outputs = ReferenceEvaluator(model).run(None, {"x": x, **feeds})
+    _, expected = reference.run(oa.export_weights(model), x.transpose(1, 0, 2), states)
+    got = oa.export(model, outputs)
+    assert got.batch_size == 5
+    for s in ("h", "c"):
+        np.testing.assert_allclose(got.layers[0][s], expected.layers[0][s], atol=1e-5, rtol=0)
+
+
 def test_a_state_reached_through_arithmetic_is_refused_naming_the_op():
     half = numpy_helper.from_array(np.array(0.5, np.float32), "half")
     nodes = [helper.make_node("Mul", ["h0", "half"], ["h_half"], name="scale"),
@@ -432,6 +484,43 @@ def test_a_state_reached_through_arithmetic_is_refused_naming_the_op():
         oa.initial_state(random_states("lstm", 1, 1), model)
     with pytest.raises(StateMismatchError, match=r"Y_c: no graph output carries the node's final c"):
         oa.export(model, [np.zeros((1, BATCH, UNITS), "float32")])
+
+
+def test_one_input_feeding_h_and_c_needs_them_equal():
+    """torch.onnx's dynamo exporter merges aliased example inputs: one `h0` can end up feeding h and c."""
+    from onnx.reference import ReferenceEvaluator
+
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "h0"], ["Y", "hn", "cn"], hidden_size=UNITS,
+                              name="shared")]
+    model = _graph(nodes, [_info("x", [STEPS, BATCH, INPUT]), _info("h0", [1, BATCH, UNITS])],
+                   [_info("hn", [1, BATCH, UNITS]), _info("cn", [1, BATCH, UNITS])], _lstm_weights())
+    states = random_states("lstm", 1, 1)
+    with pytest.raises(StateMismatchError, match=r"node 'shared', LSTM\): initial_[hc]: the graph feeds one input "
+                                                 r"element to several state elements"):
+        oa.initial_state(states, model)
+    same = StateSet([LayerState("l0", "lstm", h=states.layers[0]["h"], c=states.layers[0]["h"])])
+    feeds = oa.initial_state(same, model)
+    np.testing.assert_array_equal(feeds["h0"], states.layers[0]["h"])
+    hn, cn = ReferenceEvaluator(model).run(None, {"x": inputs()[0].transpose(1, 0, 2), **feeds})
+    got = oa.export(model, [hn, cn])
+    np.testing.assert_array_equal(got.layers[0]["c"], cn)
+
+
+def test_hostile_shapes_are_refused_before_any_allocation():
+    huge = [1, 1 << 40, UNITS]
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0"], ["Y", "hn", "cn"], hidden_size=UNITS)]
+    model = _graph(nodes, [_info("x", [STEPS, "n", INPUT]), _info("h0", huge), _info("c0", huge)],
+                   [_info("hn", [1, "n", UNITS])], _lstm_weights())
+    with pytest.raises(StateMismatchError, match=r"graph input 'h0' of shape \[1, 1099511627776, 4\] is larger than "
+                                                 r"statefmt follows"):
+        oa.initial_state(random_states("lstm", 1, 1), model)
+    shape = numpy_helper.from_array(np.array([1, 1 << 40, UNITS], np.int64), "big")
+    nodes = [helper.make_node("Expand", ["h0", "big"], ["h_big"], name="blow_up"),
+             helper.make_node("LSTM", ["x", "W", "R", "B", "", "h_big", "c0"], ["Y", "hn", "cn"], hidden_size=UNITS)]
+    model = _graph(nodes, [_info("x", [STEPS, "n", INPUT]), _info("h0", [1, 1, UNITS]), _info("c0", [1, "n", UNITS])],
+                   [_info("hn", [1, "n", UNITS])], _lstm_weights() + [shape])
+    with pytest.raises(StateMismatchError, match=r"an Expand of shape .* is larger than statefmt follows"):
+        oa.initial_state(random_states("lstm", 1, 1), model)
 
 
 def test_a_node_without_initial_state_is_refused():

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from forked import exit_code, fork
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -45,7 +46,7 @@ def states_of(seed, batch=2, units=3, ids=True):
 
 
 def same(a: StateSet, b: StateSet) -> bool:
-    return (a.stream_ids == b.stream_ids and [l.name for l in a] == [l.name for l in b]
+    return (a.stream_ids == b.stream_ids and [x.name for x in a] == [y.name for y in b]
             and all(x[n].dtype == y[n].dtype and x[n].tobytes() == y[n].tobytes()
                     for x, y in zip(a, b) for n in x.state_names))
 
@@ -149,33 +150,6 @@ def test_coverage_guided_fuzzing_runs(tmp_path):
 
 # --- crash safety ----------------------------------------------------------------------------------------------
 
-def _fork(work) -> int:
-    pid = os.fork()
-    if pid == 0:  # the child never returns into pytest
-        code = 1
-        try:
-            work()
-            code = 0
-        finally:
-            os._exit(code)
-    return pid
-
-
-def _exit_code(pid: int, timeout: float = 60.0) -> int:
-    """A forked writer's exit code. Forking after JAX or TensorFlow started threads can deadlock a
-    child in principle: one stuck past `timeout` is killed and fails the test instead of hanging the run."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail(f"forked writer {pid} did not finish in {timeout:.0f} s")
-        time.sleep(0.01)
-
-
 def test_sigkill_during_save_leaves_the_old_or_the_new_state(tmp_path):
     """40 saves of a 4 MiB state over an existing file, each killed at a random moment."""
     old, new = states_of(1, batch=1024, units=512), states_of(2, batch=1024, units=512)
@@ -189,7 +163,7 @@ def test_sigkill_during_save_leaves_the_old_or_the_new_state(tmp_path):
     current = old
     for kill in range(40):
         target = new if current is old else old
-        pid = _fork(lambda: statefmt.save(target, path))
+        pid = fork(lambda target=target: statefmt.save(target, path))
         time.sleep(rnd.uniform(0, 1.5 * save_seconds))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)  # reap it: a zombie still counts as alive and keeps its temporary
@@ -229,7 +203,7 @@ def test_a_save_that_runs_out_of_space_leaves_the_old_file_and_no_temporary(tmp_
         except OSError as error:
             os._exit(3 if error.errno == errno.EFBIG else 4)
 
-    assert _exit_code(_fork(save_under_a_1_mib_limit)) == 3
+    assert exit_code(fork(save_under_a_1_mib_limit)) == 3
     assert same(statefmt.load(path), old)
     assert temporaries(tmp_path) == []
 
@@ -248,7 +222,7 @@ def small_file(tmp_path_factory):
 
 @pytest.mark.parametrize("tensor", ["layers.0.h", "layers.0.c", "layers.1.h"])
 def test_every_bit_flip_in_tensor_data_is_caught(small_file, tmp_path, tensor):
-    states, data, start = small_file
+    _, data, start = small_file
     begin, end = json.loads(data[8:start])[tensor]["data_offsets"]
     path = tmp_path / "flipped.statefmt"
     caught = 0
@@ -266,7 +240,7 @@ def test_every_bit_flip_in_tensor_data_is_caught(small_file, tmp_path, tensor):
 @pytest.fixture(scope="module")
 def header_flips(small_file, tmp_path_factory):
     """Each bit of the length and header flipped in turn: (bit, the loaded state, or None if refused)."""
-    states, data, start = small_file
+    _, data, start = small_file
     path = tmp_path_factory.mktemp("header") / "flipped.statefmt"
     outcomes = []
     for bit in range(start * 8):
@@ -287,7 +261,7 @@ def test_no_header_bit_flip_changes_tensor_data(small_file, header_flips):
         if loaded is None:
             refused += 1
             continue
-        assert [(l.kind, l.units, l.directions) for l in loaded] == [(l.kind, l.units, l.directions) for l in states]
+        assert [(x.kind, x.units, x.directions) for x in loaded] == [(x.kind, x.units, x.directions) for x in states]
         assert all(x[n].dtype == y[n].dtype and x[n].tobytes() == y[n].tobytes()
                    for x, y in zip(loaded, states) for n in x.state_names), f"bit {bit} changed tensor data"
     assert refused > 0.9 * small_file[2] * 8
@@ -347,7 +321,8 @@ def _rewrite_document(path: Path, change) -> None:
     ("empty name", lambda d: d["layers"][0].update(name=""), r"layer 0 '': name: '' should be non-empty"),
     ("duplicate names", lambda d: d["layers"][1].update(name="enc"), r"duplicate layer names: 'enc'"),
     ("non-string name", lambda d: d["layers"][1].update(name=7), r"layer 1 7: name: 7 is not of type 'string'"),
-    ("stream ids in the document", lambda d: d.update(stream_ids=["s0", "s1"]), r"stream_ids: \['s0', 's1'\] is not of type 'boolean'"),
+    ("stream ids in the document", lambda d: d.update(stream_ids=["s0", "s1"]),
+     r"stream_ids: \['s0', 's1'\] is not of type 'boolean'"),
     ("input_size on a state layer", lambda d: d["layers"][0].update(input_size=3), None),
 ])
 def test_crafted_documents(tmp_path, case, change, message):
@@ -377,7 +352,7 @@ def test_crafted_stream_ids_cannot_stall_the_reader(tmp_path):
     statefmt.save(states_of(6), path)
     _rewrite_document(path, lambda d: d.update(stream_ids=[str(i) if i % 2 else i for i in range(200_000)]))
     t0 = time.monotonic()
-    with pytest.raises(StateFormatError, match="stream_ids.0: every stream id must be a string, found int"):
+    with pytest.raises(StateFormatError, match=r"stream_ids\.0: every stream id must be a string, found int"):
         statefmt.load(path)
     assert time.monotonic() - t0 < 5
 
@@ -448,10 +423,10 @@ def _run_writers(jobs) -> list[tuple[int, float]]:
             time.sleep(max(0.0, start + delay - time.monotonic()))
             work()
             os.write(write, struct.pack("<id", index, time.monotonic()))
-        pids.append(_fork(job))
+        pids.append(fork(job))
     os.close(write)
     for pid in pids:
-        assert _exit_code(pid) == 0
+        assert exit_code(pid) == 0
     with os.fdopen(read, "rb") as pipe:
         data = pipe.read()
     return sorted((struct.unpack_from("<id", data, i) for i in range(0, len(data), 12)), key=lambda r: r[1])
@@ -526,8 +501,8 @@ def _bad_files(folder: Path) -> dict[str, Path]:
 
 
 BAD_CASES = ["empty", "seven bytes", "truncated header", "truncated data", "flipped data bit", "giant length",
-             "length past the end", "inserted bytes", "deep json", "pickle", "plain safetensors", "inverted first bytes",
-             "random truncation", "random insertion", "random length"]
+             "length past the end", "inserted bytes", "deep json", "pickle", "plain safetensors",
+             "inverted first bytes", "random truncation", "random insertion", "random length"]
 
 
 @pytest.fixture(scope="module")

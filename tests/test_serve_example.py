@@ -20,4 +20,4 @@ def test_a_restarted_server_continues_every_stream(tmp_path):
     assert result["streams_continued"] >= 10
     assert result["restarted_error"] < 1e-5  # against one uninterrupted PyTorch run of each stream's history
     assert result["zero_state_error"] > 1e-2
-    assert (tmp_path / "server.statefmt").exists()
+    assert (tmp_path / "streams.lance").is_dir()

@@ -166,6 +166,20 @@ def test_get_refuses_repeated_and_non_string_ids(fleet):
     with pytest.raises(StateMismatchError, match="non-empty string"):
         fleet.get(["a", 3])
     assert fleet.get([]).batch_size == 0
+    with pytest.raises(StateMismatchError, match="at most 1024 bytes"):
+        fleet.get(["x" * 5000])
+    with pytest.raises(StateMismatchError, match="at most 1024 bytes"):
+        fleet.put(states_for(["ok", "é" * 600], seed=2))  # 1,200 bytes in UTF-8
+
+
+def test_a_handle_sees_its_own_writes_and_others_after_refresh(fleet):
+    other = store.open(fleet.url)
+    version = fleet.put(states_for(["a"], seed=1))
+    assert "a" in fleet and "a" not in other and other.version < version
+    assert other.refresh() >= version and "a" in other
+    newest = fleet.put(states_for(["c"], seed=3))  # `other` is stale again
+    assert other.put(states_for(["b"], seed=2)) > newest  # it commits on the latest version, losing nothing
+    assert store.open(fleet.url).snapshot().stream_ids == ("a", "b", "c")
 
 
 def test_a_bad_put_names_every_problem_and_writes_nothing(fleet):
@@ -242,14 +256,16 @@ def test_a_put_returns_only_once_its_files_are_fsynced(fleet, monkeypatch):
     assert {str(root), str(root / "data"), str(root / "_versions")} <= synced
 
 
-def test_many_puts_keep_the_id_index_current(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "INDEX_LAG_ROWS", 10)
+def test_compact_brings_the_id_index_up_to_date_after_many_puts(tmp_path):
+    """A put is one version and leaves its rows outside the id index (a get scans them); compact folds them in."""
     fleet = store.create(str(tmp_path / "fleet"), SIGNATURE)
     for start in range(0, 60, 12):
-        fleet.put(states_for([f"s{i}" for i in range(start, start + 12)], seed=start))
+        before = fleet.version
+        assert fleet.put(states_for([f"s{i}" for i in range(start, start + 12)], seed=start)) == before + 1
+    fleet.compact()
     dataset = lance.dataset(fleet.url)
     indexed = {f for segment in dataset.describe_indices()[0].segments for f in segment.fragment_ids}
-    assert len(dataset.get_fragments()) == 5 and {f.fragment_id for f in dataset.get_fragments()} <= indexed
+    assert {f.fragment_id for f in dataset.get_fragments()} <= indexed
     plan = dataset.scanner(filter="stream_id = 's5'").explain_plan()
     assert "ScalarIndexQuery" in plan
     assert fleet.get(["s59", "s0"]).stream_ids == ("s59", "s0")
@@ -430,7 +446,7 @@ VICTIM = textwrap.dedent("""
     sys.path.insert(0, sys.argv[3])
     from test_store import BIG, _constant
     from statefmt import store
-    fleet, count = store.open(sys.argv[1]), 10_000
+    fleet, count = store.open(sys.argv[1]), 6_000
     ids = [f"s{i}" for i in range(count)]
     if sys.argv[2] == "compact":
         print("compacting", flush=True)
@@ -443,10 +459,10 @@ VICTIM = textwrap.dedent("""
 
 @pytest.mark.parametrize("operation", ["put", "compact"])
 def test_sigkill_during_put_or_compact_leaves_the_previous_version_intact(tmp_path, operation):
-    url, count = str(tmp_path / "fleet"), 10_000
+    url, count = str(tmp_path / "fleet"), 6_000
     fleet = store.create(url, BIG)
     ids = [f"s{i}" for i in range(count)]
-    for part in range(10):  # ten fragments, so compact has work to do
+    for part in range(6):  # six fragments, so compact has work to do
         fleet.put(_constant(ids[part * 1000:(part + 1) * 1000], 1.0, BIG))
     before = fleet.version
     victim = subprocess.Popen([sys.executable, "-c", VICTIM, url, operation, str(Path(__file__).parent)],
@@ -550,3 +566,22 @@ def test_cli_errors_are_one_line_with_exit_codes(tmp_path):
         assert result.exit_code == code and message in result.stderr, (args, result.output)
         if code == 1:
             assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_a_quarter_million_streams_round_trip_through_puts_compaction_and_snapshot(tmp_path):
+    ids = [f"s{i:06d}" for i in range(250_000)]
+    first = states_for(ids, seed=1)
+    fleet = store.create(str(tmp_path / "fleet"), SIGNATURE, states=first)
+    rng = np.random.default_rng(0)
+    latest = dict.fromkeys(ids, first)
+    for round_ in range(5):
+        chosen = sorted({ids[i] for i in rng.integers(0, len(ids), 20_000)})
+        update = states_for(chosen, seed=10 + round_)
+        fleet.put(update)
+        latest.update(dict.fromkeys(chosen, update))
+    fleet.compact()
+    snapshot = fleet.snapshot()
+    assert snapshot.stream_ids == tuple(ids)
+    for stream_id in [ids[i] for i in rng.integers(0, len(ids), 300)]:
+        assert_stream(snapshot, latest[stream_id], stream_id)
