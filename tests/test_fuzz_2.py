@@ -208,14 +208,7 @@ def _with_tensor_named(name: str, case: str) -> bytes:
     return struct.pack("<Q", len(text)) + text + raw[8 + length:]
 
 
-_RAW_NAME = "a tensor name reaches the error message raw (newline, ESC): "
-
-
-@pytest.mark.parametrize("case", [
-    pytest.param("bad dtype", marks=pytest.mark.xfail(strict=True, reason=_RAW_NAME + "_container._tensor_info")),
-    pytest.param("overlap", marks=pytest.mark.xfail(strict=True, reason=_RAW_NAME + "_container.Container.__init__")),
-    pytest.param("extra tensor", marks=pytest.mark.xfail(strict=True, reason=_RAW_NAME + "api._tensor_problems")),
-])
+@pytest.mark.parametrize("case", ["bad dtype", "overlap", "extra tensor"])
 def test_a_tensor_name_with_a_newline_gives_one_line_problems(tmp_path, case):
     """Found by atheris: a tensor name holding a newline (a `\\n` escape in the header) is quoted raw in the
     messages (`tensor `{key}`` in _container, "tensors not described" in api), so a problem spans two lines
@@ -241,10 +234,8 @@ def test_surrogate_bytes_in_the_header_are_refused(tmp_path):
     assert refused.value.step in (1, 2)
 
 
-@pytest.mark.xfail(strict=True, reason="`statefmt inspect` warns (RuntimeWarning: overflow encountered in square) "
-                                       "on a valid file holding a large finite float64 (1e200): report.summary's "
-                                       "std squares it, without np.errstate")
 def test_inspect_of_large_finite_values_shows_no_warning(tmp_path):
+    """Found by the seeded run: inspect's std squared a large finite float64 (1e200) and warned of overflow."""
     import warnings
 
     from fuzz.mutations import _check_cli
