@@ -253,3 +253,28 @@ def test_inspect_of_large_finite_values_shows_no_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _check_cli(path, valid=True)
+
+
+@pytest.mark.xfail(strict=True, reason="`statefmt inspect` warns (RuntimeWarning: invalid value encountered in cast) "
+                                       "on a signaling NaN: report.describe casts to float64 (report.py, "
+                                       "np.asarray(layer[name], dtype=np.float64)) outside np.errstate")
+def test_inspect_of_a_signaling_nan_shows_no_warning(tmp_path):
+    import warnings
+
+    from fuzz.mutations import _check_cli
+
+    vector = Path(__file__).resolve().parents[1] / "spec" / "vectors" / "lstm.statefmt"
+    parts = Parts.of(vector.read_bytes())
+    h = parts.array("layers.0.h").copy()
+    h.view(np.uint32)[0, 0, 0] = 0x7FA00000  # a signaling NaN: any arithmetic or cast raises FE_INVALID
+    parts.put("layers.0.h", h, "F32")
+    parts.reseal()
+    parts.seal_document()
+    path = tmp_path / "snan.statefmt"
+    path.write_bytes(parts.bytes())
+    with pytest.raises(StateFormatError) as refused:
+        statefmt.read(path)
+    assert refused.value.step == 9
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check_cli(path, valid=False)
