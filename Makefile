@@ -34,7 +34,7 @@ fuzz: $(STAMP)
 	$(PY) -m fuzz
 
 fuzz-coverage: $(STAMP)
-	$(PY) -m fuzz.coverage -max_total_time=300 -print_final_stats=1
+	$(PY) -m fuzz.coverage -max_total_time=300 -timeout=10 -print_final_stats=1
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 ran += 1
                 continue
             kind, mutated = mutant.kind, mutant.data
+            path.unlink(missing_ok=True)  # a new file, not a truncated one: ext4 flushes on truncate-and-rewrite
             path.write_bytes(mutated)
             t0 = time.monotonic()
             signal.setitimer(signal.ITIMER_REAL, args.timeout)

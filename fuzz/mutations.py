@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import itertools
 import json
 import random
@@ -955,24 +956,32 @@ def _rows_of(states: StateSet, keys: list[str | int]) -> list[int] | None:
     return rows if len(set(rows)) == len(rows) else None
 
 
+_CLI_OUTPUT = io.StringIO()
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def _check_cli(path: Path, *, valid: bool) -> None:
     """`statefmt validate` and `inspect`: the same verdict, exit 0 or 1, no traceback, no raw control characters."""
-    from click.testing import CliRunner
-
     from statefmt.cli import main as cli
 
     for command in (["validate", str(path)], ["validate", "--json", str(path)], ["inspect", str(path)]):
-        result = CliRunner().invoke(cli, command)
-        assert result.exception is None or isinstance(result.exception, SystemExit), \
-            f"statefmt {command[0]}: {result.exception!r}"
-        assert result.exit_code in (0, 1), f"statefmt {command[0]}: exit {result.exit_code}"
-        assert "Traceback" not in result.output, f"statefmt {command[0]}: a traceback"
-        assert not _CONTROL.search(result.output), f"statefmt {command[0]}: raw control characters: {result.output!r}"
+        # one output stream for every call: click caches a text stream per sys.stdout it meets, in a
+        # WeakKeyDictionary whose value holds the key, so each new StringIO (or CliRunner) would stay alive
+        out = _CLI_OUTPUT
+        out.seek(0)
+        out.truncate()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            try:
+                cli.main(command, prog_name="statefmt")
+                code: Any = 0
+            except SystemExit as exit_:  # any other exception is a traceback a user would see: it propagates
+                code = exit_.code
+        output = out.getvalue()
+        assert code in (0, 1), f"statefmt {command[0]}: exit {code}"
+        assert "Traceback" not in output, f"statefmt {command[0]}: a traceback"
+        assert not _CONTROL.search(output), f"statefmt {command[0]}: raw control characters: {output[:300]!r}"
         if command[0] == "validate":
-            assert (result.exit_code == 0) == valid, f"statefmt validate exits {result.exit_code}, read says {valid}"
+            assert (code == 0) == valid, f"statefmt validate exits {code}, read says {valid}"
 
 
 def verdict(path: Path, mutant: Mutant, rnd: random.Random | None = None) -> str:

@@ -11,7 +11,7 @@ from .signature import LayerSignature, LayerWeightSignature, StateSignature, Wei
 from .states import LayerState, StateSet
 from .weights import LayerWeights, WeightSet
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "FORMAT_VERSION",

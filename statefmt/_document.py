@@ -235,6 +235,8 @@ def strict_json(text: str | bytes) -> Any:
     """Parse JSON as RFC 8259 says and RFC 7493 (I-JSON) asks: no duplicate keys, no NaN or
     Infinity, nesting at most MAX_DEPTH deep. `StateFormatError` says what is wrong."""
     try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")  # strictly: json.loads(bytes) would let surrogate bytes through
         value = json.loads(text, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_constant,
                            parse_float=_finite_float)
     except RecursionError:
@@ -243,7 +245,7 @@ def strict_json(text: str | bytes) -> Any:
         message = str(error) if isinstance(error, StateFormatError) else f"not valid JSON ({error})"
         raise StateFormatError(message[:300]) from None
     check_depth(value)
-    if _SURROGATE_ESCAPE.search(text if isinstance(text, str) else text.decode("utf-8", "replace")):
+    if _SURROGATE_ESCAPE.search(text):
         try:  # a pair is one character; a lone surrogate is no Unicode text at all (I-JSON forbids it)
             json.dumps(value, ensure_ascii=False).encode()
         except UnicodeEncodeError:

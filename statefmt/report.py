@@ -20,7 +20,8 @@ def describe(data: StateSet | WeightSet) -> dict[str, Any]:
     for layer in each:
         tensors = {}
         for name in _tensor_names(layer):
-            array = np.asarray(layer[name], dtype=np.float64)
+            with np.errstate(invalid="ignore"):  # a signalling NaN warns when cast: it is counted below
+                array = np.asarray(layer[name], dtype=np.float64)
             finite = array[np.isfinite(array)]
             stats = {"shape": list(array.shape), "nonfinite": int(array.size - finite.size)}
             for stat in ("min", "max", "mean", "std"):

@@ -10,6 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import statefmt
@@ -52,6 +53,7 @@ def test_mutations_reach_the_checks_behind_the_checksums(pool, tmp_path, kind, n
     for i in range(30):
         rnd = random.Random(i)
         mutant = MUTATIONS[kind](pool[i % len(pool)], rnd)
+        path.unlink(missing_ok=True)  # a new file each time: ext4 flushes a truncated-and-rewritten one
         path.write_bytes(mutant.data)
         verdict(path, mutant, rnd)
         seen.add(_step(path))
@@ -184,3 +186,89 @@ def test_the_command_line_shows_control_characters_escaped(tmp_path):
     path.write_bytes(parts.bytes())
     assert statefmt.read(path).layers[0].name == "enc\n\x1b]0;owned\x07\r"
     _check_cli(path, valid=True)
+
+
+def _with_tensor_named(name: str, case: str) -> bytes:
+    vector = Path(__file__).resolve().parents[1] / "spec" / "vectors" / "lstm.statefmt"
+    parts = Parts.of(vector.read_bytes())
+    if case == "extra tensor":  # step 7: a tensor no layer describes
+        parts.table[name] = {"dtype": "F32", "shape": [0]}
+        parts.data[name] = b""
+        return parts.bytes()
+    raw = parts.bytes()
+    length = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + length])
+    entry = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
+    if case == "bad dtype":  # step 1, while parsing the table
+        entry = {"dtype": "X", "shape": [0], "data_offsets": [0, 0]}
+    elif case == "overlap":  # step 1, the coverage check
+        entry["data_offsets"] = [4, 8]
+    header[name] = entry
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + raw[8 + length:]
+
+
+@pytest.mark.parametrize("case", ["bad dtype", "overlap", "extra tensor"])
+def test_a_tensor_name_with_a_newline_gives_one_line_problems(tmp_path, case):
+    """Found by atheris: a tensor name holding a newline (a `\\n` escape in the header) is quoted raw in the
+    messages (`tensor `{key}`` in _container, "tensors not described" in api), so a problem spans two lines
+    and carries terminal escapes: a log or a terminal would show a forged line."""
+    path = tmp_path / "newline.statefmt"
+    path.write_bytes(_with_tensor_named('x\n"forged": ok\x1b[2K', case))
+    with pytest.raises(StateFormatError) as refused:
+        statefmt.read(path)
+    assert refused.value.step in (1, 7)
+    assert all("\n" not in problem and "\x1b" not in problem for problem in refused.value.problems), \
+        refused.value.problems
+
+
+def test_surrogate_bytes_in_the_header_are_refused(tmp_path):
+    path = tmp_path / "surrogate-bytes.statefmt"
+    path.write_bytes(_document_with(lambda text: text[:-1] + ',"user":{"x":"\ud800"}}', ascii_header=False))
+    assert b"\xed\xa0\x80" in path.read_bytes()
+    with pytest.raises(StateFormatError) as refused:
+        statefmt.read(path)
+    assert refused.value.step in (1, 2)
+
+
+def test_inspect_of_large_finite_values_shows_no_warning(tmp_path):
+    """Found by the seeded run: inspect's std squared a large finite float64 (1e200) and warned of overflow."""
+    import warnings
+
+    from fuzz.mutations import _check_cli
+
+    vector = Path(__file__).resolve().parents[1] / "spec" / "vectors" / "mixed.statefmt"
+    parts = Parts.of(vector.read_bytes())
+    h = parts.array("layers.3.h").copy()  # float64
+    h[0, 0, 0] = 1e200
+    parts.put("layers.3.h", h, "F64")
+    parts.reseal()
+    parts.seal_document()
+    path = tmp_path / "large.statefmt"
+    path.write_bytes(parts.bytes())
+    assert statefmt.read(path).layers[3]["h"][0, 0, 0] == np.float64(1e200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check_cli(path, valid=True)
+
+
+def test_inspect_of_a_signaling_nan_shows_no_warning(tmp_path):
+    import warnings
+
+    from fuzz.mutations import _check_cli
+
+    vector = Path(__file__).resolve().parents[1] / "spec" / "vectors" / "lstm.statefmt"
+    parts = Parts.of(vector.read_bytes())
+    h = parts.array("layers.0.h").copy()
+    h.view(np.uint32)[0, 0, 0] = 0x7FA00000  # a signaling NaN: any arithmetic or cast raises FE_INVALID
+    parts.put("layers.0.h", h, "F32")
+    parts.reseal()
+    parts.seal_document()
+    path = tmp_path / "snan.statefmt"
+    path.write_bytes(parts.bytes())
+    with pytest.raises(StateFormatError) as refused:
+        statefmt.read(path)
+    assert refused.value.step == 9
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check_cli(path, valid=False)

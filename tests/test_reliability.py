@@ -124,6 +124,7 @@ def test_mutated_files_load_exactly_or_raise_state_format_error(seeds, tmp_path,
     assert len(seeds) == 20
     path = tmp_path / "fuzzed.statefmt"
     mutant = mutate(seeds[choice], rnd, kind)
+    path.unlink(missing_ok=True)  # a new file each time: ext4 flushes a truncated-and-rewritten one (ms each)
     path.write_bytes(mutant.data)
     assert verdict(path, mutant, rnd) in ("valid", "format_error")
 
