@@ -77,7 +77,7 @@ def one_stream(file: dict[str, Any] | None, store: dict[str, Any] | None) -> Pat
     axis.set_ylim(0, 1.35 * max(s for _, points, _, _ in curves for _, s in points) * 1e3)
     axis.set_xlabel("streams held")
     axis.set_ylabel("one stream by id, ms")
-    axis.set_title("One stream by id stays flat as the fleet grows")
+    axis.set_title("One stream by id, against the number of streams held")
     axis.grid(True, which="major", alpha=0.3)
     axis.legend(fontsize=8, loc="lower right")
     _footer(figure, *(s for s in (file, store) if s))
