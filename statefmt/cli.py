@@ -105,14 +105,21 @@ def validate(ctx: click.Context, file: str, against: str | None, strict: bool, a
 @main.command()
 @click.argument("file")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--plot", metavar="OUT.png", help="Also draw heatmaps and histograms of h and c (needs matplotlib).")
 @click.pass_context
-def inspect(ctx: click.Context, file: str, as_json: bool) -> None:
+def inspect(ctx: click.Context, file: str, as_json: bool, plot: str | None) -> None:
     """Show FILE's layers, shapes, dtypes, statistics, batch size, streams and source.
 
     A state holding NaN or Inf is shown, with exit code 1.
     """
     with _reporting(ctx):
-        summary = report.describe(api.read(file, finite=False))
+        data = api.read(file, finite=False)
+        summary = report.describe(data)
+        if plot:
+            from .plot import plot_state  # matplotlib only when asked
+
+            for note in plot_state(data, plot, title=file):
+                _echo(f"plot: {note}", err=True)
         if as_json:
             click.echo(json.dumps({"file": file, **summary}, indent=2, allow_nan=False))
         else:

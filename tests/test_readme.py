@@ -20,8 +20,9 @@ def test_readme_example_runs(code, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_every_self_contained_example_is_checked():
-    assert len(BLOCKS) >= 4
+def test_the_quickstart_is_checked():
+    """The README keeps one quickstart; the guides' code runs in tests/test_docs.py."""
+    assert len(BLOCKS) >= 1 and "statefmt.save" in BLOCKS[0]
 
 
 def test_the_demo_hands_keras_state_to_pytorch(tmp_path):
