@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks
 	$(PY) -m benchmarks.files
 	$(PY) -m benchmarks.store
+	$(PY) -m benchmarks.plots
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
