@@ -133,7 +133,10 @@ def load(target: Target, *, streams: StreamKeys | None = None, verify: bool = Tr
 
 
 def load_weights(target: Target, *, verify: bool = True, storage_options: Mapping[str, Any] | None = None) -> WeightSet:
-    """Read a weights file written by `save(weight_set, path)`."""
+    """Read a weights file written by `save(weight_set, path)`; `read` reads either kind.
+
+    >>> torch_adapter.import_weights(load_weights("weights.statefmt"), lstm)  # doctest: +SKIP
+    """
     data = _read(target, streams=None, verify=verify, storage_options=storage_options)
     if not isinstance(data, WeightSet):
         raise StateFormatError("holds a state, not weights; read it with statefmt.load", source=display(target))

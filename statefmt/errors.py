@@ -37,8 +37,21 @@ class StateError(ValueError):
 
 
 class StateFormatError(StateError):
-    """The file (or in-memory state) is malformed, corrupt or of an unsupported version."""
+    """The file (or in-memory state) is malformed, corrupt or of an unsupported version.
+
+    From a file, `step` and `code` name the spec's reader check that failed:
+
+    >>> try:
+    ...     statefmt.load("damaged.statefmt")
+    ... except StateFormatError as error:
+    ...     print(error.step, error.code)  # doctest: +SKIP
+    8 checksum
+    """
 
 
 class StateMismatchError(StateError):
-    """The state is well formed but does not fit the target model or signature."""
+    """The state is well formed but does not fit the target model or signature.
+
+    >>> torch_adapter.initial_state(statefmt.load("today.statefmt"), lstm)  # doctest: +SKIP
+    StateMismatchError: today.statefmt: layer 0 'lstm': units: expected 64, found 32
+    """

@@ -56,7 +56,11 @@ def _check_layer(where: str, kind: object, units: object, directions: object, pr
 
 @dataclass(frozen=True)
 class LayerSignature:
-    """One recurrent layer as a model holds it. `name` is informative: layers match by position."""
+    """One recurrent layer as a model holds it. `name` is informative: layers match by position.
+
+    >>> LayerSignature("lstm", 64, directions=2, proj_units=32)
+    LayerSignature(kind='lstm', units=64, directions=2, proj_units=32, name=None)
+    """
 
     kind: str
     units: int
@@ -114,6 +118,9 @@ class StateSignature:
         """Every way `states` does not fit, one line each; an empty list when it fits.
 
         `broadcast=True` accepts a batch-1 state for any batch size (one warm start for N streams).
+
+        >>> StateSignature([LayerSignature("gru", 8)], batch_size=4).check(states)  # doctest: +SKIP
+        ['layer 0 \'enc\': kind: expected gru, found lstm', 'batch size: expected 4, found 2']
         """
         if isinstance(states, WeightSet) or not all(hasattr(states, key) for key in ("layers", "batch_size")):
             # (a state's shape read from a file's document, without its data, passes as a StateSet)
@@ -146,12 +153,19 @@ class StateSignature:
         return problems
 
     def to_json(self) -> str:
+        """The signature as the JSON text `statefmt validate --against` reads.
+
+        >>> open("model.sig.json", "w").write(adapter.signature(model).to_json())  # doctest: +SKIP
+        """
         document = {"statefmt_signature": SIGNATURE_VERSION, **asdict(self)}
         return json.dumps(document, indent=2, allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> StateSignature:
-        """A signature from `to_json`'s text; `StateFormatError` naming the field for anything else."""
+        """A signature from `to_json`'s text; `StateFormatError` naming the field for anything else.
+
+        >>> StateSignature.from_json(open("model.sig.json").read())  # doctest: +SKIP
+        """
         document = _parse(text)
         version = document.get("statefmt_signature")
         if not isinstance(version, str) or version.split(".")[0] != "1":
@@ -318,7 +332,10 @@ class WeightSignature:
 
     @classmethod
     def of(cls, weights: WeightSet) -> WeightSignature:
-        """The signature `weights` fit exactly: their sizes and settings, with biases."""
+        """The signature `weights` fit exactly: their sizes and settings, with biases.
+
+        >>> WeightSignature.of(weights).check(other_weights)  # doctest: +SKIP
+        """
         if not isinstance(weights, WeightSet):
             raise StateFormatError(f"WeightSignature.of takes a WeightSet, found {type(weights).__name__}")
         return cls([LayerWeightSignature(
@@ -326,7 +343,10 @@ class WeightSignature:
             linear_before_reset=x.linear_before_reset) for x in weights.layers])
 
     def check(self, weights: WeightSet) -> list[str]:
-        """Every way `weights` do not fit, one line each (layer, field, expected, found, and what would work)."""
+        """Every way `weights` do not fit, one line each (layer, field, expected, found, and what would work).
+
+        >>> problems = torch_adapter.weight_signature(lstm).check(weights)  # doctest: +SKIP
+        """
         if not isinstance(weights, WeightSet):
             return [f"expected a WeightSet (weights, as statefmt.load_weights(path) returns), found {_what(weights)}"
                     + ("; a state goes to an adapter's initial_state(states, target)"

@@ -94,7 +94,10 @@ class LayerState:
                                      f"{', '.join(self.state_names)}, not {state!r}") from None
 
     def with_arrays(self, **arrays: np.ndarray) -> LayerState:
-        """The same layer with other arrays, e.g. a batch slice or a cast."""
+        """The same layer with other arrays, e.g. a batch slice or a cast.
+
+        >>> half = layer.with_arrays(h=layer["h"].astype("float16"), c=layer["c"].astype("float16"))  # doctest: +SKIP
+        """
         return LayerState(self.name, self.kind, **arrays)
 
     def __repr__(self) -> str:
@@ -165,13 +168,19 @@ class StateSet:
         """The layers named (or at the positions given), in the order given.
 
         Use it when a target model holds fewer recurrent layers than the file.
+
+        >>> encoder_only = states.select(["encoder"])  # doctest: +SKIP
         """
         keys = [names_or_indices] if isinstance(names_or_indices, (str, int)) else list(names_or_indices)
         return StateSet([self.layers[layer_index(self.layers, key)] for key in keys], stream_ids=self.stream_ids,
                         metadata=self.metadata, file=self.file)
 
     def rows(self, ids_or_indices: str | int | Iterable[str | int]) -> StateSet:
-        """The batch rows given by stream id or by index, in the order given."""
+        """The batch rows given by stream id or by index, in the order given.
+
+        >>> states.rows(["pump-2", 0]).batch_size  # doctest: +SKIP
+        2
+        """
         rows = resolve_rows(ids_or_indices, self.batch_size, self.stream_ids)
         stream_ids = None if self.stream_ids is None else [self.stream_ids[row] for row in rows]
         layers = [layer.with_arrays(**{s: layer[s][:, rows] for s in layer.state_names}) for layer in self.layers]
@@ -179,7 +188,10 @@ class StateSet:
 
     def with_stream_ids(self, stream_ids: Sequence[str] | None) -> StateSet:
         """The same state with one id per batch row, so a later `load(path, streams=[id])` or
-        `rows([id])` can pick a stream by name (adapters export rows by position only)."""
+        `rows([id])` can pick a stream by name (adapters export rows by position only).
+
+        >>> save(export(lstm, state).with_stream_ids(["pump-1", "pump-2"]), "today.statefmt")  # doctest: +SKIP
+        """
         return StateSet(self.layers, stream_ids=stream_ids, metadata=self.metadata, file=self.file)
 
     def __repr__(self) -> str:

@@ -30,7 +30,13 @@ __all__ = ["GATES", "GATE_ORDER", "LayerWeights", "WeightSet"]  # GATES, GATE_OR
 
 
 class LayerWeights:
-    """The weights of one recurrent layer in the neutral layout (see the module docstring)."""
+    """The weights of one recurrent layer in the neutral layout (see the module docstring).
+
+    >>> gru = LayerWeights("gru", "gru", W=np.zeros((1, 12, 3)), R=np.zeros((1, 12, 4)), Wb=np.zeros((1, 12)),
+    ...                    Rb=np.zeros((1, 12)))
+    >>> gru.units, gru.input_size, gru.gate("R", "n").shape
+    (4, 3, (4, 4))
+    """
 
     __slots__ = ("_arrays", "activation", "kind", "linear_before_reset", "name", "recurrent_activation")
 
@@ -142,7 +148,12 @@ class LayerWeights:
 
 
 class WeightSet:
-    """The recurrent weights of a model, layers in order from input to output."""
+    """The recurrent weights of a model, layers in order from input to output.
+
+    >>> weights = statefmt.load_weights("weights.statefmt")  # doctest: +SKIP
+    >>> weights[0].kind, len(weights)  # doctest: +SKIP
+    ('lstm', 2)
+    """
 
     def __init__(self, layers: Iterable[LayerWeights], *, metadata: Mapping[str, Any] | None = None,
                  file: str | None = None) -> None:
