@@ -122,17 +122,13 @@ class Document:
         return self.content == "state"
 
     @property
-    def has_stream_ids(self) -> bool:
-        return self.stream_ids or self.ids_v1 is not None
-
-    @property
     def fields(self) -> dict[str, Any]:
         """The descriptive fields a set carries as its `metadata`."""
         return {key: getattr(self, key) for key in DESCRIPTIVE_FIELDS if getattr(self, key) is not None}
 
     def tensors(self) -> Iterator[tuple[str, str, tuple[int, ...]]]:
-        """(name, dtype, shape) of every tensor the document calls for, in checksum order; 2.x without
-        the `checksums` tensor (see `checksums_shape`) and without the stream index (see `stream_shapes`)."""
+        """(name, dtype, shape) of every layer tensor the document calls for, in checksum order (a 2.x
+        file's stream index and `checksums` tensor follow them; api._tensor_problems lists all)."""
         batch = self.batch_size if self.is_state else None
         for index, layer in enumerate(self.layers):
             for name, shape in layer.shapes(batch).items():
