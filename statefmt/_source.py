@@ -19,6 +19,7 @@ from . import _files
 from .errors import StateFormatError
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+HTTP_TIMEOUT = 60.0  # seconds an http(s) server may stay silent; storage_options={"client_kwargs": ...} overrides
 READ_BYTES = 8 << 20  # one range request at most: keeps memory per request bounded on huge tensors
 
 
@@ -85,8 +86,14 @@ class FsspecSource:
         except ImportError:
             raise ImportError('reading a URL needs fsspec: pip install "statefmt[remote]" (and s3fs for s3://, '
                               "gcsfs for gs://)") from None
+        options = dict(storage_options or {})
+        if url.startswith(("http://", "https://")) and "client_kwargs" not in options:
+            import aiohttp  # fsspec's HTTP client: without a timeout, a server that never answers hangs the read
+
+            options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(sock_connect=HTTP_TIMEOUT,
+                                                                         sock_read=HTTP_TIMEOUT)}
         try:
-            self._fs, self._path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+            self._fs, self._path = fsspec.core.url_to_fs(url, **options)
             info = self._fs.info(self._path)
         except FileNotFoundError:
             raise StateFormatError("no such object", source=url) from None

@@ -83,3 +83,40 @@ def test_the_cli_reads_s3_urls(s3, tmp_path):
                                 timeout=120)
         assert result.returncode == code, result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_a_server_that_never_answers_is_refused_in_bounded_time(monkeypatch):
+    """An http server that accepts and stays silent: the read gives up after the timeout, with a one-line error."""
+    import socket
+    import threading
+    import time
+
+    monkeypatch.setattr(statefmt._source, "HTTP_TIMEOUT", 1.0)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held, stop = [], threading.Event()
+
+    def hold():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])  # accept, read nothing, answer nothing
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/today.statefmt"
+    started = time.monotonic()
+    try:
+        with pytest.raises(StateFormatError) as error:
+            statefmt.validate(url)
+        assert time.monotonic() - started < 30
+        assert error.value.source == url and "\n" not in str(error.value)
+    finally:
+        stop.set()
+        thread.join(5)
+        for connection in held:
+            connection.close()
+        listener.close()
