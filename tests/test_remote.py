@@ -87,6 +87,7 @@ def test_the_cli_reads_s3_urls(s3, tmp_path):
 
 def test_a_server_that_never_answers_is_refused_in_bounded_time(monkeypatch):
     """An http server that accepts and stays silent: the read gives up after the timeout, with a one-line error."""
+    import contextlib
     import socket
     import threading
     import time
@@ -100,10 +101,8 @@ def test_a_server_that_never_answers_is_refused_in_bounded_time(monkeypatch):
     def hold():
         listener.settimeout(0.2)
         while not stop.is_set():
-            try:
+            with contextlib.suppress(OSError):  # the accept timed out: look at `stop` again
                 held.append(listener.accept()[0])  # accept, read nothing, answer nothing
-            except OSError:
-                pass
 
     thread = threading.Thread(target=hold, daemon=True)
     thread.start()
