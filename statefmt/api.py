@@ -397,25 +397,11 @@ def _read_rows_v2(reader: _container.BlockReader, document: Document,
     batch = document.batch_size or 0
     try:
         keys = stream_keys(streams)
-    except StateError as error:
+        wanted_ids = [key for key in keys if isinstance(key, str)]
+        found = _lookup(reader, wanted_ids, batch) if wanted_ids and document.stream_ids else {}
+        rows = resolve_rows(keys, batch, found if document.stream_ids else None)
+    except StateMismatchError as error:
         raise StateMismatchError(error.problems, source=name) from None
-    wanted_ids = [key for key in keys if isinstance(key, str)]
-    if wanted_ids and not document.stream_ids:
-        raise StateMismatchError(f"stream {wanted_ids[0]!r} asked for by id, but the state has no stream_ids",
-                                 source=name)
-    found = _lookup(reader, wanted_ids, batch) if wanted_ids else {}
-    rows = []
-    for key in keys:
-        if isinstance(key, str):
-            if key not in found:
-                raise StateMismatchError(f"no stream with id {key!r}", source=name)
-            rows.append(found[key])
-        elif isinstance(key, (int, np.integer)) and not isinstance(key, bool) and -batch <= key < batch:
-            rows.append(int(key) % batch)
-        else:
-            raise StateMismatchError(f"stream row {key!r} out of range for batch size {batch}", source=name)
-    if len(set(rows)) != len(rows):
-        raise StateMismatchError(f"streams asked for more than once: {keys[:20]}", source=name)
     ids = None
     if document.stream_ids:
         by_row = {row: key for key, row in found.items()}

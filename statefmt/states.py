@@ -236,8 +236,11 @@ def stream_keys(ids_or_indices: Any) -> list[Any]:
 
 
 def resolve_rows(ids_or_indices: str | int | Iterable[str | int], batch_size: int,
-                 stream_ids: Sequence[str] | None) -> list[int]:
-    """Batch row indices for stream ids or indices; refuses unknown ids, out-of-range and repeated rows."""
+                 stream_ids: Sequence[str] | Mapping[str, int] | None) -> list[int]:
+    """Batch row indices for stream ids or indices; refuses unknown ids, out-of-range and repeated rows.
+
+    `stream_ids` is the ids in row order, or (a file's index read for the ids asked) a map id -> row.
+    """
     keys = stream_keys(ids_or_indices)
     rows = []
     position = None
@@ -246,15 +249,16 @@ def resolve_rows(ids_or_indices: str | int | Iterable[str | int], batch_size: in
             if stream_ids is None:
                 raise StateMismatchError(f"stream {key!r} asked for by id, but the state has no stream_ids")
             if position is None:  # a few ids: a scan at C speed each; many: one lookup table
-                position = stream_ids.index if len(keys) <= 16 else {s: i for i, s in enumerate(stream_ids)}.__getitem__
+                position = (stream_ids.__getitem__ if isinstance(stream_ids, Mapping) else stream_ids.index
+                            if len(keys) <= 16 else {s: i for i, s in enumerate(stream_ids)}.__getitem__)
             try:
                 rows.append(position(key))
             except (ValueError, KeyError):
                 raise StateMismatchError(f"no stream with id {key!r}") from None
-        elif isinstance(key, (int, np.integer)) and -batch_size <= key < batch_size:
+        elif isinstance(key, (int, np.integer)) and not isinstance(key, bool) and -batch_size <= key < batch_size:
             rows.append(int(key) % batch_size)
         else:
             raise StateMismatchError(f"stream row {key!r} out of range for batch size {batch_size}")
     if len(set(rows)) != len(rows):
-        raise StateMismatchError(f"streams asked for more than once: {keys}")
+        raise StateMismatchError(f"streams asked for more than once: {keys[:20]}")
     return rows
