@@ -184,12 +184,21 @@ class BlockReader:
         array = np.empty(info.nbytes // 8, np.uint64)
         self.container.source.read_into(info.start, array)
         raw = array.view(np.uint8)
-        for index, digest in enumerate(self._digests):
-            part = raw[index * self.block_bytes:(index + 1) * self.block_bytes]
-            if block_hash(part) != digest:
-                raise fail(8, f"checksums: block {index} does not match its checksum in the metadata: the file "
-                              "is corrupt", self.container.source.name)
+        for index in range(len(self._digests)):
+            self._check_sums_block(index, raw[index * self.block_bytes:(index + 1) * self.block_bytes])
         return array.astype("<u8", copy=False)
+
+    def _check_sums_block(self, index: int, raw: Any) -> None:
+        """Block `index` of the `checksums` tensor against its checksum in the document."""
+        if block_hash(raw) != self._digests[index]:
+            raise fail(8, f"checksums: block {index} does not match its checksum in the metadata: the file is "
+                          "corrupt", self.container.source.name)
+
+    def _check_block(self, key: str, start: int, raw: Any, expected: int) -> None:
+        """The bytes of tensor `key` from `start` against their block's checksum."""
+        if block_hash(raw) != expected:
+            raise fail(8, f"tensor `{key}`: bytes {start} to {start + len(raw)} do not match their checksum: the "
+                          "file is corrupt", self.container.source.name)
 
     def read(self, requests: Sequence[tuple[str, int, int]]) -> list[bytes]:
         """Byte ranges [start, stop) of tensors, each verified, in one round of range reads."""
@@ -206,18 +215,14 @@ class BlockReader:
                    for k in sums_needed]
         data = self.container.source.read_ranges(ranges)
         for k, raw in zip(sums_needed, data[len(wanted):]):
-            if block_hash(raw) != self._digests[k]:
-                raise fail(8, f"checksums: block {k} does not match its checksum in the metadata: the file is "
-                              "corrupt", self.container.source.name)
+            self._check_sums_block(k, raw)
             self._checksums[k] = np.frombuffer(raw, "<u8")
         per_block = self.block_bytes // 8
         verified = {}
         for (key, block), raw in zip(wanted, data):
             index = self.first_block[key] + block
-            if block_hash(raw) != int(self._checksums[index // per_block][index % per_block]):
-                raise fail(8, f"tensor `{key}`: bytes {block * self.block_bytes} to "
-                              f"{block * self.block_bytes + len(raw)} do not match their checksum: the file is corrupt",
-                           self.container.source.name)
+            expected = int(self._checksums[index // per_block][index % per_block])
+            self._check_block(key, block * self.block_bytes, raw, expected)
             verified[(key, block)] = raw
         out = []
         for key, start, stop in requests:
@@ -249,10 +254,7 @@ class BlockReader:
             self.container.source.read_into(info.start + offset, part)
             for start in range(0, size, self.block_bytes):
                 index = first + (offset + start) // self.block_bytes
-                if block_hash(part[start:start + self.block_bytes]) != int(checksums[index]):
-                    raise fail(8, f"tensor `{key}`: bytes {offset + start} to "
-                                  f"{offset + min(size, start + self.block_bytes)} do not match their checksum: "
-                                  "the file is corrupt", self.container.source.name)
+                self._check_block(key, offset + start, part[start:start + self.block_bytes], int(checksums[index]))
             nonfinite += count_nonfinite(part.view(dtype))
         return (None if result is None else result.reshape(info.shape)), nonfinite
 
