@@ -409,38 +409,31 @@ class _Graph:
 
     def feeding(self, value: str) -> tuple[str, ...]:
         """The graph inputs whose elements reach `value` through element-moving ops."""
-        found: dict[str, None] = {}
-        todo, seen = [value], set()
-        while todo:
-            name = todo.pop()
-            if not name or name in seen:
-                continue
-            seen.add(name)
-            if name in self.inputs:
-                found[name] = None
-            elif name in self.producer:
-                node, _ = self.producer[name]
-                if node.op_type in _MOVES:
-                    positions = _MOVES[node.op_type] or range(len(node.input))
-                    todo += [node.input[p] for p in positions if p < len(node.input)]
-        return tuple(found)
+        return tuple(_reach(value, self.inputs, self._moved_from))
 
     def carrying(self, value: str) -> tuple[str, ...]:
         """The graph outputs that elements of `value` reach through element-moving ops."""
-        found: dict[str, None] = {}
-        todo, seen = [value], set()
-        while todo:
-            name = todo.pop()
-            if not name or name in seen:
-                continue
-            seen.add(name)
-            if name in self.outputs:
-                found[name] = None
-            for node, position in self.consumers.get(name, ()):
-                positions = _MOVES.get(node.op_type, ())
-                if positions is None or position in positions:
-                    todo += list(node.output)
+        found = _reach(value, self.outputs, self._moved_to)
         return tuple(o for o in self.outputs if o in found)
+
+    def _moved_from(self, name: str) -> list[str]:
+        """The values an element-moving op copies into `name` (none past a graph input)."""
+        if name in self.inputs or name not in self.producer:
+            return []
+        node, _ = self.producer[name]
+        if node.op_type not in _MOVES:
+            return []
+        positions = _MOVES[node.op_type] or range(len(node.input))
+        return [node.input[p] for p in positions if p < len(node.input)]
+
+    def _moved_to(self, name: str) -> list[str]:
+        """The values element-moving ops copy `name`'s elements into."""
+        moved = []
+        for node, position in self.consumers.get(name, ()):
+            positions = _MOVES.get(node.op_type, ())
+            if positions is None or position in positions:
+                moved += list(node.output)
+        return moved
 
     def input_dtype(self, name: str) -> str:
         from onnx import helper
@@ -918,6 +911,21 @@ class _Graph:
 _TAKES_ALPHA = {"HardSigmoid": (0.2, 0.5), "LeakyRelu": (0.01, None), "ThresholdedRelu": (1.0, None),
                 "ScaledTanh": (1.0, 1.0), "Affine": (1.0, 0.0), "Elu": (1.0, None)}
 _TAKES_BETA = {"HardSigmoid", "ScaledTanh", "Affine"}
+
+
+def _reach(value: str, ends: Any, step: Callable[[str], list[str]]) -> dict[str, None]:
+    """The names in `ends` that a walk from `value` along `step` meets, in the order met."""
+    found: dict[str, None] = {}
+    todo, seen = [value], set()
+    while todo:
+        name = todo.pop()
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        if name in ends:
+            found[name] = None
+        todo += step(name)
+    return found
 
 
 def _neutral_name(name: str, alpha: float | None, beta: float | None) -> str | None:
