@@ -84,32 +84,24 @@ def decode(data: np.ndarray | bytes, offsets: np.ndarray, base: int = 0) -> list
 def checked_ids(tensors: dict[str, np.ndarray], batch_size: int) -> list[str]:
     """The ids of a whole index, or `StateFormatError` for any inconsistency: offsets, UTF-8,
     uniqueness, hashes and buckets (a lookup by id trusts them to find rows)."""
-    found = _problems(tensors, batch_size)
-    if isinstance(found, list):
-        raise StateFormatError(found)
-    return found[0]
-
-
-def _problems(tensors: dict[str, np.ndarray], batch_size: int) -> list[str] | tuple[list[str]]:
     data, offsets = tensors["stream_ids.bytes"], tensors["stream_ids.offsets"]
     index, buckets = tensors["stream_ids.index"], tensors["stream_ids.buckets"]
     if offsets.shape != (batch_size + 1,) or index.shape != (batch_size, 2):
-        return [f"stream_ids: offsets {list(offsets.shape)} and index {list(index.shape)} do not fit "
-                f"batch_size {batch_size}"]
+        raise StateFormatError(f"stream_ids: offsets {list(offsets.shape)} and index {list(index.shape)} do not "
+                               f"fit batch_size {batch_size}")
     if offsets[0] != 0 or offsets[-1] != data.size or np.any(np.diff(offsets.astype(np.int64)) < 0):
-        return ["stream_ids.offsets: expected a non-decreasing sequence from 0 to the size of stream_ids.bytes"]
-    try:
-        ids = decode(data, offsets)
-    except StateFormatError as error:
-        return error.problems
+        raise StateFormatError("stream_ids.offsets: expected a non-decreasing sequence from 0 to the size of "
+                               "stream_ids.bytes")
+    ids = decode(data, offsets)
     if len(set(ids)) != len(ids):
-        return ["stream_ids: the ids are not unique"]
+        raise StateFormatError("stream_ids: the ids are not unique")
     expected = build(ids)
     if buckets.shape != expected["stream_ids.buckets"].shape:
-        return [f"stream_ids.buckets: expected shape {list(expected['stream_ids.buckets'].shape)} for "
-                f"{batch_size} ids, found {list(buckets.shape)}"]
-    found = []
-    for name in ("stream_ids.index", "stream_ids.buckets"):
-        if not np.array_equal(tensors[name], expected[name]):
-            found.append(f"{name}: does not index stream_ids.bytes (hashes, order or bounds differ)")
-    return found or (ids,)
+        raise StateFormatError(f"stream_ids.buckets: expected shape {list(expected['stream_ids.buckets'].shape)} "
+                               f"for {batch_size} ids, found {list(buckets.shape)}")
+    problems = [f"{name}: does not index stream_ids.bytes (hashes, order or bounds differ)"
+                for name in ("stream_ids.index", "stream_ids.buckets")
+                if not np.array_equal(tensors[name], expected[name])]
+    if problems:
+        raise StateFormatError(problems)
+    return ids
