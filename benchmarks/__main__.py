@@ -16,11 +16,11 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 import torch
-from statefmt.adapters import torch as torch_adapter
 
 import statefmt
 from benchmarks._memory import LAYERS, UNITS, payload, state_set
 from benchmarks._timing import best
+from statefmt.adapters import torch as torch_adapter
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 2**20

@@ -33,6 +33,7 @@ def main() -> None:
 
     import flax.linen as nn
     import jax.numpy as jnp
+
     from statefmt.adapters import flax as flax_adapter
 
     carry = (jnp.asarray(c), jnp.asarray(h))
@@ -43,6 +44,7 @@ def main() -> None:
 
     import keras
     import tensorflow as tf
+
     from statefmt.adapters import keras as keras_adapter
 
     lstm = keras.layers.LSTM(UNITS, return_state=True)

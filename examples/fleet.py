@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 import torch
-from statefmt.adapters import torch as st
 
 from statefmt import store
+from statefmt.adapters import torch as st
 
 INPUTS, UNITS, LAYERS, CHUNK = 3, 16, 2, 5  # readings per step, LSTM units, layers, steps per chunk
 

@@ -87,9 +87,9 @@ class Server:
 
     def __init__(self, model_path: Path, store_path: Path):
         import onnxruntime
-        from statefmt.adapters import onnx as onnx_adapter
 
         from statefmt import store
+        from statefmt.adapters import onnx as onnx_adapter
 
         self.adapter = onnx_adapter
         self.session = onnxruntime.InferenceSession(str(model_path))

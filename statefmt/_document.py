@@ -128,7 +128,7 @@ class Document:
 
     def tensors(self) -> Iterator[tuple[str, str, tuple[int, ...]]]:
         """(name, dtype, shape) of every layer tensor the document calls for, in checksum order (a 2.x
-        file's stream index and `checksums` tensor follow them; api._tensor_problems lists all)."""
+        file's stream index and `checksums` tensor follow them; _reader._tensor_problems lists all)."""
         batch = self.batch_size if self.is_state else None
         for index, layer in enumerate(self.layers):
             for name, shape in layer.shapes(batch).items():

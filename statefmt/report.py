@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .api import _tensor_names
+from ._reader import tensor_names as _tensor_names
 from .states import LayerState, StateSet
 from .weights import LayerWeights, WeightSet
 

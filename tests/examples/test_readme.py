@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-README = (Path(__file__).parents[1] / "README.md").read_text()
+README = (Path(__file__).parents[2] / "README.md").read_text()
 BLOCKS = [block for block in re.findall(r"```python\n(.*?)```", README, re.S) if "import statefmt" in block
           or ", statefmt" in block]
 
@@ -27,7 +27,7 @@ def test_the_quickstart_is_checked():
 
 def test_the_demo_hands_keras_state_to_pytorch(tmp_path):
     """`make demo`, the README's main command: it exits 1 unless the hand-off continues the sequence."""
-    demo = Path(__file__).parents[1] / "examples" / "demo.py"
+    demo = Path(__file__).parents[2] / "examples" / "demo.py"
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3", "STATEFMT_DEMO_DIR": str(tmp_path)}
     result = subprocess.run([sys.executable, str(demo)], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

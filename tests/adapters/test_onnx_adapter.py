@@ -28,6 +28,7 @@ torch = pytest.importorskip("torch")
 
 import reference  # noqa: E402  (tests/reference.py, on the path from conftest)
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
 from statefmt.adapters import onnx as oa  # noqa: E402
 from statefmt.adapters import torch as ta  # noqa: E402
 

@@ -26,14 +26,14 @@ from hypothesis import strategies as st
 
 import statefmt
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `fuzz/` sits at the root, beside `tests/`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `fuzz/` sits at the root, beside `tests/`
 from fuzz.mutations import MUTATIONS, giant_length, insert_bytes, mutate, truncate, verdict
 from fuzz.mutations import seeds as fuzz_seeds
 from statefmt import LayerState, StateFormatError, StateSet
 from statefmt._document import metadata_entries
 from statefmt.cli import main as cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEMP_SUFFIX = ".statefmt-tmp"
 
 

@@ -32,7 +32,7 @@ lance = pytest.importorskip("lance")
 pa = pytest.importorskip("pyarrow")
 from statefmt import store  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # an LSTM with a projection, a bidirectional GRU and a simple RNN: every column shape the layout has
 SIGNATURE = StateSignature([LayerSignature("lstm", 6, proj_units=4, name="enc"),

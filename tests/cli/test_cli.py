@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
+from builders import make_states, make_weights
 from click.testing import CliRunner
-from test_core import make_states, make_weights
 
 import statefmt
 from statefmt import LayerSignature, StateSignature

@@ -46,6 +46,7 @@ class Keras:
 
     def build(self, kind, layout, seed):
         import keras
+
         from statefmt.adapters import keras as adapter
 
         self.adapter = adapter
@@ -83,6 +84,7 @@ class Torch:
 
     def build(self, kind, layout, seed):
         import torch
+
         from statefmt.adapters import torch as adapter
 
         self.adapter = adapter
@@ -112,6 +114,7 @@ class Linen:
     def build(self, kind, layout, seed):
         import jax
         from flax import linen as nn
+
         from statefmt.adapters import flax as adapter
 
         self.adapter = adapter
@@ -155,6 +158,7 @@ class NNX:
 
     def build(self, kind, layout, seed):
         from flax import nnx
+
         from statefmt.adapters import flax as adapter
 
         self.adapter = adapter
@@ -194,6 +198,7 @@ class Onnx:
 
     def _session(self, proto):
         import onnxruntime
+
         from statefmt.adapters import onnx as adapter
 
         self.adapter = adapter

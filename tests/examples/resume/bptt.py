@@ -4,7 +4,7 @@ tests/test_resume_training.py (issue 4, "resuming training").
 One sequence is cut into windows; chunk 1 is its first half, chunk 2 the second. The test trains
 in its own process; for chunk 2 of the interrupted run it starts this file as a fresh process:
 
-    python tests/resume/bptt.py {torch,keras} FOLDER
+    python tests/examples/resume/bptt.py {torch,keras} FOLDER
 
 which rebuilds the model from FOLDER (weights and recurrent state saved after chunk 1), trains
 over chunk 2 and writes FOLDER/resumed.npz: the losses, final weights and final state — and the
@@ -60,6 +60,7 @@ class TorchRun:
 
     def save(self, folder: Path) -> None:
         from safetensors.torch import save_file
+
         from statefmt.adapters import torch as st
         statefmt.save(st.export(self.model["lstm"], self.state), folder / "state.statefmt")
         save_file(self.model.state_dict(), folder / "model.safetensors")
@@ -67,6 +68,7 @@ class TorchRun:
     @classmethod
     def resume(cls, folder: Path, *, from_state: bool = True) -> "TorchRun":
         from safetensors.torch import load_file
+
         from statefmt.adapters import torch as st
         run = cls()
         run.model.load_state_dict(load_file(folder / "model.safetensors"))

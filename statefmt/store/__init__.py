@@ -27,12 +27,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._document import BLOCK_BYTES, FORMAT_VERSION, Document, LayerEntry, strict_json
-from ._source import local_path
-from .cells import STATE_NAMES
-from .errors import StateError, StateFormatError, StateMismatchError
-from .signature import LayerSignature, StateSignature
-from .states import LayerState, StateSet
+from .._document import BLOCK_BYTES, FORMAT_VERSION, Document, LayerEntry, strict_json
+from .._source import local_path
+from ..cells import STATE_NAMES
+from ..errors import StateError, StateFormatError, StateMismatchError
+from ..signature import LayerSignature, StateSignature
+from ..states import LayerState, StateSet
 
 STORE_FORMAT_VERSION = FORMAT_VERSION  # a store shares the file format's version (2.x)
 METADATA_KEY = "statefmt"
@@ -65,7 +65,7 @@ class _Layer(LayerEntry):
 
 def _document(layers: Sequence[_Layer]) -> str:
     """The JSON kept under `statefmt` in the dataset's schema metadata: a file's document minus its tensors."""
-    from . import __version__
+    from .. import __version__
 
     model = Document(format_version=FORMAT_VERSION, content="state", layers=tuple(layers), batch_size=0,
                      created_by=f"statefmt {__version__}").to_dict()

@@ -10,7 +10,7 @@ pytest.importorskip("torch")
 
 
 def test_a_restarted_server_continues_every_stream(tmp_path):
-    path = Path(__file__).parents[1] / "examples" / "serve_onnx.py"
+    path = Path(__file__).parents[2] / "examples" / "serve_onnx.py"
     spec = importlib.util.spec_from_file_location("serve_onnx", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)

@@ -6,7 +6,7 @@ uninterrupted run's.
 Equal means bit for bit (float32, atol 0): the resumed process runs the same CPU kernels on the
 same float32 inputs, weights and state (safetensors and statefmt store the bits), and SGD without
 momentum carries nothing else. A resume from a zero state must differ by more than 1e-4, so the
-test can fail. The training code is tests/resume/bptt.py; the fresh process runs that file.
+test can fail. The training code is tests/examples/resume/bptt.py; the fresh process runs that file.
 """
 
 import os

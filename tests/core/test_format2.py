@@ -15,15 +15,15 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
+from builders import DTYPES, _dtype, assert_same, make_states
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
-from test_core import DTYPES, _dtype, assert_same, make_states
 
 import statefmt
 from statefmt import LayerState, StateFormatError, StateMismatchError, StateSet, _container, _document, api
 
-VECTORS = Path(__file__).parents[1] / "spec" / "vectors"
+VECTORS = Path(__file__).parents[2] / "spec" / "vectors"
 
 
 @pytest.fixture
@@ -178,11 +178,11 @@ def test_readers_never_fail_while_a_writer_replaces_the_file(tmp_path):
     """One descriptor for header and data: a reader sees the old file or the new one, whole."""
     path = tmp_path / "s.statefmt"
     statefmt.save(fleet(50, units=64), path, durable=False)
-    code = ("import sys, time, statefmt\nsys.path.insert(0, 'tests')\nfrom test_format2 import fleet\n"
+    code = ("import sys, time, statefmt\nsys.path[:0] = ['tests', 'tests/core']\nfrom test_format2 import fleet\n"
             "a, b = fleet(50, units=64), fleet(51, units=64)\nend = time.monotonic() + 3\n"
             f"while time.monotonic() < end:\n    statefmt.save(b, {str(path)!r}, durable=False)\n"
             f"    statefmt.save(a, {str(path)!r}, durable=False)\n")
-    writer = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[1])
+    writer = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[2])
     reads = 0
     try:
         deadline = time.monotonic() + 3

@@ -42,7 +42,7 @@ from statefmt import (
 )
 from statefmt.cells import FRAMEWORK_GATE_ORDER, gate_rows
 
-from ._common import deprecated, fit, fit_weights, prefixed, require, source_metadata
+from .._common import deprecated, fit, fit_weights, prefixed, require, source_metadata
 
 _KINDS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
 # Default activations per direction: LSTM (f, g, h), GRU (f, g), RNN (f).

@@ -13,7 +13,7 @@ import pytest
 
 import statefmt
 
-VECTORS = Path(__file__).parents[1] / "spec" / "vectors"
+VECTORS = Path(__file__).parents[2] / "spec" / "vectors"
 CASES = [(folder, case) for folder in (VECTORS, VECTORS / "1.0")
          for case in json.loads((folder / "index.json").read_text())]
 IDS = [f"{folder.name}/{case['file']}" for folder, case in CASES]
@@ -90,7 +90,7 @@ def test_upgrade_turns_every_valid_1_0_vector_into_an_equal_2_0_file(tmp_path):
             result = subprocess.run([sys.executable, "-m", "statefmt", "upgrade", str(folder / case["file"]), "-o",
                                      str(out)], capture_output=True, text=True, timeout=60)
             assert result.returncode == 0, result.stderr
-            assert json.loads(statefmt.api._container.Container(statefmt._source.open_source(out)).metadata[
+            assert json.loads(statefmt._container.Container(statefmt._source.open_source(out)).metadata[
                 "statefmt"])["format_version"] == "2.0"
             diff = subprocess.run([sys.executable, "-m", "statefmt", "diff", str(folder / case["file"]), str(out)],
                                   capture_output=True, text=True, timeout=60)

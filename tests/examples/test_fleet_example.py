@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("lance")
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fleet.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fleet.py"
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ from typing import Any
 
 import click
 
+from ._common import read_signature, reporting
+
 FILE = click.Path(exists=True, dir_okay=False)
 IMPORT_CHUNK = 100_000
 
@@ -48,14 +50,6 @@ def _json_option(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")(function)
 
 
-@contextmanager
-def _reporting(ctx: click.Context) -> Iterator[None]:
-    from .cli import _reporting  # the CLI's own: one stderr line per problem, exit 1, no traceback
-
-    with _reporting(ctx):
-        yield
-
-
 def _emit(as_json: bool, result: dict[str, Any], text: str) -> None:
     click.echo(json.dumps(result, default=str, ensure_ascii=False) if as_json else text)
 
@@ -86,11 +80,10 @@ def store() -> None:
 @click.pass_context
 def create(ctx: click.Context, url: str, storage_option: tuple[str, ...], signature_file: str, as_json: bool) -> None:
     """Create an empty store at URL for states of the signature."""
-    with _reporting(ctx):
-        from . import store as store_api
-        from .cli import _read_signature
+    with reporting(ctx):
+        from .. import store as store_api
 
-        created = store_api.create(url, _read_signature(signature_file),
+        created = store_api.create(url, read_signature(signature_file),
                                    storage_options=_storage_options(storage_option))
         _emit(as_json, {"url": url, "version": created.version, "layers": len(created.signature.layers)},
               f"{url}: created, {len(created.signature.layers)} layer(s), version {created.version}")
@@ -103,7 +96,7 @@ def create(ctx: click.Context, url: str, storage_option: tuple[str, ...], signat
 @click.pass_context
 def info(ctx: click.Context, url: str, storage_option: tuple[str, ...], version: int | None, as_json: bool) -> None:
     """Show the store's layers, version and stream count."""
-    with _reporting(ctx):
+    with reporting(ctx):
         opened = _open(url, storage_option, version)
         signature = opened.signature
         layers = [{"name": layer.name, "kind": layer.kind, "units": layer.units, "directions": layer.directions,
@@ -126,7 +119,7 @@ def info(ctx: click.Context, url: str, storage_option: tuple[str, ...], version:
 @click.pass_context
 def versions(ctx: click.Context, url: str, storage_option: tuple[str, ...], as_json: bool) -> None:
     """List the versions kept: number, commit time (UTC), stream count."""
-    with _reporting(ctx):
+    with reporting(ctx):
         kept = _open(url, storage_option).versions()
         if as_json:
             _emit(True, {"url": url, "versions": [{"version": v, "timestamp": t.isoformat(), "streams": n}
@@ -148,7 +141,7 @@ def versions(ctx: click.Context, url: str, storage_option: tuple[str, ...], as_j
 def get(ctx: click.Context, url: str, storage_option: tuple[str, ...], ids: tuple[str, ...], output: str,
         missing: str, version: int | None, as_json: bool) -> None:
     """Write the states of stream IDS (in that order) to a statefmt file."""
-    with _reporting(ctx):
+    with reporting(ctx):
         import statefmt
 
         opened = _open(url, storage_option, version)
@@ -165,7 +158,7 @@ def get(ctx: click.Context, url: str, storage_option: tuple[str, ...], ids: tupl
 @click.pass_context
 def put(ctx: click.Context, url: str, storage_option: tuple[str, ...], file: str, as_json: bool) -> None:
     """Upsert the streams of FILE (it names them in stream_ids) in one atomic commit."""
-    with _reporting(ctx):
+    with reporting(ctx):
         import statefmt
 
         states = statefmt.load(file)
@@ -191,10 +184,10 @@ def import_(ctx: click.Context, url: str, storage_option: tuple[str, ...], file:
     A new store is written in one commit. Into an existing store, a bulk upsert: one commit per
     --chunk streams, with a progress bar; a rerun after a failure upserts the same rows again.
     """
-    with _reporting(ctx):
+    with reporting(ctx):
         import statefmt
 
-        from . import store as store_api
+        from .. import store as store_api
 
         states = statefmt.load(file)
         if states.stream_ids is None:
@@ -231,7 +224,7 @@ def import_(ctx: click.Context, url: str, storage_option: tuple[str, ...], file:
 def export(ctx: click.Context, url: str, storage_option: tuple[str, ...], output: str, version: int | None,
            as_json: bool) -> None:
     """Write every stream of the store (sorted by id) to one statefmt file."""
-    with _reporting(ctx):
+    with reporting(ctx):
         import statefmt
 
         opened = _open(url, storage_option, version)
@@ -251,7 +244,7 @@ def export(ctx: click.Context, url: str, storage_option: tuple[str, ...], output
 def compact(ctx: click.Context, url: str, storage_option: tuple[str, ...], cleanup_older_than: float | None,
             as_json: bool) -> None:
     """Rewrite small fragments into large ones and bring the id index up to date."""
-    with _reporting(ctx):
+    with reporting(ctx):
         from datetime import timedelta
 
         opened = _open(url, storage_option)
@@ -265,6 +258,6 @@ def compact(ctx: click.Context, url: str, storage_option: tuple[str, ...], clean
 
 
 def _open(url: str, pairs: tuple[str, ...], version: int | None = None) -> Any:
-    from . import store as store_api
+    from .. import store as store_api
 
     return store_api.open(url, version=version, storage_options=_storage_options(pairs))

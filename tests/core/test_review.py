@@ -323,7 +323,7 @@ def test_killed_upload_leaves_no_file_in_tmpdir(s3_bucket, tmp_path):
 def test_upgrade_a_local_file_into_object_storage(s3_bucket, tmp_path):
     server, bucket = s3_bucket
     local, url = tmp_path / "old.statefmt", f"s3://{bucket}/new.statefmt"
-    local.write_bytes((Path(__file__).parents[1] / "spec" / "vectors" / "1.0" / "lstm.statefmt").read_bytes())
+    local.write_bytes((Path(__file__).parents[2] / "spec" / "vectors" / "1.0" / "lstm.statefmt").read_bytes())
     expected = statefmt.load(local)[0]["h"]
     statefmt.upgrade(local, url, storage_options=server.fsspec_options)
     got = statefmt.load(url, storage_options=server.fsspec_options)
@@ -422,7 +422,7 @@ def test_upgrade_in_place_keeps_a_newer_minor_files_fields(tmp_path):
 
     from safetensors import safe_open
 
-    vector = Path(__file__).parent.parent / "spec" / "vectors" / "future_minor.statefmt"
+    vector = Path(__file__).parents[2] / "spec" / "vectors" / "future_minor.statefmt"
     path = tmp_path / "future.statefmt"
     shutil.copyfile(vector, path)
     result = CliRunner().invoke(main, ["upgrade", str(path)])

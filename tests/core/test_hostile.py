@@ -9,15 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from builders import make_states
 from click.testing import CliRunner
-from test_core import make_states
 
 import statefmt
 from statefmt import LayerState, StateSet
 from statefmt._document import CHECKSUM_KEY, text_checksum
 from statefmt.cli import main
 
-VECTORS = Path(__file__).parents[1] / "spec" / "vectors"
+VECTORS = Path(__file__).parents[2] / "spec" / "vectors"
 
 
 def run(*args):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-DOCS = Path(__file__).parents[1] / "docs"
+DOCS = Path(__file__).parents[2] / "docs"
 PAGES = [DOCS / "index.md", *sorted((DOCS / "guides").glob("*.md"))]
 FENCE = re.compile(r"(?:^<!-- docs-test: (?P<mark>[a-z0-9]+) -->\n)?^```(?P<lang>python|sh)\n(?P<code>.*?)^```\s*$",
                    re.S | re.M)
@@ -213,7 +213,7 @@ def test_the_site_builds_strictly(tmp_path):
     """What `make docs` checks (CI runs it): a broken link, anchor or API reference fails the build."""
     pytest.importorskip("mkdocs")
     pytest.importorskip("mkdocstrings")
-    root = Path(__file__).parents[1]
+    root = Path(__file__).parents[2]
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
                             cwd=root, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, capture_output=True, text=True,
                             timeout=300)

@@ -16,7 +16,7 @@ import pytest
 import statefmt
 from statefmt import StateFormatError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `fuzz/` sits at the root, beside `tests/`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `fuzz/` sits at the root, beside `tests/`
 from fuzz.mutations import MUTATIONS, Mutant, Parts, _check_rows, seeds, verdict
 
 
@@ -93,7 +93,7 @@ def test_the_verdict_catches_silent_changes_and_wrong_rows(pool, tmp_path):
 
 
 def _document_with(text_edit, ascii_header: bool = True) -> bytes:
-    vector = Path(__file__).resolve().parents[1] / "spec" / "vectors" / "lstm.statefmt"
+    vector = Path(__file__).resolve().parents[2] / "spec" / "vectors" / "lstm.statefmt"
     parts = Parts.of(vector.read_bytes())
     parts.seal_document(text_edit(parts.metadata["statefmt"]))
     return parts.bytes(ascii_header=ascii_header)
@@ -118,7 +118,7 @@ def test_the_lone_surrogate_reproducer_is_otherwise_a_valid_file(tmp_path):
 
 
 def _v1_lstm_with(edit) -> bytes:
-    vector = Path(__file__).resolve().parents[1] / "spec" / "vectors" / "1.0" / "lstm.statefmt"
+    vector = Path(__file__).resolve().parents[2] / "spec" / "vectors" / "1.0" / "lstm.statefmt"
     parts = Parts.of(vector.read_bytes())
     edit(parts.document)
     parts.seal_document()
@@ -143,7 +143,7 @@ def test_the_1_0_reproducer_is_otherwise_a_valid_file(tmp_path):
 
 
 def _v1_weights_with_activation(activation: str) -> bytes:
-    vector = Path(__file__).resolve().parents[1] / "spec" / "vectors" / "1.0" / "gru_weights.statefmt"
+    vector = Path(__file__).resolve().parents[2] / "spec" / "vectors" / "1.0" / "gru_weights.statefmt"
     parts = Parts.of(vector.read_bytes())
     parts.document["layers"][0]["recurrent_activation"] = activation
     parts.seal_document()
@@ -177,7 +177,7 @@ def test_the_command_line_shows_control_characters_escaped(tmp_path):
     verdict, exit 0, and print none of them raw (the fuzzer runs this check on 5% of its inputs)."""
     from fuzz.mutations import _check_cli
 
-    vector = Path(__file__).resolve().parents[1] / "spec" / "vectors" / "lstm.statefmt"
+    vector = Path(__file__).resolve().parents[2] / "spec" / "vectors" / "lstm.statefmt"
     parts = Parts.of(vector.read_bytes())
     parts.document["layers"][0]["name"] = "enc\n\x1b]0;owned\x07\r"
     parts.reseal()
@@ -189,7 +189,7 @@ def test_the_command_line_shows_control_characters_escaped(tmp_path):
 
 
 def _with_tensor_named(name: str, case: str) -> bytes:
-    vector = Path(__file__).resolve().parents[1] / "spec" / "vectors" / "lstm.statefmt"
+    vector = Path(__file__).resolve().parents[2] / "spec" / "vectors" / "lstm.statefmt"
     parts = Parts.of(vector.read_bytes())
     if case == "extra tensor":  # step 7: a tensor no layer describes
         parts.table[name] = {"dtype": "F32", "shape": [0]}
@@ -237,7 +237,7 @@ def test_inspect_of_large_finite_values_shows_no_warning(tmp_path):
 
     from fuzz.mutations import _check_cli
 
-    vector = Path(__file__).resolve().parents[1] / "spec" / "vectors" / "mixed.statefmt"
+    vector = Path(__file__).resolve().parents[2] / "spec" / "vectors" / "mixed.statefmt"
     parts = Parts.of(vector.read_bytes())
     h = parts.array("layers.3.h").copy()  # float64
     h[0, 0, 0] = 1e200
@@ -257,7 +257,7 @@ def test_inspect_of_a_signaling_nan_shows_no_warning(tmp_path):
 
     from fuzz.mutations import _check_cli
 
-    vector = Path(__file__).resolve().parents[1] / "spec" / "vectors" / "lstm.statefmt"
+    vector = Path(__file__).resolve().parents[2] / "spec" / "vectors" / "lstm.statefmt"
     parts = Parts.of(vector.read_bytes())
     h = parts.array("layers.0.h").copy()
     h.view(np.uint32)[0, 0, 0] = 0x7FA00000  # a signaling NaN: any arithmetic or cast raises FE_INVALID

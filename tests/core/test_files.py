@@ -32,7 +32,7 @@ import statefmt
 from statefmt import LayerState, StateFormatError, StateSet, _files
 
 SUFFIX = ".statefmt-tmp"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IS_ROOT = os.geteuid() == 0
 
 
@@ -262,10 +262,11 @@ def test_a_live_writer_in_another_pid_namespace_keeps_its_temporary(tmp_path):
     probe = subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True, check=False)
     if probe.returncode != 0:
         pytest.skip(f"no PID namespaces here: {probe.stderr.decode().strip()}")
-    code = ("import sys, os; sys.path.insert(0, sys.argv[1]); from pathlib import Path; import test_files as t; "
+    code = ("import sys, os; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/..']; from pathlib import Path; "
+            "import test_files as t; "
             "assert os.getpid() == 1; a = [Path(p) for p in sys.argv[2:]]; "
             "t._blocked_writer(a[0], b'theirs' * 1000, a[1], a[2])")
-    process = subprocess.Popen(["unshare", "--pid", "--fork", sys.executable, "-c", code, str(ROOT / "tests"),
+    process = subprocess.Popen(["unshare", "--pid", "--fork", sys.executable, "-c", code, str(ROOT / "tests" / "core"),
                                 str(path), str(ready), str(go)], stderr=subprocess.PIPE, text=True)
     try:
         def finish() -> None:
