@@ -12,7 +12,6 @@ Flax itself is imported on first use, never when this module is imported.
 
 from __future__ import annotations
 
-import warnings
 from functools import lru_cache
 from typing import Any
 
@@ -91,7 +90,7 @@ def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadc
     return carries if isinstance(target, (list, tuple)) else carries[0]
 
 
-def export_weights(source: Any, *legacy_variables: Any, variables: Any = None, name: str | None = None) -> WeightSet:
+def export_weights(source: Any, *, variables: Any = None, name: str | None = None) -> WeightSet:
     """The recurrent weights of `source` in the neutral layout (statefmt.weights).
 
     >>> weights = export_weights(rnn, variables=variables)  # linen: modules hold no params  # doctest: +SKIP
@@ -100,7 +99,6 @@ def export_weights(source: Any, *legacy_variables: Any, variables: Any = None, n
     `variables` is what linen's `module.init` returns (a list of them for a stack). Flax's
     one bias per gate goes to Wb (Rb zero); a GRU candidate keeps `in` in Wb_n and `hn` in Rb_n.
     """
-    variables = _legacy_variables("export_weights(source, variables)", legacy_variables, variables)
     layers = _layers(source)
     trees = _param_trees(layers, source, variables)
     problems = [problem for layer in layers for problem in layer.check_exportable()]
@@ -142,26 +140,6 @@ def import_weights(weights: WeightSet, target: Any, *, variables: Any = None) ->
     if layers[0].api == "nnx":
         return target
     return trees if isinstance(target, (list, tuple)) else trees[0]
-
-
-def load_weights(weights: WeightSet, target: Any, *legacy_variables: Any, variables: Any = None) -> Any:
-    """Deprecated alias of `import_weights` (one release); it returned None for NNX, it now returns the target."""
-    warnings.warn("load_weights is deprecated and will be removed in the next release: use import_weights, which "
-                  "takes `variables=` by keyword and returns the target holding the weights",
-                  DeprecationWarning, stacklevel=2)
-    variables = _legacy_variables("load_weights(weights, target, variables)", legacy_variables, variables)
-    return import_weights(weights, target, variables=variables)
-
-
-def _legacy_variables(call: str, legacy: tuple[Any, ...], variables: Any) -> Any:
-    """`variables` given by position, as before (one release, with a warning)."""
-    if not legacy:
-        return variables
-    if variables is not None or len(legacy) > 1:
-        raise StateError(f"{call}: variables given more than once: pass variables= only")
-    warnings.warn(f"{call} with positional variables is deprecated and will be removed in the next release: "
-                  "pass variables=variables", DeprecationWarning, stacklevel=3)
-    return legacy[0]
 
 
 # --- the layers of a target -------------------------------------------------------------------

@@ -34,7 +34,7 @@ from statefmt import (
 )
 from statefmt.cells import ACTIVATIONS, FRAMEWORK_GATE_ORDER, STATE_NAMES, gate_rows
 
-from ._common import deprecated, fit, fit_weights, prefixed, require, source_metadata
+from ._common import fit, fit_weights, prefixed, require, source_metadata
 
 _SUPPORTED = ("LSTM, GRU or SimpleRNN (or RNN of an LSTMCell, GRUCell or SimpleRNNCell, or of StackedRNNCells of "
               "them), or a Bidirectional of one")
@@ -185,9 +185,6 @@ def import_weights(weights: WeightSet, target: Any) -> Any:
     for layer, source in zip(layers, weights.layers):
         layer.import_weights(source)
     return target
-
-
-load_weights = deprecated("load_weights", import_weights)
 
 
 # --- the recurrent layers of a target ------------------------------------------------------------

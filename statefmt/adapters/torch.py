@@ -13,7 +13,6 @@ PyTorch itself is imported on first use, never when this module is imported.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any
 
 import numpy as np
@@ -32,7 +31,7 @@ from statefmt import (
 )
 from statefmt.cells import ACTIVATIONS, CELLS
 
-from ._common import deprecated, fit, fit_weights, prefixed, require, source_metadata
+from ._common import fit, fit_weights, prefixed, require, source_metadata
 
 _SUPPORTED = "nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell or nn.RNNCell"
 
@@ -74,7 +73,7 @@ def export(source: Any, state: Any = None, *, name: str | None = None) -> StateS
 
 
 def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadcast: bool = False,
-                  batch_size: int | None = None, device: Any = None, **deprecated_options: Any) -> Any:
+                  batch_size: int | None = None, device: Any = None) -> Any:
     """What `target` takes as initial state: `(h0, c0)` for an LSTM, `h0` otherwise.
 
     >>> h0, c0 = initial_state(statefmt.load("today.statefmt"), lstm)  # doctest: +SKIP
@@ -87,14 +86,6 @@ def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadc
     batch size: `broadcast=True, batch_size=N` starts N streams from a batch-1 state (an
     expanded view). For unbatched input take the batch-1 row: `h0[:, 0]` (a cell's `h0[0]`).
     """
-    unbatched = deprecated_options.pop("unbatched", False)
-    if deprecated_options:
-        raise TypeError(f"initial_state() got unexpected keyword arguments {sorted(deprecated_options)}")
-    if unbatched:
-        warnings.warn("initial_state(..., unbatched=True) is deprecated and will be removed in the next release: "
-                      "take the batch-1 row of the result, h0[:, 0] (a cell's h0[0])", DeprecationWarning,
-                      stacklevel=2)
-        batch_size = 1
     torch = require("torch", "torch")
     t = _Target.of(target)
     batch = fit(states, signature(target), strict=strict, broadcast=broadcast, batch_size=batch_size).batch_size
@@ -106,7 +97,7 @@ def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadc
         tensor = tensor.to(device=device, dtype=t.dtype).expand(-1, batch, -1)
         if t.cell:
             tensor = tensor[0]
-        result.append(tensor[..., 0, :] if unbatched else tensor)
+        result.append(tensor)
     return tuple(result) if t.kind == "lstm" else result[0]
 
 
@@ -158,9 +149,6 @@ def import_weights(weights: WeightSet, target: Any) -> Any:
                 for key, param in t.params(k, d, zeros=False).items():
                     param.copy_(_tensor(layer[key][d]))
     return target
-
-
-load_weights = deprecated("load_weights", import_weights)
 
 
 # --- the module ----------------------------------------------------------------------------------

@@ -465,22 +465,6 @@ def test_linen_needs_variables_and_nnx_refuses_them():
 # 6. importing the adapter, and a missing framework: tests/test_adapter_imports.py
 
 
-def test_old_names_and_positional_variables_work_one_more_release_with_a_warning():
-    linen = model("linen", "gru", "rnn")
-    with pytest.warns(DeprecationWarning, match="with positional variables is deprecated .* pass variables=variables"):
-        weights = fa.export_weights(linen.target, linen.variables)
-    with pytest.warns(DeprecationWarning) as warned:
-        variables = fa.load_weights(weights, linen.target, linen.variables)
-    assert [str(w.message).split(":")[0] for w in warned] == [
-        "load_weights is deprecated and will be removed in the next release",
-        "load_weights(weights, target, variables) with positional variables is deprecated and will be removed in "
-        "the next release"]
-    for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(linen.variables)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    with pytest.raises(StateError, match="variables given more than once: pass variables= only"):
-        fa.export_weights(linen.target, linen.variables, variables=linen.variables)
-
-
 # 7. Keras 3's hard_sigmoid is jax.nn.hard_sigmoid: weights from a Keras LSTM continue exactly in Flax
 
 @pytest.mark.parametrize("api", APIS)

@@ -772,11 +772,3 @@ def test_name_prefixes_every_layer_name():
     assert [layer.name for layer in ka.signature(target.model, name="enc").layers] == [f"enc/{n}" for n in names]
     assert [layer.name for layer in ka.export(target.model, finals, name="enc")] == [f"enc/{n}" for n in names]
     assert [layer.name for layer in ka.export_weights(target.model, name="enc")] == [f"enc/{n}" for n in names]
-
-
-def test_load_weights_is_kept_one_release_and_returns_the_target():
-    source, fresh = net("gru", "single"), Net("gru", "single", seed=5)
-    with pytest.warns(DeprecationWarning, match="load_weights is deprecated .* use import_weights"):
-        assert ka.load_weights(ka.export_weights(source.model), fresh.model) is fresh.model
-    for a, b in zip(source.model.weights, fresh.model.weights):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))

@@ -317,13 +317,6 @@ def test_name_prefixes_every_layer():
     assert [layer.name for layer in oa.export(session, outputs, name="enc").layers] == ["enc/l0", "enc/l1"]
 
 
-def test_the_deprecated_load_weights_still_works():
-    source, data = exported("rnn")
-    with pytest.warns(DeprecationWarning, match="use import_weights"):
-        model = oa.load_weights(ta.export_weights(source), data_model(data))
-    np.testing.assert_array_equal(oa.export_weights(model).layers[0]["W"], ta.export_weights(source).layers[0]["W"])
-
-
 # --- to_onnx ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])

@@ -148,14 +148,6 @@ def test_unbatched_state_roundtrip(kind, case, tmp_path):
     assert_same_state(unbatched if kind == "lstm" else unbatched[0], state)
 
 
-def test_unbatched_option_is_deprecated_and_still_works():
-    m = model("gru", "bidir")
-    states = random_states(m, batch=1)
-    with pytest.warns(DeprecationWarning, match=r"take the batch-1 row of the result, h0\[:, 0\]"):
-        h0 = ta.initial_state(states, m, unbatched=True)
-    assert torch.equal(h0, ta.initial_state(states, m)[:, 0])
-
-
 def test_layers_follow_pytorchs_layer_times_direction_index():
     m = model("gru", "bidir")
     h = torch.arange(4 * BATCH * UNITS, dtype=torch.float32).reshape(4, BATCH, UNITS)
@@ -500,13 +492,6 @@ def test_a_module_without_neutral_layout_is_refused():
 
 
 # 6. importing the adapter, and a missing framework: tests/test_adapter_imports.py
-
-
-def test_load_weights_is_kept_one_release_and_returns_the_target():
-    source, target = model("gru", "stack"), build("gru", "stack", seed=7)
-    with pytest.warns(DeprecationWarning, match="load_weights is deprecated .* use import_weights"):
-        assert ta.load_weights(ta.export_weights(source), target) is target
-    assert all(torch.equal(a, b) for a, b in zip(source.parameters(), target.parameters()))
 
 
 def test_a_weight_set_is_not_a_state_and_a_state_is_not_weights():

@@ -42,7 +42,7 @@ from statefmt import (
 )
 from statefmt.cells import FRAMEWORK_GATE_ORDER, gate_rows
 
-from .._common import deprecated, fit, fit_weights, prefixed, require, source_metadata
+from .._common import fit, fit_weights, prefixed, require, source_metadata
 
 _KINDS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
 # Default activations per direction: LSTM (f, g, h), GRU (f, g), RNN (f).
@@ -208,9 +208,6 @@ def import_weights(weights: WeightSet, target: Any) -> Any:
         expected = WeightSignature(settable + list(expected.layers[len(settable):]))
     fit_weights(weights, expected)
     return graph.with_weights(weights)
-
-
-load_weights = deprecated("load_weights", import_weights)
 
 
 def to_onnx(weights: WeightSet, *, batch_size: int | None = None, opset: int = _OPSET) -> Any:
