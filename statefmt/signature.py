@@ -27,7 +27,7 @@ def _refuse(where: str, name: str, expected: str, value: object) -> NoReturn:
     raise StateFormatError(f"{where}{name}: expected {expected}, found {value!r} ({type(value).__name__})")
 
 
-def _whole(value: object) -> bool:
+def _is_int(value: object) -> bool:
     """An int, not a bool, a float or a string that reads like one."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
@@ -36,7 +36,7 @@ def _check_sizes(where: str, entries: Sequence[tuple[str, object, int, bool]]) -
     for name, value, minimum, optional in entries:
         if value is None and optional:
             continue
-        if not _whole(value) or int(value) < minimum:  # type: ignore[call-overload]
+        if not _is_int(value) or int(value) < minimum:  # type: ignore[call-overload]
             _refuse(where, name, f"a whole number >= {minimum}" + (" or None" if optional else ""), value)
 
 
@@ -45,7 +45,7 @@ def _check_layer(where: str, kind: object, units: object, directions: object, pr
     if not isinstance(kind, str) or kind not in KINDS:
         _refuse(where, "kind", f"one of {', '.join(KINDS)}", kind)
     _check_sizes(where, [("units", units, 1, False), ("proj_units", proj_units, 1, True)])
-    if not _whole(directions) or directions not in DIRECTIONS:
+    if not _is_int(directions) or directions not in DIRECTIONS:
         _refuse(where, "directions", "1 or 2", directions)
     if proj_units is not None and (kind != "lstm" or proj_units >= units):  # type: ignore[operator]
         raise StateFormatError(f"{where}proj_units: only an LSTM may project, to fewer than its {units} units; "
