@@ -39,7 +39,7 @@ _SUPPORTED = "nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell or nn.RNNCell"
 def signature(target: Any, *, name: str | None = None) -> StateSignature:
     """What `target` expects: one layer per PyTorch layer; no batch size (PyTorch fixes none); its param dtype.
 
-    >>> signature(nn.LSTM(5, 4, num_layers=2)).layers[1]  # doctest: +SKIP
+    >>> signature(nn.LSTM(5, 4, num_layers=2)).layers[1]
     LayerSignature(kind='lstm', units=4, directions=1, proj_units=None, name='l1')
     """
     t = _Target.of(target)
@@ -50,8 +50,8 @@ def signature(target: Any, *, name: str | None = None) -> StateSignature:
 def export(source: Any, state: Any = None, *, name: str | None = None) -> StateSet:
     """The state a run of `source` returned, as a StateSet.
 
-    >>> y, (h_n, c_n) = lstm(x)  # doctest: +SKIP
-    >>> statefmt.save(export(lstm, (h_n, c_n)), "today.statefmt")  # doctest: +SKIP
+    >>> y, (h_n, c_n) = lstm(x)
+    >>> statefmt.save(export(lstm, (h_n, c_n)), "today.statefmt")
 
     Tensors are detached and moved to the host once; on the CPU the arrays share memory
     with them. Unbatched states (2-D, or 1-D for a cell) are detected and export as batch 1.
@@ -76,8 +76,8 @@ def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadc
                   batch_size: int | None = None, device: Any = None) -> Any:
     """What `target` takes as initial state: `(h0, c0)` for an LSTM, `h0` otherwise.
 
-    >>> h0, c0 = initial_state(statefmt.load("today.statefmt"), lstm)  # doctest: +SKIP
-    >>> y, (h_n, c_n) = lstm(x2, (h0, c0))  # doctest: +SKIP
+    >>> h0, c0 = initial_state(statefmt.load("today.statefmt"), lstm)
+    >>> y, (h_n, c_n) = lstm(x2, (h0, c0))
 
     Stacked `[layers*directions, batch, hidden]` (cells: `(batch, hidden)`), cast to the
     module's param dtype (`strict=True` refuses any other dtype) on the module's device (or
@@ -104,7 +104,7 @@ def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadc
 def export_weights(source: Any, *, name: str | None = None) -> WeightSet:
     """The recurrent weights of `source` in the neutral layout (statefmt.weights).
 
-    >>> statefmt.save(export_weights(lstm), "weights.statefmt")  # doctest: +SKIP
+    >>> statefmt.save(export_weights(lstm), "weights.statefmt")
 
     PyTorch's layout is the neutral one: `bias_ih` goes to Wb, `bias_hh` to Rb (zeros when
     `bias=False`), `weight_hr` to P. Every PyTorch recurrent module maps exactly.
@@ -123,7 +123,7 @@ def export_weights(source: Any, *, name: str | None = None) -> WeightSet:
 def weight_signature(target: Any) -> WeightSignature:
     """What `target` can take as weights: per PyTorch layer its sizes, what it computes, and how to rebuild it.
 
-    >>> weight_signature(nn.GRU(5, 4)).check(statefmt.load_weights("weights.statefmt"))  # doctest: +SKIP
+    >>> weight_signature(nn.LSTM(5, 4)).check(statefmt.load_weights("weights.statefmt"))
     []
     """
     t = _Target.of(target)
@@ -133,7 +133,7 @@ def weight_signature(target: Any) -> WeightSignature:
 def import_weights(weights: WeightSet, target: Any) -> Any:
     """Copy neutral weights into `target`'s parameters and return it, refusing (all at once) what does not map.
 
-    >>> lstm = import_weights(statefmt.load_weights("weights.statefmt"), nn.LSTM(5, 4))  # doctest: +SKIP
+    >>> lstm = import_weights(statefmt.load_weights("weights.statefmt"), nn.LSTM(5, 4))
 
     What fits is `weight_signature(target)`'s to say: layer count, kind, units, input size,
     directions and projection, the activations (PyTorch LSTM and GRU use tanh and sigmoid;
