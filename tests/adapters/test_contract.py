@@ -60,7 +60,7 @@ def problems(call):
 # 1. a state: export -> file -> initial_state gives it back exactly, and a split run continues the whole one
 
 EXACT = [(kind, layout, "float32") for kind in KINDS for layout in LAYOUTS]
-EXACT += [(kind, "single", dtype) for kind in KINDS for dtype in ("float16", "bfloat16")]
+EXACT += [(kind, layout, dtype) for kind in KINDS for layout in ONE_WAY for dtype in ("float16", "bfloat16")]
 
 
 @pytest.mark.parametrize("kind, layout, dtype", EXACT)
