@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import same, states_of
 from click.testing import CliRunner
 from forked import exit_code, fork
 from hypothesis import HealthCheck, given, settings
@@ -35,20 +36,6 @@ from statefmt.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMP_SUFFIX = ".statefmt-tmp"
-
-
-def states_of(seed, batch=2, units=3, ids=True):
-    rng = np.random.default_rng(seed)
-    f = lambda *shape: rng.standard_normal(shape).astype("float32")  # noqa: E731
-    layers = [LayerState("enc", "lstm", h=f(1, batch, units), c=f(1, batch, units)),
-              LayerState("dec", "gru", h=f(2, batch, units))]
-    return StateSet(layers, stream_ids=[f"s{i}" for i in range(batch)] if ids else None)
-
-
-def same(a: StateSet, b: StateSet) -> bool:
-    return (a.stream_ids == b.stream_ids and [x.name for x in a] == [y.name for y in b]
-            and all(x[n].dtype == y[n].dtype and x[n].tobytes() == y[n].tobytes()
-                    for x, y in zip(a, b) for n in x.state_names))
 
 
 def temporaries(folder: Path) -> list[str]:
