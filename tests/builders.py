@@ -1,5 +1,6 @@
 """Small states and weights that tests in every part build, the comparisons they share, and a trip through a file."""
 
+import json
 from pathlib import Path
 
 import ml_dtypes
@@ -87,3 +88,23 @@ def largest_difference(a, b) -> float:
     """The largest absolute difference between two arrays, or two equally long lists of arrays, of any framework."""
     pairs = zip(a, b, strict=True) if isinstance(a, (list, tuple)) else [(a, b)]
     return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))) for x, y in pairs)
+
+
+def fleet(batch: int, units: int = 300, dtype="float32", ids=True) -> StateSet:
+    """A two-layer state whose every row is distinct; row r of h starts with the value r."""
+    rng = np.random.default_rng(batch)
+    h = rng.standard_normal((2, batch, units)).astype(_dtype(dtype))
+    h[0, :, 0] = np.arange(batch)
+    c = rng.standard_normal((2, batch, units)).astype(_dtype(dtype))
+    g = rng.standard_normal((1, batch, 7)).astype(_dtype(dtype))
+    layers = [LayerState("enc", "lstm", h=h, c=c), LayerState("dec", "gru", h=g)]
+    return StateSet(layers, stream_ids=[f"pump-{i}" for i in range(batch)] if ids else None)
+
+
+def flip(path: Path, tensor: str, offset: int) -> None:
+    """Flip one bit of a tensor's data in place, leaving every checksum as it was."""
+    data = bytearray(path.read_bytes())
+    length = int.from_bytes(data[:8], "little")
+    start = json.loads(data[8:8 + length])[tensor]["data_offsets"][0]
+    data[8 + length + start + offset] ^= 0x04
+    path.write_bytes(bytes(data))

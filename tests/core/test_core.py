@@ -226,7 +226,7 @@ def test_malformed_weights(kwargs, message):
 
 
 def test_a_huge_bad_value_gives_a_short_problem_line(tmp_path):
-    from test_vectors import generate  # the conformance vectors' way of writing a file that breaks a rule
+    import generate  # the conformance vectors' way of writing a file that breaks a rule (spec/vectors)
 
     path = tmp_path / "s.statefmt"
     path.write_bytes(generate.build(generate._lstm, lambda document, tensors: document.update(user=["x" * 100_000])))

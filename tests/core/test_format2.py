@@ -15,7 +15,7 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
-from builders import DTYPES, _dtype, assert_same, make_states
+from builders import DTYPES, assert_same, fleet, flip, make_states
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
@@ -31,17 +31,6 @@ def small_blocks(monkeypatch):
     """4 KiB blocks, one block per chunk: every tensor below spans several of each."""
     monkeypatch.setattr(api, "BLOCK_BYTES", 4096)
     monkeypatch.setattr(_container, "CHUNK_BLOCKS", 1)
-
-
-def fleet(batch: int, units: int = 300, dtype="float32", ids=True) -> StateSet:
-    """A two-layer state whose every row is distinct; row r of h starts with the value r."""
-    rng = np.random.default_rng(batch)
-    h = rng.standard_normal((2, batch, units)).astype(_dtype(dtype))
-    h[0, :, 0] = np.arange(batch)
-    c = rng.standard_normal((2, batch, units)).astype(_dtype(dtype))
-    g = rng.standard_normal((1, batch, 7)).astype(_dtype(dtype))
-    layers = [LayerState("enc", "lstm", h=h, c=c), LayerState("dec", "gru", h=g)]
-    return StateSet(layers, stream_ids=[f"pump-{i}" for i in range(batch)] if ids else None)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -106,20 +95,11 @@ def test_ids_asked_of_a_file_without_ids(tmp_path):
     assert statefmt.load(path, streams=[2]).stream_ids is None
 
 
-def _flip(path: Path, tensor: str, offset: int) -> None:
-    """Flip one bit of a tensor's data in place, leaving every checksum as it was."""
-    data = bytearray(path.read_bytes())
-    length = int.from_bytes(data[:8], "little")
-    start = json.loads(data[8:8 + length])[tensor]["data_offsets"][0]
-    data[8 + length + start + offset] ^= 0x04
-    path.write_bytes(bytes(data))
-
-
 def test_a_flipped_byte_in_a_row_is_caught_when_that_row_alone_is_read(tmp_path, small_blocks):
     path = tmp_path / "s.statefmt"
     statefmt.save(fleet(37), path)
     row_bytes = 300 * 4
-    _flip(path, "layers.0.c", 20 * row_bytes + 5)  # row 20 of direction 0; blocks of 4 KiB hold 3.4 rows
+    flip(path, "layers.0.c", 20 * row_bytes + 5)  # row 20 of direction 0; blocks of 4 KiB hold 3.4 rows
     with pytest.raises(StateFormatError, match=r"layers\.0\.c`: bytes .* do not match their checksum") as error:
         statefmt.load(path, streams=["pump-20"])
     assert error.value.code == "checksum" and error.value.step == 8
@@ -132,7 +112,7 @@ def test_a_flipped_byte_in_a_row_is_caught_when_that_row_alone_is_read(tmp_path,
 def test_a_flipped_byte_in_the_checksums_tensor_is_caught(tmp_path, small_blocks):
     path = tmp_path / "s.statefmt"
     statefmt.save(fleet(37), path)
-    _flip(path, "checksums", 3)
+    flip(path, "checksums", 3)
     with pytest.raises(StateFormatError, match="checksums: block 0 does not match"):
         statefmt.load(path, streams=[0])
 
@@ -144,7 +124,7 @@ def test_a_flipped_byte_in_the_index_never_returns_another_stream(tmp_path):
     for offset in range(0, 200 * 16, 97):
         copy = tmp_path / f"c{offset}.statefmt"
         copy.write_bytes(path.read_bytes())
-        _flip(copy, "stream_ids.index", offset)
+        flip(copy, "stream_ids.index", offset)
         with pytest.raises(StateFormatError):
             statefmt.load(copy, streams=["pump-7"])
 
@@ -178,7 +158,7 @@ def test_readers_never_fail_while_a_writer_replaces_the_file(tmp_path):
     """One descriptor for header and data: a reader sees the old file or the new one, whole."""
     path = tmp_path / "s.statefmt"
     statefmt.save(fleet(50, units=64), path, durable=False)
-    code = ("import sys, time, statefmt\nsys.path[:0] = ['tests', 'tests/core']\nfrom test_format2 import fleet\n"
+    code = ("import sys, time, statefmt\nsys.path[:0] = ['tests']\nfrom builders import fleet\n"
             "a, b = fleet(50, units=64), fleet(51, units=64)\nend = time.monotonic() + 3\n"
             f"while time.monotonic() < end:\n    statefmt.save(b, {str(path)!r}, durable=False)\n"
             f"    statefmt.save(a, {str(path)!r}, durable=False)\n")

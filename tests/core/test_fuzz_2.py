@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import struct
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,10 +13,8 @@ import numpy as np
 import pytest
 
 import statefmt
-from statefmt import StateFormatError
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `fuzz/` sits at the root, beside `tests/`
 from fuzz.mutations import MUTATIONS, Mutant, Parts, _check_rows, seeds, verdict
+from statefmt import StateFormatError
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import statefmt
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `fuzz/` sits at the root, beside `tests/`
 from fuzz.mutations import MUTATIONS, giant_length, insert_bytes, mutate, truncate, verdict
 from fuzz.mutations import seeds as fuzz_seeds
 from statefmt import LayerState, StateFormatError, StateSet

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_format2 import fleet
+from builders import fleet, flip
 
 import statefmt
 from statefmt import StateFormatError
@@ -46,9 +46,7 @@ def test_a_flipped_byte_in_a_row_is_caught_over_s3(s3, tmp_path, monkeypatch):
     monkeypatch.setattr(statefmt.api, "BLOCK_BYTES", 4096)
     local = tmp_path / "s.statefmt"
     statefmt.save(fleet(37), local)
-    from test_format2 import _flip
-
-    _flip(local, "layers.0.h", 20 * 300 * 4 + 9)
+    flip(local, "layers.0.h", 20 * 300 * 4 + 9)
     import fsspec
 
     fsspec.filesystem("s3", **options).put_file(str(local), f"{bucket}/s.statefmt")
