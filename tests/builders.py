@@ -108,3 +108,8 @@ def flip(path: Path, tensor: str, offset: int) -> None:
     start = json.loads(data[8:8 + length])[tensor]["data_offsets"][0]
     data[8 + length + start + offset] ^= 0x04
     path.write_bytes(bytes(data))
+
+
+def one_gru(h, ids=None, name="g") -> StateSet:
+    """A state of one GRU layer holding `h` [directions, batch, units] as given (any dtype, any byte order)."""
+    return StateSet([LayerState(name, "gru", h=h)], stream_ids=ids)

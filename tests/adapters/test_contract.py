@@ -240,7 +240,7 @@ def test_a_mismatch_names_the_file_the_state_or_weights_came_from(framework, tmp
     assert weights.file and str(error.value).startswith(f"{weights.file}: layer count: expected 2, found 1")
 
 
-# 5. a state's dtype and batch: cast unless strict; broadcast=True starts N streams from one
+# 5. a state's dtype and batch: cast unless strict, any byte order; broadcast=True starts N streams from one
 
 def test_initial_state_casts_to_the_targets_dtype_unless_strict(framework):
     target = framework.target("gru", "single")
@@ -251,6 +251,14 @@ def test_initial_state_casts_to_the_targets_dtype_unless_strict(framework):
     name = states[0].name
     assert problems(lambda: framework.initial_state(states, target, strict=True)) == [
         f"layer 0 {name!r}: dtype: expected float32, found float64"]
+
+
+def test_a_big_endian_state_starts_the_target_from_its_values(framework):
+    target = framework.target("gru", "single")
+    states = random_states(framework.signature(target))
+    swapped = StateSet([layer.with_arrays(h=layer["h"].astype(">f4")) for layer in states])
+    (h,) = framework.arrays(framework.initial_state(swapped, target, strict=True))
+    np.testing.assert_array_equal(h.ravel(), states[0]["h"].ravel())
 
 
 def test_broadcast_starts_every_stream_from_a_batch_1_state(framework):
@@ -358,3 +366,4 @@ def test_import_weights_refuses_what_does_not_fit_and_changes_nothing(framework,
     before = framework.parameters(target)
     assert problems(lambda: framework.import_weights(weights, target)) == expected
     assert all(np.array_equal(a, b) for a, b in zip(before, framework.parameters(target), strict=True))
+
