@@ -99,8 +99,8 @@ def seeds(tmp_path_factory):
     return fuzz_seeds(tmp_path_factory.mktemp("seeds"))
 
 
-# derandomized: the fuzzer finds bugs that tests/test_fuzz_2.py holds as strict xfails until fixed, and a suite
-# run should not fail by chance on one of them; `python -m fuzz` is the place for fresh inputs
+# derandomized: a bug the fuzzer finds becomes a regression test in the file of the part it is in, and a suite
+# run should not fail by chance on one not yet fixed; `python -m fuzz` is the place for fresh inputs
 @settings(max_examples=150, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(choice=st.integers(0, 19), kind=st.sampled_from(sorted(MUTATIONS)), rnd=st.randoms(use_true_random=False))
