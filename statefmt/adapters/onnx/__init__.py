@@ -42,9 +42,11 @@ from statefmt import (
 
 from .._common import deprecated, fit, fit_weights, require
 from . import _plans, _weights
-from ._graph import Graph, dtype_name, layer_name
+from ._graph import Graph, ModelError, dtype_name, layer_name
 from ._weights import ACTIVATIONS, ADVICE, onnx_attributes, onnx_kind, onnx_weights
 
+__all__ = ["ModelError", "Node", "export", "export_weights", "import_weights", "initial_state", "load_weights", "nodes",
+           "signature", "to_onnx", "weight_signature"]
 _OPSET = 17
 
 

@@ -3,18 +3,26 @@ element of a value is (and the shape arithmetic around the chain on real values)
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ._graph import KINDS, MAX_ELEMENTS, MOVES, Graph, ReachesInput, Unmappable
 
+# The elements one evaluation may make, all ops together: WORK_FACTOR times what its sources hold (the state
+# inputs the model declares, or the nodes' final states), plus WORK_FLOOR for the shape arithmetic around them.
+# An exporter's chain makes two or three times its sources; a hostile one is refused before it allocates.
+WORK_FACTOR, WORK_FLOOR = 8, 1 << 20
+_BROADCASTS = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Where"})
+
 
 class Evaluator:
     """Runs the element-moving ops between sources and a value on integer indices (and the shape arithmetic
     around them on real values), so the result says which source element each element of the value is.
 
-    An index array holds -1 where an element is a constant rather than a source element.
+    An index array holds -1 where an element is a constant rather than a source element. The work is
+    bounded (WORK_FACTOR, MAX_ELEMENTS): each op's output is counted before it runs.
     """
 
     _SHAPE_OPS: ClassVar[frozenset[str]] = frozenset({"Constant", "Shape", "Size", "ConstantOfShape", "Add", "Sub",
@@ -24,6 +32,9 @@ class Evaluator:
     def __init__(self, graph: Graph, sources: dict[str, np.ndarray]):
         self.graph = graph
         self.values: dict[str, tuple[np.ndarray, bool]] = {name: (array, True) for name, array in sources.items()}
+        self.declared = sum(int(array.size) for array in sources.values())
+        self.limit = WORK_FACTOR * self.declared + WORK_FLOOR
+        self.made = 0
 
     def index(self, value: str) -> np.ndarray | None:
         """The indices of `value`; None when it holds no source element at all."""
@@ -67,16 +78,17 @@ class Evaluator:
         indexed = [p for p, (_, is_index) in enumerate(inputs) if is_index]
         if indexed and (op not in MOVES or any(p not in data_positions for p in indexed)):
             raise Unmappable(f"it goes through {op} (node {node.name!r}) in a way that computes on the state")
-        attrs = attributes(node)
-        attrs["_outputs"] = len(node.output)
         arrays = [a for a, _ in inputs]
-        if indexed and op == "Concat":
-            arrays = [a if is_index else np.full(a.shape, -1, np.int64) for a, is_index in inputs]
-        if indexed and op == "Cast" and not _is_float(attrs.get("to")):
-            raise Unmappable(f"it is cast to a non-float type by node {node.name!r}")
         try:
-            results = run_op(op, arrays, attrs, cast=not indexed)
-        except Unmappable:
+            attrs = attributes(node)
+            attrs["_outputs"] = len(node.output)
+            if indexed and op == "Cast" and not _is_float(attrs.get("to")):
+                raise Unmappable(f"it is cast to a non-float type by node {node.name!r}")
+            self._count(node, produced(op, arrays, attrs))
+            if indexed and op == "Concat":
+                arrays = [a if is_index else np.full(a.shape, -1, np.int64) for a, is_index in inputs]
+            results = run_op(node, arrays, attrs, cast=not indexed)
+        except (Unmappable, MemoryError):
             raise
         except Exception as error:  # a malformed graph: say where
             raise Unmappable(f"{op} (node {node.name!r}) fails on these shapes: {error}") from None
@@ -84,6 +96,14 @@ class Evaluator:
             if out:
                 self.values[out] = (result, bool(indexed))
         return self.values[name]
+
+    def _count(self, node: Any, made: int) -> None:
+        self.made += made
+        if made > MAX_ELEMENTS or self.made > self.limit:
+            raise Unmappable(f"{node.op_type} (node {node.name!r}) would make {made} elements, more than statefmt "
+                             f"follows for this model: at most {MAX_ELEMENTS} in one array, and {self.limit} in all "
+                             f"({WORK_FACTOR} times the {self.declared} elements its states declare, plus "
+                             f"{WORK_FLOOR})")
 
     def _shape_of(self, name: str, depth: int) -> tuple[int, ...]:
         if name in self.graph.inputs and name not in self.values:
@@ -107,16 +127,51 @@ def _is_float(elem: Any) -> bool:
     return elem in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
 
-def run_op(op: str, inputs: list, attrs: dict[str, Any], *, cast: bool) -> list[np.ndarray]:
-    """One ONNX op on numpy arrays (index arrays pass through the element-moving ops unchanged in dtype)."""
-    x: Any = inputs[0] if inputs else None
+def _ints(array: Any) -> list[int]:
+    return [int(v) for v in np.asarray(array).reshape(-1)]
 
-    def ints(array):
-        return [int(v) for v in np.asarray(array).reshape(-1)]
+
+def _elements(shape: Any) -> int:
+    dims = [int(d) for d in shape]
+    if any(d < 0 for d in dims):
+        raise Unmappable(f"a shape {dims} with a negative dimension")
+    return math.prod(dims)
+
+
+def produced(op: str, inputs: list, attrs: dict[str, Any]) -> int:
+    """How many elements `op` makes from `inputs`, known before it runs: a small graph can ask for any number."""
+    x: Any = inputs[0] if inputs else None
+    if op == "Shape":
+        return x.ndim
+    if op == "Size":
+        return 1
+    if op == "Concat":
+        return sum(int(np.size(a)) for a in inputs)
+    if op == "Gather":
+        axis = attrs.get("axis", 0) % x.ndim
+        return x.size // x.shape[axis] * int(np.size(inputs[1])) if x.shape[axis] else 0
+    if op == "Expand":
+        return _elements(np.broadcast_shapes(x.shape, tuple(_ints(inputs[1]))))
+    if op == "ConstantOfShape":
+        return _elements(_ints(x))
+    if op == "Range":
+        start, limit, delta = (np.asarray(v).item() for v in inputs)
+        if delta == 0:
+            raise Unmappable(f"a Range from {start} to {limit} by 0 never ends")
+        return max(0, math.ceil((limit - start) / delta))
+    if op in _BROADCASTS:
+        return _elements(np.broadcast_shapes(*(np.shape(a) for a in inputs)))
+    return max((int(np.size(a)) for a in inputs if a is not None), default=0)  # the rest make no more than they take
+
+
+def run_op(node: Any, inputs: list, attrs: dict[str, Any], *, cast: bool) -> list[np.ndarray]:
+    """One ONNX op on numpy arrays (index arrays pass through the element-moving ops unchanged in dtype)."""
+    op = node.op_type
+    x: Any = inputs[0] if inputs else None
 
     def axes_of(position, name):
         if len(inputs) > position and inputs[position] is not None:
-            return ints(inputs[position])
+            return _ints(inputs[position])
         return list(attrs[name]) if name in attrs else None
 
     if op in ("Identity",):
@@ -130,7 +185,7 @@ def run_op(op: str, inputs: list, attrs: dict[str, Any], *, cast: bool) -> list[
     if op == "Transpose":
         return [np.transpose(x, attrs.get("perm"))]
     if op == "Reshape":
-        shape = ints(inputs[1])
+        shape = _ints(inputs[1])
         if not attrs.get("allowzero", 0):
             shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
         return [x.reshape(shape)]
@@ -150,9 +205,9 @@ def run_op(op: str, inputs: list, attrs: dict[str, Any], *, cast: bool) -> list[
         return [x]
     if op == "Slice":
         if len(inputs) > 1:
-            starts, ends = ints(inputs[1]), ints(inputs[2])
-            axes = ints(inputs[3]) if len(inputs) > 3 and inputs[3] is not None else list(range(len(starts)))
-            steps = ints(inputs[4]) if len(inputs) > 4 and inputs[4] is not None else [1] * len(starts)
+            starts, ends = _ints(inputs[1]), _ints(inputs[2])
+            axes = _ints(inputs[3]) if len(inputs) > 3 and inputs[3] is not None else list(range(len(starts)))
+            steps = _ints(inputs[4]) if len(inputs) > 4 and inputs[4] is not None else [1] * len(starts)
         else:
             starts, ends = list(attrs["starts"]), list(attrs["ends"])
             axes, steps = list(attrs.get("axes", range(len(starts)))), [1] * len(starts)
@@ -176,22 +231,20 @@ def run_op(op: str, inputs: list, attrs: dict[str, Any], *, cast: bool) -> list[
     if op == "Concat":
         return [np.concatenate(inputs, axis=attrs["axis"])]
     if op == "Expand":
-        shape = np.broadcast_shapes(x.shape, tuple(ints(inputs[1])))
-        bounded(shape, "an Expand")
-        return [np.broadcast_to(x, shape).copy()]
+        return [np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(_ints(inputs[1])))).copy()]
     if op == "Constant":
         for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
             if key in attrs:
                 return [np.asarray(attrs[key])]
         raise Unmappable("a Constant with an unsupported value kind")
     if op == "Shape":
-        shape = np.array(x.shape, np.int64)
-        return [shape[attrs.get("start", 0):attrs.get("end", len(shape))]]
+        dims = np.array(x.shape, np.int64)
+        return [dims[attrs.get("start", 0):attrs.get("end", len(dims))]]
     if op == "Size":
         return [np.array(x.size, np.int64)]
     if op == "ConstantOfShape":
         value = attrs.get("value", np.zeros(1, np.float32))
-        return [np.full(bounded(ints(x), "a ConstantOfShape", as_shape=True), value.reshape(-1)[0], value.dtype)]
+        return [np.full(_ints(x), value.reshape(-1)[0], value.dtype)]
     binary = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Max": np.maximum, "Min": np.minimum,
               "Equal": np.equal}
     if op in binary:
@@ -207,19 +260,8 @@ def run_op(op: str, inputs: list, attrs: dict[str, Any], *, cast: bool) -> list[
         return [np.where(*inputs)]
     if op == "Range":
         start, limit, delta = (np.asarray(v).item() for v in inputs)
-        if delta == 0 or (limit - start) / delta > MAX_ELEMENTS:
-            raise Unmappable(f"a Range from {start} to {limit} by {delta} is too long to follow")
         return [np.arange(start, limit, delta)]
     raise Unmappable(f"{op} is not supported")
-
-
-def bounded(shape: Any, what: str, *, as_shape: bool = False) -> Any:
-    """The element count of `shape` (or the shape itself), refusing what no state could need (a hostile graph)."""
-    dims = [int(d) for d in shape]
-    size = int(np.prod(dims, dtype=np.float64)) if dims else 1
-    if any(d < 0 for d in dims) or size > MAX_ELEMENTS:
-        raise Unmappable(f"{what} of shape {dims} is larger than statefmt follows ({MAX_ELEMENTS} elements)")
-    return dims if as_shape else size
 
 
 def _slice(start: int, end: int, step: int, dim: int) -> slice:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import stat
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -21,6 +22,18 @@ KINDS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
 MOVES = {"Identity": (0,), "Cast": (0,), "Transpose": (0,), "Reshape": (0,), "Squeeze": (0,), "Unsqueeze": (0,),
           "Slice": (0,), "Gather": (0,), "Split": (0,), "Flatten": (0,), "Expand": (0,), "Concat": None}
 MAX_ELEMENTS = 1 << 28  # elements of one index map: a state of 268M values, 2 GiB of indices
+_MAX_MODEL_BYTES = 2**31 - 1  # protobuf's limit: larger models keep their weights in external data
+# The attributes the adapter reads, and the type ONNX gives each.
+_ATTRIBUTE_TYPES = {"hidden_size": "INT", "direction": "STRING", "layout": "INT", "linear_before_reset": "INT",
+                    "input_forget": "INT", "clip": "FLOAT", "activations": "STRINGS", "activation_alpha": "FLOATS",
+                    "activation_beta": "FLOATS"}
+_ATTRIBUTE_VALUES = {"direction": ("forward", "reverse", "bidirectional"), "layout": (0, 1),
+                     "linear_before_reset": (0, 1), "input_forget": (0, 1)}
+FLOAT_TYPES = ("FLOAT", "DOUBLE", "FLOAT16", "BFLOAT16")
+
+
+class ModelError(StateError):
+    """The ONNX model itself is malformed or cannot be read (not: it does not fit the state); names the model."""
 
 
 class Unmappable(Exception):
@@ -96,10 +109,10 @@ class Graph:
         if isinstance(model, (str, os.PathLike)):
             path = os.fspath(model)
             try:
-                stat = os.stat(path)
+                status = os.stat(path)
             except OSError as error:
-                raise StateError(f"{path}: cannot read the model: {error.strerror}") from None
-            key: Any = (path, stat.st_mtime_ns, stat.st_size)
+                raise ModelError(f"cannot read the model: {error.strerror}", source=path) from None
+            key: Any = (path, status.st_mtime_ns, status.st_size)
         elif isinstance(model, onnx.ModelProto):
             key = ("proto", id(model), model.ByteSize())
         elif type(model).__name__ == "InferenceSession" and hasattr(model, "get_inputs"):
@@ -123,25 +136,20 @@ class Graph:
         return graph
 
     def _recurrent_nodes(self) -> list[Recurrent]:
-        from onnx import helper
-
         found = []
         for index, node in enumerate(self.proto.graph.node):
             if node.op_type not in KINDS or node.domain not in ("", "ai.onnx"):
                 continue
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
-            if "activations" in attrs:
-                attrs["activations"] = [a.decode() if isinstance(a, bytes) else a for a in attrs["activations"]]
             kind = KINDS[node.op_type]
             name = node.name or f"{node.op_type}#{index}"
+            attrs = self._attributes(node, name)
             if "hidden_size" not in attrs:
-                raise StateMismatchError(f"{self.label}: node {name!r} ({node.op_type}) has no hidden_size attribute; "
-                                         "statefmt needs it to know the state's width")
+                raise ModelError(f"node {name!r} ({node.op_type}) has no hidden_size attribute; statefmt needs it to "
+                                 "know the state's width", source=self.label)
             inputs = list(node.input) + [""] * (8 - len(node.input))
             outputs = list(node.output) + [""] * (3 - len(node.output))
-            rec = Recurrent(index, name, kind, int(attrs["hidden_size"]), str(attrs.get("direction", "forward")),
-                             int(attrs.get("layout", 0)), attrs, inputs, outputs)
+            rec = Recurrent(index, name, kind, attrs["hidden_size"], attrs.get("direction", "forward"),
+                            attrs.get("layout", 0), attrs, inputs, outputs)
             rec.state_inputs = tuple(dict.fromkeys(
                 i for s in range(len(rec.state_names)) for i in self.feeding(inputs[5 + s])))
             found.append(rec)
@@ -154,6 +162,32 @@ class Graph:
                                      "nodes instead: torch.onnx.export(..., dynamo=False), or build the model from "
                                      "the framework's weights with to_onnx(weights)")
         return found
+
+    def _attributes(self, node: Any, name: str) -> dict[str, Any]:
+        """The attributes of a recurrent node, each checked for the type and the values ONNX allows."""
+        from onnx import AttributeProto, helper
+
+        attrs: dict[str, Any] = {}
+        for attribute in node.attribute:
+            expected = _ATTRIBUTE_TYPES.get(attribute.name)
+            if expected is None:
+                continue
+            found = AttributeProto.AttributeType.Name(attribute.type)
+            where = f"node {name!r} ({node.op_type}): attribute {attribute.name}"
+            if found != expected:
+                raise ModelError(f"{where} is {found}, ONNX defines it as {expected}", source=self.label)
+            value = helper.get_attribute_value(attribute)
+            if expected in ("STRING", "STRINGS"):
+                try:
+                    value = value.decode() if expected == "STRING" else [v.decode() for v in value]
+                except UnicodeDecodeError:
+                    raise ModelError(f"{where} is not UTF-8 text", source=self.label) from None
+            allowed = _ATTRIBUTE_VALUES.get(attribute.name)
+            if (allowed is not None and value not in allowed) or (attribute.name == "hidden_size" and value < 1):
+                must = f"one of {', '.join(map(str, allowed))}" if allowed else "at least 1"
+                raise ModelError(f"{where} is {value!r}, it must be {must}", source=self.label)
+            attrs[attribute.name] = value
+        return attrs
 
     # where a value comes from, and where it goes, through ops that only move elements
 
@@ -186,9 +220,14 @@ class Graph:
         return moved
 
     def input_dtype(self, name: str) -> str:
-        from onnx import helper
+        from onnx import TensorProto, helper
 
-        elem = self.inputs[name].type.tensor_type.elem_type
+        kind = self.inputs[name].type
+        elem = kind.tensor_type.elem_type if kind.WhichOneof("value") == "tensor_type" else 0
+        if TensorProto.DataType.Name(elem) not in FLOAT_TYPES:
+            found = TensorProto.DataType.Name(elem).lower() if elem else "declares no tensor type"
+            raise ModelError(f"graph input {name!r} feeds a recurrent state, which is a float tensor; found {found}",
+                             source=self.label)
         return dtype_name(helper.tensor_dtype_to_np_dtype(elem))
 
     def input_shape(self, name: str, batch: int | None) -> tuple[int, ...]:
@@ -198,6 +237,8 @@ class Graph:
         dims = []
         for dim in info.shape.dim:
             if dim.HasField("dim_value"):
+                if dim.dim_value < 0:
+                    raise ModelError(f"graph input {name!r} declares dimension {dim.dim_value}", source=self.label)
                 dims.append(dim.dim_value)
             elif batch is None:
                 raise Unmappable(f"graph input {name!r} has a dynamic dimension")
@@ -205,16 +246,34 @@ class Graph:
                 dims.append(batch)
         return tuple(dims)
 
-    def tensor(self, name: str) -> np.ndarray | None:
-        from onnx import numpy_helper
-
+    def stored(self, name: str) -> Any:
+        """The TensorProto the model stores for `name` (an initializer or a Constant's value), or None."""
         if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
+            return self.initializers[name]
         if name in self.producer:
             node, _ = self.producer[name]
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-                return numpy_helper.to_array(node.attribute[0].t)
+                return node.attribute[0].t
         return None
+
+    def tensor(self, name: str) -> np.ndarray | None:
+        """The values of a stored tensor, or None when the graph computes it."""
+        from onnx import TensorProto, numpy_helper
+
+        tensor = self.stored(name)
+        if tensor is None:
+            return None
+        if tensor.data_location == TensorProto.EXTERNAL:  # a path's are read in when loaded
+            where = {e.key: e.value for e in tensor.external_data}.get("location", "")
+            raise ModelError(f"tensor {name!r} is stored in external data ({where!r}), which a model in memory cannot "
+                             "resolve; pass the model's path instead", source=self.label)
+        try:
+            return numpy_helper.to_array(tensor)
+        except MemoryError:
+            raise
+        except Exception as error:  # odd data: a short buffer, dims that disagree, an undefined type
+            raise ModelError(f"tensor {name!r} cannot be read: {type(error).__name__}: {error}",
+                             source=self.label) from None
 
     def source(self) -> dict[str, str]:
         return source_metadata("onnxruntime", "onnx", self.label)
@@ -239,20 +298,52 @@ def _load(model):
     onnx = require("onnx", "onnx")
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
+        data = _read(path)
         try:
-            return onnx.load(path), path
+            proto = onnx.load_from_string(data)
+        except MemoryError:
+            raise
         except Exception as error:  # a corrupt or foreign file: one line, never a traceback
-            raise StateError(f"{path}: not an ONNX model: {type(error).__name__}: {error}") from None
+            raise ModelError(f"not an ONNX model: {type(error).__name__}: {error}", source=path) from None
+        from onnx.external_data_helper import load_external_data_for_model
+
+        try:  # onnx opens these itself, refusing paths outside the folder, links and special files
+            load_external_data_for_model(proto, os.path.dirname(os.path.abspath(path)))
+        except MemoryError:
+            raise
+        except Exception as error:
+            raise ModelError(f"its external data cannot be read: {error}", source=path) from None
+        return proto, path
     if isinstance(model, onnx.ModelProto):
         return model, model.graph.name or "model"
     path = getattr(model, "_model_path", None)
     if path:
         return _load(path)
-    data = getattr(model, "_model_bytes", None)
-    if data:
-        return onnx.load_from_string(data), "session"
+    blob = getattr(model, "_model_bytes", None)
+    if blob:
+        return onnx.load_from_string(blob), "session"
     raise StateMismatchError("this InferenceSession keeps neither its model's path nor its bytes; pass the model "
                              "(its path or its onnx.ModelProto) instead")
+
+
+def _read(path: str) -> bytes:
+    """A model file's bytes; a FIFO, a device or a folder is refused without blocking on it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise ModelError(f"cannot read the model: {error.strerror}", source=path) from None
+    with os.fdopen(fd, "rb") as file:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise ModelError("not a regular file (a FIFO, a device or a folder); a model is a .onnx file",
+                             source=path)
+        if status.st_size > _MAX_MODEL_BYTES:
+            raise ModelError(f"{status.st_size} bytes, over protobuf's 2 GiB limit; a model that large keeps its "
+                             "weights in external data", source=path)
+        try:
+            return file.read(status.st_size + 1)
+        except OSError as error:
+            raise ModelError(f"cannot read the model: {error.strerror}", source=path) from None
 
 
 def layer_name(prefix: str | None, k: int) -> str:

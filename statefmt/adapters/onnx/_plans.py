@@ -10,20 +10,25 @@ import numpy as np
 
 from statefmt import StateMismatchError, StateSet
 
-from ._evaluate import Evaluator, bounded
-from ._graph import Graph, Unmappable, numpy_dtype
+from ._evaluate import Evaluator
+from ._graph import MAX_ELEMENTS, Graph, Unmappable, numpy_dtype
 
 
 def static_batch(graph: Graph) -> int | None:
-    """The batch size static state inputs fix, or None when one of them is dynamic."""
+    """The batch size static state inputs fix, or None when one of them is dynamic (or there are none).
+
+    Where all are static, the feed map is made here, and a chain that cannot be followed is refused
+    now: a signature without a batch size would be a wrong answer for such a model.
+    """
     key = ("static", None)
     if key not in graph.memo:
+        names = {name for node in graph.nodes for name in node.state_inputs}
         try:
-            maps = _feed_map(graph, None)
-            sizes = {m.shape[1] for per_node in maps[1] for m in per_node.values()}
-            _remember(graph, key, sizes.pop() if len(sizes) == 1 else None)
-        except (Unmappable, StateMismatchError):
-            _remember(graph, key, None)
+            static = bool(names) and all(graph.input_shape(name, None) for name in names)
+        except Unmappable:  # a dynamic dimension, or no shape at all
+            static = False
+        sizes = {m.shape[1] for per_node in _feed_map(graph, None)[1] for m in per_node.values()} if static else ()
+        _remember(graph, key, sizes.pop() if len(sizes) == 1 else None)
     graph.memo.move_to_end(key)
     return graph.memo[key]
 
@@ -35,9 +40,7 @@ def _remember(graph: Graph, key: tuple[str, int | None], value: Any) -> Any:
         graph.memo.popitem(last=False)
     return value
 
-
 # the index maps: which element of which graph input (output) each state element is
-
 
 def _feed_map(graph: Graph, batch: int | None) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
     """(state inputs, per node {state: indices [D, N, H] into the inputs' flat concatenation})."""
@@ -50,8 +53,6 @@ def _feed_map(graph: Graph, batch: int | None) -> tuple[dict[str, np.ndarray], l
                 shape = graph.input_shape(name, batch)
                 size = bounded(shape, f"graph input {name!r}")
             except Unmappable as error:
-                if batch is None:
-                    raise
                 raise StateMismatchError(f"{graph.label}: {error}") from None
             sources[name] = np.arange(offset, offset + size, dtype=np.int64).reshape(shape)
             offset += size
@@ -291,7 +292,10 @@ def _gather_plan(graph: Graph, batch: int) -> list[dict[str, Any]]:
 
 def _batch_of(graph: Graph, arrays: dict[str, np.ndarray], carriers: set[str]) -> int:
     """The batch of a run: static, or solved from one output's size (linear in the batch), or one of its dims."""
-    static = static_batch(graph)
+    try:
+        static = static_batch(graph)
+    except StateMismatchError:  # the feeds cannot be followed; the outputs may still be read
+        static = None
     if static is not None:
         return static
     candidates: dict[int, None] = {}
@@ -321,3 +325,12 @@ def _batch_of(graph: Graph, arrays: dict[str, np.ndarray], carriers: set[str]) -
 
 
 # weights
+
+
+def bounded(shape: Any, what: str, *, as_shape: bool = False) -> Any:
+    """The element count of `shape` (or the shape itself), refusing what no state could need (a hostile graph)."""
+    dims = [int(d) for d in shape]
+    size = int(np.prod(dims, dtype=np.float64)) if dims else 1
+    if any(d < 0 for d in dims) or size > MAX_ELEMENTS:
+        raise Unmappable(f"{what} of shape {dims} is larger than statefmt follows ({MAX_ELEMENTS} elements)")
+    return dims if as_shape else size

@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 
 from statefmt import LayerWeights, LayerWeightSignature, StateMismatchError, WeightSet
-from statefmt.cells import FRAMEWORK_GATE_ORDER, gate_rows
+from statefmt.cells import FRAMEWORK_GATE_ORDER, GATES, gate_rows
 
-from ._graph import KINDS, Graph, Recurrent, layer_name
+from ._graph import FLOAT_TYPES, KINDS, Graph, ModelError, Recurrent, layer_name
 
 # Default activations per direction: LSTM (f, g, h), GRU (f, g), RNN (f).
 DEFAULT_ACTIVATIONS = {"lstm": ("Sigmoid", "Tanh", "Tanh"), "gru": ("Sigmoid", "Tanh"), "rnn": ("Tanh",)}
@@ -42,7 +42,37 @@ def activations(node: Recurrent) -> list[tuple[str, float | None, float | None]]
     return result
 
 
+def check_stored(graph: Graph, k: int, node: Recurrent) -> int | None:
+    """The input size of a node whose stored W, R, B and P have the types and shapes ONNX defines (None: W is
+    computed in the graph); a malformed one is refused, all its problems at once."""
+    from onnx import TensorProto
+
+    D, H, G = node.directions, node.hidden_size, GATES[node.kind]
+    tensors = {key: graph.stored(node.inputs[slot]) if node.inputs[slot] else None
+               for key, slot in (("W", 1), ("R", 2), ("B", 3), ("P", 7))}
+    W = tensors["W"]
+    width = int(W.dims[2]) if W is not None and len(W.dims) == 3 else None
+    shapes: dict[str, list[int | None]] = {"W": [D, G * H, width], "R": [D, G * H, H], "B": [D, 2 * G * H],
+                                           "P": [D, 3 * H]}
+    problems = []
+    for key, tensor in tensors.items():
+        if tensor is None or (key == "P" and node.kind != "lstm"):
+            continue
+        name = TensorProto.DataType.Name(tensor.data_type) if tensor.data_type in TensorProto.DataType.values() \
+            else str(tensor.data_type)
+        if name not in FLOAT_TYPES:
+            problems.append(f"{node.where(k)}: {key} ({tensor.name!r}) holds {name.lower()}, ONNX takes floats")
+        if list(tensor.dims) != shapes[key]:
+            expected = "[" + ", ".join("input size" if d is None else str(d) for d in shapes[key]) + "]"
+            problems.append(f"{node.where(k)}: {key} ({tensor.name!r}) has shape {list(tensor.dims)}, the node "
+                            f"({node.direction}, hidden_size {H}) takes {expected}")
+    if problems:
+        raise ModelError(problems, source=graph.label)
+    return width
+
+
 def check_exportable(graph: Graph, k: int, node: Recurrent) -> list[str]:
+    check_stored(graph, k, node)
     where = f"{graph.label}: {node.where(k)}"
     problems = []
     for slot, key in ((1, "W"), (2, "R"), (3, "B")):
@@ -114,16 +144,8 @@ def layer_weights(graph: Graph, name: str, node: Recurrent) -> LayerWeights:
                         if node.kind == "gru" else True)
 
 
-def input_size(graph: Graph, node: Recurrent) -> int | None:
-    W = graph.initializers.get(node.inputs[1])
-    if W is not None:
-        return int(W.dims[2])
-    W_ = graph.tensor(node.inputs[1])
-    return None if W_ is None else int(W_.shape[2])
-
-
 def layer_signature(graph: Graph, k: int, node: Recurrent) -> LayerWeightSignature:
-    size = input_size(graph, node)
+    size = check_stored(graph, k, node)
     if size is None:
         raise StateMismatchError(f"{graph.label}: {node.where(k)}: W ({node.inputs[1]!r}) is computed in the "
                                  "graph, not stored, so its input size is unknown; fold constants first")
