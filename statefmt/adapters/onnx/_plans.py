@@ -139,7 +139,6 @@ def _feed_plan(graph: Graph, batch: int | None) -> dict[str, Any]:
         for name, indices in sources.items():
             offsets[name] = offset
             offset += indices.size
-        counts = np.zeros(offset, np.int32)
         owners: dict[str, list[tuple[int, str]]] = {}
         runs: dict[tuple[int, str], slice | None] = {}
         for k, maps in enumerate(per_node):
@@ -147,11 +146,11 @@ def _feed_plan(graph: Graph, batch: int | None) -> dict[str, Any]:
                 flat = indices.reshape(-1)
                 contiguous = flat[-1] - flat[0] == flat.size - 1 and bool(np.all(np.diff(flat) == 1))
                 runs[k, s] = slice(int(flat[0]), int(flat[-1]) + 1) if contiguous else None
-                np.add.at(counts, indices.reshape(-1), 1)
                 for name, start in offsets.items():
                     if start <= indices.flat[0] < start + sources[name].size:
                         owners.setdefault(name, []).append((k, s))
-        unique = bool(np.all(counts <= 1))
+        every = [indices.reshape(-1) for maps in per_node for indices in maps.values()]
+        unique = bool(np.all(np.bincount(np.concatenate(every), minlength=offset) <= 1))  # ufunc.at: 10x slower
         direct = {}
         for name, indices in sources.items() if unique else ():
             pieces = owners.get(name, [])
