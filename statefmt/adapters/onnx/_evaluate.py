@@ -1,5 +1,6 @@
-"""The interpreter of the element-moving ops: runs a chain on integer indices to learn which source element each
-element of a value is (and the shape arithmetic around the chain on real values)."""
+"""The index evaluator: runs a chain of element-moving ops on integer indices to learn which source element each
+element of a value is (and the shape arithmetic around the chain on real values). The walk decides what may
+run and bounds the work; the ops themselves are onnx.reference's."""
 
 from __future__ import annotations
 
@@ -81,13 +82,12 @@ class Evaluator:
         arrays = [a for a, _ in inputs]
         try:
             attrs = attributes(node)
-            attrs["_outputs"] = len(node.output)
             if indexed and op == "Cast" and not _is_float(attrs.get("to")):
                 raise Unmappable(f"it is cast to a non-float type by node {node.name!r}")
             self._count(node, produced(op, arrays, attrs))
             if indexed and op == "Concat":
                 arrays = [a if is_index else np.full(a.shape, -1, np.int64) for a, is_index in inputs]
-            results = run_op(node, arrays, attrs, cast=not indexed)
+            results = run_op(self.graph, node, arrays, cast=not indexed)
         except (Unmappable, MemoryError):
             raise
         except Exception as error:  # a malformed graph: say where
@@ -164,113 +164,16 @@ def produced(op: str, inputs: list, attrs: dict[str, Any]) -> int:
     return max((int(np.size(a)) for a in inputs if a is not None), default=0)  # the rest make no more than they take
 
 
-def run_op(node: Any, inputs: list, attrs: dict[str, Any], *, cast: bool) -> list[np.ndarray]:
-    """One ONNX op on numpy arrays (index arrays pass through the element-moving ops unchanged in dtype)."""
-    op = node.op_type
-    x: Any = inputs[0] if inputs else None
+def run_op(graph: Graph, node: Any, inputs: list, *, cast: bool) -> list[np.ndarray]:
+    """One ONNX op on numpy arrays, by onnx.reference; index arrays pass a Cast unchanged (they are not values).
 
-    def axes_of(position, name):
-        if len(inputs) > position and inputs[position] is not None:
-            return _ints(inputs[position])
-        return list(attrs[name]) if name in attrs else None
+    The hand-written numpy of a dozen ops that stood here did not pay: benchmarks.onnx_adapter.
+    """
+    if node.op_type == "Cast" and not cast:
+        return [inputs[0]]
+    key = tuple(node.output)  # unique in a graph
+    if key not in graph.ops:
+        from onnx.reference import ReferenceEvaluator
 
-    if op in ("Identity",):
-        return [x]
-    if op == "Cast":
-        if not cast:
-            return [x]
-        from onnx import helper
-
-        return [x.astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))]
-    if op == "Transpose":
-        return [np.transpose(x, attrs.get("perm"))]
-    if op == "Reshape":
-        shape = _ints(inputs[1])
-        if not attrs.get("allowzero", 0):
-            shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
-        return [x.reshape(shape)]
-    if op == "Flatten":
-        axis = attrs.get("axis", 1)
-        axis = axis + x.ndim if axis < 0 else axis
-        return [x.reshape(int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:])))]
-    if op == "Squeeze":
-        axes = axes_of(1, "axes")
-        if axes is None:
-            return [np.squeeze(x)]
-        return [np.squeeze(x, axis=tuple(a % x.ndim for a in axes))]
-    if op == "Unsqueeze":
-        axes = sorted(a % (x.ndim + len(axes_of(1, "axes"))) for a in axes_of(1, "axes"))
-        for a in axes:
-            x = np.expand_dims(x, a)
-        return [x]
-    if op == "Slice":
-        if len(inputs) > 1:
-            starts, ends = _ints(inputs[1]), _ints(inputs[2])
-            axes = _ints(inputs[3]) if len(inputs) > 3 and inputs[3] is not None else list(range(len(starts)))
-            steps = _ints(inputs[4]) if len(inputs) > 4 and inputs[4] is not None else [1] * len(starts)
-        else:
-            starts, ends = list(attrs["starts"]), list(attrs["ends"])
-            axes, steps = list(attrs.get("axes", range(len(starts)))), [1] * len(starts)
-        index: list[Any] = [slice(None)] * x.ndim
-        for start, end, axis, step in zip(starts, ends, axes, steps):
-            index[axis % x.ndim] = _slice(start, end, step, x.shape[axis % x.ndim])
-        return [x[tuple(index)]]
-    if op == "Gather":
-        axis = attrs.get("axis", 0) % x.ndim
-        indices = np.asarray(inputs[1]).astype(np.int64)
-        indices = np.where(indices < 0, indices + x.shape[axis], indices)
-        return [np.take(x, indices, axis=axis)]
-    if op == "Split":
-        axis = attrs.get("axis", 0) % x.ndim
-        sizes = axes_of(1, "split")
-        if sizes is None:
-            parts = attrs.get("num_outputs") or attrs["_outputs"]
-            size = -(-x.shape[axis] // parts)
-            sizes = [min(size, x.shape[axis] - size * p) for p in range(parts)]
-        return list(np.split(x, np.cumsum(sizes)[:-1], axis=axis))
-    if op == "Concat":
-        return [np.concatenate(inputs, axis=attrs["axis"])]
-    if op == "Expand":
-        return [np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(_ints(inputs[1])))).copy()]
-    if op == "Constant":
-        for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
-            if key in attrs:
-                return [np.asarray(attrs[key])]
-        raise Unmappable("a Constant with an unsupported value kind")
-    if op == "Shape":
-        dims = np.array(x.shape, np.int64)
-        return [dims[attrs.get("start", 0):attrs.get("end", len(dims))]]
-    if op == "Size":
-        return [np.array(x.size, np.int64)]
-    if op == "ConstantOfShape":
-        value = attrs.get("value", np.zeros(1, np.float32))
-        return [np.full(_ints(x), value.reshape(-1)[0], value.dtype)]
-    binary = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Max": np.maximum, "Min": np.minimum,
-              "Equal": np.equal}
-    if op in binary:
-        return [binary[op](inputs[0], inputs[1])]
-    if op == "Div":
-        a, b = inputs
-        return [(a // b if np.issubdtype(a.dtype, np.integer) else a / b)]
-    if op == "Neg":
-        return [-x]
-    if op == "Abs":
-        return [np.abs(x)]
-    if op == "Where":
-        return [np.where(*inputs)]
-    if op == "Range":
-        start, limit, delta = (np.asarray(v).item() for v in inputs)
-        return [np.arange(start, limit, delta)]
-    raise Unmappable(f"{op} is not supported")
-
-
-def _slice(start: int, end: int, step: int, dim: int) -> slice:
-    """ONNX's Slice bounds (clamped, -1 meaning "before the first" for a negative step) as a Python slice."""
-    if step > 0:
-        start = min(max(start + dim if start < 0 else start, 0), dim)
-        end = min(max(end + dim if end < 0 else end, 0), dim)
-        return slice(start, end, step)
-    start = min(max(start + dim if start < 0 else start, -1), dim - 1)
-    end = min(max(end + dim if end < 0 else end, -1), dim - 1)
-    return slice(start, end if end >= 0 else None, step)
-
+        graph.ops[key] = ReferenceEvaluator(node, opsets={"": graph.opset} if graph.opset else None)
+    return list(graph.ops[key].run(None, {name: array for name, array in zip(node.input, inputs) if name}))

@@ -99,6 +99,8 @@ class Graph:
                     self.consumers.setdefault(name, []).append((node, position))
         self.nodes = self._recurrent_nodes()
         self.memo: OrderedDict[tuple[str, int | None], Any] = OrderedDict()  # the planners' maps, by batch size
+        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        self.ops: dict[tuple[str, ...], Any] = {}  # onnx.reference's runner of each node the evaluator ran
 
     @classmethod
     def of(cls, model: Any) -> Graph:
