@@ -1,7 +1,8 @@
 """The examples in the adapters' docstrings run, each against its framework (skipped where it is not installed).
 
-Each framework's namespace holds a small LSTM (`lstm`, 5 inputs, 4 units) and input chunks `x`,
-`x2`; `today.statefmt` and `weights.statefmt` in the current folder hold its state and weights.
+Each framework's namespace holds a small LSTM (5 inputs, 4 units: `lstm`, or ONNX's `forecaster.onnx`
+and its `session`) and input chunks `x`, `x2`; `today.statefmt` and `weights.statefmt` in the current
+folder hold its state and weights.
 """
 
 import numpy as np
@@ -83,3 +84,28 @@ def test_the_keras_adapters_example_runs(keras_namespace, module, name):
 @pytest.mark.parametrize("module, name", docstrings("statefmt.adapters.flax"))
 def test_the_flax_adapters_example_runs(flax_namespace, module, name):
     run(module, name, flax_namespace)
+
+
+@pytest.fixture
+def onnx_namespace(folder):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from statefmt.adapters import onnx as oa
+
+    rng = np.random.default_rng(0)
+    values = lambda *shape: rng.standard_normal(shape).astype("float32")  # noqa: E731
+    weights = statefmt.WeightSet([statefmt.LayerWeights("l0", "lstm", W=values(1, 16, 5), R=values(1, 16, 4),
+                                                        Wb=values(1, 16), Rb=values(1, 16))])
+    with open("forecaster.onnx", "wb") as file:
+        file.write(oa.to_onnx(weights).SerializeToString())
+    session = ort.InferenceSession("forecaster.onnx")
+    x, x2 = values(3, 6, 5), values(3, 4, 5)
+    zeros = np.zeros((1, 3, 4), "float32")
+    feeds = oa.initial_state(statefmt.StateSet([statefmt.LayerState("l0", "lstm", h=zeros, c=zeros)]), session)
+    save(oa.export(session, session.run(None, {"x": x, **feeds})), weights)
+    return {"statefmt": statefmt, "onnxruntime": ort, "session": session, "feeds": feeds, "x": x, "x2": x2}
+
+
+@pytest.mark.parametrize("module, name", docstrings("statefmt.adapters.onnx"))
+def test_the_onnx_adapters_example_runs(onnx_namespace, module, name):
+    run(module, name, onnx_namespace)
