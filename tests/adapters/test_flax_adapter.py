@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import pytest
 import reference
-from builders import largest_difference, random_states, through_file
+from builders import largest_difference, random_states, relabel, through_file
 
 import statefmt
 from statefmt import LayerWeights, StateError, StateMismatchError, WeightSet
@@ -272,13 +272,6 @@ def projected_lstm():
     arrays = [rng.normal(size=shape).astype("float32") for shape in
               ((1, rows, INPUT), (1, rows, proj), (1, rows), (1, rows), (1, proj, UNITS))]
     return WeightSet([LayerWeights("lstm_0", "lstm", *arrays)])
-
-
-def relabel(weights, **fields):
-    layer = weights.layers[0]
-    options = {"activation": layer.activation, "recurrent_activation": layer.recurrent_activation,
-               "linear_before_reset": layer.linear_before_reset, **fields}
-    return WeightSet([LayerWeights(layer.name, layer.kind, *(layer[k] for k in layer.weight_names), **options)])
 
 
 def exported(api, cell, layout="rnn"):
