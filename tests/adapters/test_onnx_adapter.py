@@ -490,7 +490,8 @@ def test_hostile_shapes_are_refused_before_any_allocation():
              helper.make_node("LSTM", ["x", "W", "R", "B", "", "h_big", "c0"], ["Y", "hn", "cn"], hidden_size=UNITS)]
     model = _graph(nodes, [_info("x", [STEPS, "n", INPUT]), _info("h0", [1, 1, UNITS]), _info("c0", [1, "n", UNITS])],
                    [_info("hn", [1, "n", UNITS])], _lstm_weights() + [shape])
-    with pytest.raises(StateMismatchError, match=r"an Expand of shape .* is larger than statefmt follows"):
+    with pytest.raises(StateMismatchError, match=r"Expand \(node 'blow_up'\) would make \d+ elements, more than "
+                                                 r"statefmt follows"):
         oa.initial_state(states_for("lstm", 1, 1), model)
 
 
@@ -631,3 +632,175 @@ def test_a_missing_onnx_names_the_extra():
             "try:\n    onnx.signature('m.onnx')\nexcept ImportError as error:\n    print(error)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert 'pip install "statefmt[onnx]"' in result.stdout, result.stderr
+
+
+# --- malformed models, special files and unbounded work (issue 19) ------------------------------------
+
+def _external(model, location):
+    tensor = model.graph.initializer[0]
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.ClearField("raw_data")
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+
+
+def _set_attribute(name, value):
+    def change(model):
+        node = model.graph.node[0]
+        kept = [a for a in node.attribute if a.name != name]
+        del node.attribute[:]
+        node.attribute.extend(kept + [helper.make_attribute(name, value)])
+    return change
+
+
+def _retype_initializer(position, array):
+    def change(model):
+        name = model.graph.initializer[position].name
+        model.graph.initializer[position].CopyFrom(numpy_helper.from_array(array, name))
+    return change
+
+
+MALFORMED = {
+    "raw data cut short": lambda m: setattr(m.graph.initializer[0], "raw_data", m.graph.initializer[0].raw_data[:10]),
+    "dims that disagree with the data": lambda m: m.graph.initializer[0].dims.__setitem__(2, INPUT + 1),
+    "an undefined element type": lambda m: setattr(m.graph.initializer[0], "data_type", 0),
+    "a string W": lambda m: setattr(m.graph.initializer[0], "data_type", TensorProto.STRING),
+    "an integer W": _retype_initializer(0, np.ones((1, 4 * UNITS, INPUT), np.int32)),
+    "a 1-D W": _retype_initializer(0, np.ones(4 * UNITS * INPUT, np.float32)),
+    "a B too short": _retype_initializer(2, np.ones((1, 3), np.float32)),
+    "an R of two directions": _retype_initializer(1, np.ones((2, 4 * UNITS, UNITS), np.float32)),
+    "external data that is missing": lambda m: _external(m, "weights.bin"),
+    "external data outside the folder": lambda m: _external(m, "../../etc/passwd"),
+    "hidden_size a string": _set_attribute("hidden_size", "four"),
+    "hidden_size a float": _set_attribute("hidden_size", 4.5),
+    "hidden_size zero": _set_attribute("hidden_size", 0),
+    "layout 7": _set_attribute("layout", 7),
+    "layout a string": _set_attribute("layout", "one"),
+    "direction sideways": _set_attribute("direction", "sideways"),
+    "activations ints": _set_attribute("activations", [1, 2, 3]),
+    "activation_alpha strings": lambda m: (_set_attribute("activations", ["HardSigmoid", "Tanh", "Tanh"])(m),
+                                           _set_attribute("activation_alpha", ["a"])(m)),
+    "a state input with no type": lambda m: m.graph.input[1].type.Clear(),
+    "a state input of strings": lambda m: setattr(m.graph.input[1].type.tensor_type, "elem_type", TensorProto.STRING),
+    "a state input that is a sequence": lambda m: m.graph.input[1].CopyFrom(
+        helper.make_tensor_sequence_value_info("h0", TensorProto.FLOAT, [1, BATCH, UNITS])),
+    "a negative dimension": lambda m: m.graph.input[1].type.tensor_type.shape.dim[1].__setattr__("dim_value", -3),
+}
+
+
+def _every_verb(model):
+    """Each verb in turn, as a user would call them; a malformed model must stop one of them."""
+    states = random_states("lstm", 1, 1)
+    oa.signature(model)
+    oa.nodes(model)
+    oa.initial_state(states, model)
+    oa.export(model, [np.zeros((1, BATCH, UNITS), "float32")] * 2)
+    weights = oa.export_weights(model)
+    oa.weight_signature(model)
+    oa.import_weights(weights, model)
+
+
+@pytest.mark.parametrize("what", list(MALFORMED))
+def test_a_malformed_model_is_refused_naming_the_file(tmp_path, what):
+    model = _lstm_with()
+    model.graph.output.append(_info("cn", [1, BATCH, UNITS]))
+    _every_verb(model)  # the model as made works
+    MALFORMED[what](model)
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(StateError) as caught:
+        _every_verb(path)
+    assert isinstance(caught.value, oa.ModelError), f"{type(caught.value).__name__}: {caught.value}"
+    assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
+
+
+def test_external_data_of_a_model_in_memory_is_refused_naming_the_tensor():
+    model = _lstm_with()
+    _external(model, "weights.bin")
+    with pytest.raises(oa.ModelError, match=r"'W' is stored in external data \('weights.bin'\)"):
+        oa.export_weights(model)
+
+
+def test_external_data_in_its_own_file_is_read(tmp_path):
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    model = _lstm_with()
+    expected = oa.export_weights(model)
+    convert_model_to_external_data(model, location="weights.bin", size_threshold=0)
+    onnx.save(model, tmp_path / "m.onnx")
+    got = oa.export_weights(tmp_path / "m.onnx")
+    np.testing.assert_array_equal(got.layers[0]["W"], expected.layers[0]["W"])
+
+
+def _limited(code, *, seconds=60, memory=None):
+    """`code` in a fresh interpreter, under a deadline and (`memory` bytes over what the imports took) an address
+    space limit, so that a hang or a runaway allocation fails the test instead of the machine."""
+    prelude = ("import os, resource, statefmt, numpy as np, onnx\nfrom statefmt.adapters import onnx as oa\n"
+               "oa.signature  # the adapter and onnx imported before the limit\n")
+    if memory:
+        prelude += ("size = int(open('/proc/self/statm').read().split()[0]) * os.sysconf('SC_PAGE_SIZE')\n"
+                    f"resource.setrlimit(resource.RLIMIT_AS, (size + {memory}, resource.RLIM_INFINITY))\n")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    try:
+        return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=seconds,
+                              env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"did not finish in {seconds} s")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "external fifo"])
+def test_a_model_path_that_is_a_special_file_is_refused_without_blocking(tmp_path, kind):
+    path = tmp_path / "m.onnx"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path = "/dev/zero"
+    else:
+        model = _lstm_with()
+        _external(model, "weights.bin")
+        path.write_bytes(model.SerializeToString())
+        os.mkfifo(tmp_path / "weights.bin")
+    result = _limited(f"try:\n    oa.export_weights({str(path)!r})\nexcept oa.ModelError as error:\n"
+                      "    print(error)\n", seconds=30, memory=2**30)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"{path}: "), result.stdout
+    assert "regular file" in result.stdout
+
+
+def _chain(nodes, initializers, state_shape):
+    """An LSTM whose initial_h comes from input h0 through `nodes` (ending in value `h`); static shapes, so that
+    signature() follows the chain to find the batch size."""
+    return _graph(nodes + [helper.make_node("LSTM", ["x", "W", "R", "B", "", "h", "c0"], ["Y", "hn", "cn"],
+                                            hidden_size=UNITS)],
+                  [_info("x", [STEPS, "n", INPUT]), _info("h0", state_shape), _info("c0", [1, 1, UNITS])],
+                  [_info("hn", [1, "n", UNITS])], _lstm_weights() + initializers)
+
+
+def test_work_on_index_arrays_is_bounded_by_the_sizes_the_model_declares(tmp_path):
+    """A 1 KB model whose chain gathers one element 2^26 times: 2 GiB of indices, refused before any is made.
+
+    (Before, each op's output was bounded alone, and a MemoryError was taken for a chain it cannot follow, so
+    the signature came back with no batch size.)"""
+    many = helper.make_tensor("many", TensorProto.INT64, [1], [1 << 26])
+    zero = helper.make_tensor("v", TensorProto.INT64, [1], [0])
+    nodes = [helper.make_node("ConstantOfShape", ["many"], ["zeros"], value=zero, name="indices"),
+             helper.make_node("Gather", ["h0", "zeros"], ["h"], axis=1, name="blow_up")]
+    path = tmp_path / "small.onnx"
+    onnx.save(_chain(nodes, [many], [1, 1, UNITS]), path)
+    assert path.stat().st_size < 2000
+    result = _limited(f"try:\n    print(oa.signature({str(path)!r}))\nexcept statefmt.StateError as error:\n"
+                      "    print(type(error).__name__, error)\n", memory=2**30)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("StateMismatchError"), result.stdout
+    assert "ConstantOfShape (node 'indices') would make 67108864 elements, more than statefmt follows" in result.stdout
+
+
+def test_a_memory_error_is_never_swallowed_into_a_wrong_answer(tmp_path):
+    """A chain within the bound, in a process that cannot hold it: MemoryError, not a signature without a batch."""
+    nodes = [helper.make_node("Concat", ["h0", "h0"], ["h"], axis=1, name="twice")]
+    path = tmp_path / "m.onnx"
+    onnx.save(_chain(nodes, [], [1, 1 << 24, UNITS]), path)  # h0: 2^26 elements; the map of h: 2^27 (1 GiB)
+    result = _limited(f"try:\n    print(oa.signature({str(path)!r}))\nexcept MemoryError:\n    print('MemoryError')\n",
+                      memory=3 * 2**28)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "MemoryError", result.stdout

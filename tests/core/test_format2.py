@@ -23,7 +23,17 @@ from safetensors.numpy import load_file
 
 import statefmt
 from fuzz.mutations import Parts
-from statefmt import LayerState, StateError, StateFormatError, StateMismatchError, StateSet, _container, _document, api
+from statefmt import (
+    LayerState,
+    StateError,
+    StateFormatError,
+    StateMismatchError,
+    StateSet,
+    _container,
+    _document,
+    api,
+    limits,
+)
 
 VECTORS = Path(__file__).parents[2] / "spec" / "vectors"
 
@@ -184,12 +194,12 @@ def test_save_refuses_what_load_would_refuse_before_writing_a_byte(tmp_path):
     before = path.read_bytes()
     deep: dict = {}
     leaf = deep
-    for _ in range(_document.MAX_DEPTH):
+    for _ in range(limits.MAX_JSON_DEPTH):
         leaf["x"] = {}
         leaf = leaf["x"]
     bad = [({"user": {"x": float("nan")}}, "cannot be stored as JSON"),
-           ({"user": deep}, f"nested deeper than {_document.MAX_DEPTH} levels"),
-           ({"user": {"big": "x" * _document.MAX_DOCUMENT_BYTES}}, "exceeds the 67108864-byte cap")]
+           ({"user": deep}, f"nested deeper than {limits.MAX_JSON_DEPTH} levels"),
+           ({"user": {"big": "x" * limits.MAX_FILE_DOCUMENT_BYTES}}, "exceeds the 67108864-byte cap")]
     for metadata, message in bad:
         with pytest.raises(StateFormatError, match=message):
             statefmt.save(fleet(2, units=3), path, metadata=metadata)
@@ -203,9 +213,9 @@ def test_the_largest_document_the_limits_allow_saves_and_loads(tmp_path):
     path = tmp_path / "s.statefmt"
     states = fleet(2, units=3)
     statefmt.save(states, path, metadata={"user": {"big": ""}})
-    room = _document.MAX_DOCUMENT_BYTES - len(_metadata(path)["statefmt"])
+    room = limits.MAX_FILE_DOCUMENT_BYTES - len(_metadata(path)["statefmt"])
     statefmt.save(states, path, metadata={"user": {"big": "x" * room}})
-    assert len(_metadata(path)["statefmt"]) == _document.MAX_DOCUMENT_BYTES
+    assert len(_metadata(path)["statefmt"]) == limits.MAX_FILE_DOCUMENT_BYTES
     assert len(statefmt.load(path).metadata["user"]["big"]) == room
     with pytest.raises(StateFormatError, match="exceeds"):
         statefmt.save(states, path, metadata={"user": {"big": "x" * (room + 1)}})
@@ -221,7 +231,7 @@ def test_nesting_is_judged_the_same_at_any_call_depth(tmp_path):
     path = tmp_path / "s.statefmt"
     deep: dict = {}
     leaf = deep
-    for _ in range(_document.MAX_DEPTH - 3):
+    for _ in range(limits.MAX_JSON_DEPTH - 3):
         leaf["x"] = {}
         leaf = leaf["x"]
     statefmt.save(fleet(2, units=3), path, metadata={"user": deep})
@@ -240,8 +250,8 @@ def test_a_huge_list_of_bad_layers_is_refused_fast_with_a_bounded_message(tmp_pa
     with pytest.raises(StateFormatError) as error:
         _document.Document.from_dict(document)
     assert time.monotonic() - started < 10
-    assert len(error.value.problems) <= _document.MAX_PROBLEMS + 1 and len(str(error.value)) < 50_000
-    document["layers"] = [{}] * (_document.MAX_LAYERS + 1)
+    assert len(error.value.problems) <= limits.MAX_PROBLEMS + 1 and len(str(error.value)) < 50_000
+    document["layers"] = [{}] * (limits.MAX_FILE_LAYERS + 1)
     with pytest.raises(StateFormatError, match="layers: expected at most 65536"):
         _document.Document.from_dict(document)
 
