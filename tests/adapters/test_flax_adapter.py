@@ -365,7 +365,7 @@ def test_linen_needs_variables_and_nnx_refuses_them():
         fa.export_weights(nnx_model.target, variables=linen.variables)
 
 
-# 6. importing the adapter, and a missing framework: tests/test_adapter_imports.py
+# 6. importing the adapter, and a missing framework: test_adapter_imports.py
 
 
 def test_positional_variables_work_one_more_release_with_a_warning():
