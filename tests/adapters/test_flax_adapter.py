@@ -368,17 +368,6 @@ def test_linen_needs_variables_and_nnx_refuses_them():
 # 6. importing the adapter, and a missing framework: test_adapter_imports.py
 
 
-def test_positional_variables_work_one_more_release_with_a_warning():
-    linen = model("linen", "gru", "rnn")
-    with pytest.warns(DeprecationWarning, match="with positional variables is deprecated .* pass variables=variables"):
-        weights = fa.export_weights(linen.target, linen.variables)
-    again = fa.export_weights(linen.target, variables=linen.variables)
-    for key in again[0].weight_names:
-        np.testing.assert_array_equal(weights[0][key], again[0][key])
-    with pytest.raises(StateError, match="variables given more than once: pass variables= only"):
-        fa.export_weights(linen.target, linen.variables, variables=linen.variables)
-
-
 # 7. Keras 3's hard_sigmoid is jax.nn.hard_sigmoid: weights from a Keras LSTM continue exactly in Flax
 
 @pytest.mark.parametrize("api", APIS)

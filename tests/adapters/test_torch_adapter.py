@@ -126,14 +126,6 @@ def test_unbatched_state_roundtrip(kind, case, tmp_path):
     assert_same_state(unbatched if kind == "lstm" else unbatched[0], state)
 
 
-def test_unbatched_option_is_deprecated_and_still_works():
-    m = model("gru", "bidir")
-    states = random_states(ta.signature(m), batch=1)
-    with pytest.warns(DeprecationWarning, match=r"take the batch-1 row of the result, h0\[:, 0\]"):
-        h0 = ta.initial_state(states, m, unbatched=True)
-    assert torch.equal(h0, ta.initial_state(states, m)[:, 0])
-
-
 def test_layers_follow_pytorchs_layer_times_direction_index():
     m = model("gru", "bidir")
     h = torch.arange(4 * BATCH * UNITS, dtype=torch.float32).reshape(4, BATCH, UNITS)
