@@ -52,12 +52,14 @@ def prefixed(prefix: str | None, name: str) -> str:
 
 
 def fit(states: StateSet, signature: StateSignature, *, strict: bool = False, broadcast: bool = False,
-        batch_size: int | None = None) -> StateSet:
+        batch_size: int | None = None, downcast: bool = True) -> StateSet:
     """Check `states` against what the target expects, then broadcast its batch if asked.
 
-    Every mismatch (layer count, kind, units, directions, proj_units, batch size, and dtype
-    when `strict`) is reported at once in one `StateMismatchError`. Broadcasting is a view,
-    not a copy.
+    Every mismatch (layer count, kind, units, directions, proj_units or dims, the model's
+    fingerprints, batch size, and dtype when `strict`) is reported at once in one
+    `StateMismatchError`. `downcast=False` (modern kinds) accepts a state narrower than the
+    target's dtype, never a wider one: the adapter would have to cast it down. Broadcasting is
+    a view, not a copy.
     """
     if not isinstance(states, StateSet):
         raise StateMismatchError(signature.check(states))
@@ -73,9 +75,9 @@ def fit(states: StateSet, signature: StateSignature, *, strict: bool = False, br
                                      f"found batch_size={batch_size}; leave batch_size out")
         signature = dataclasses.replace(signature, batch_size=int(batch_size))
     validate(states)  # NaN/Inf in memory are refused like NaN/Inf in a file
-    if not strict:
+    if not strict and downcast:
         signature = dataclasses.replace(signature, dtype=None)
-    problems = signature.check(states, broadcast=bool(broadcast))
+    problems = signature.check(states, broadcast=bool(broadcast), upcast=not strict)
     if broadcast and signature.batch_size is None:
         problems.append("broadcast=True needs a batch size, and the target fixes none: "
                         "pass batch_size=N to start N streams")
@@ -85,9 +87,13 @@ def fit(states: StateSet, signature: StateSignature, *, strict: bool = False, br
         return states
     size = signature.batch_size
     assert size is not None  # broadcast without a batch size was refused above
-    layers = [layer.with_arrays(**{s: np.broadcast_to(layer[s], (layer.directions, size, layer[s].shape[2]))
+    layers = [layer.with_arrays(**{s: np.broadcast_to(layer[s], _with_batch(layer[s].shape, layer.batch_axis, size))
                                    for s in layer.state_names}) for layer in states.layers]
     return StateSet(layers, metadata=states.metadata, file=states.file)
+
+
+def _with_batch(shape: tuple[int, ...], axis: int, size: int) -> tuple[int, ...]:
+    return (*shape[:axis], size, *shape[axis + 1:])
 
 
 def fit_weights(weights: WeightSet, signature: WeightSignature, problems: Iterable[str] = ()) -> WeightSet:

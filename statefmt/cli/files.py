@@ -119,5 +119,5 @@ def upgrade(ctx: click.Context, file: str, output: str | None) -> None:
     """Rewrite FILE (format 1.x) as the current format, checked first; atomically."""
     with reporting(ctx):
         api.upgrade(file, output)
-        echo(f"{output or file}: written as format {api.FORMAT_VERSION}")
+        echo(f"{output or file}: written as format 2.0")
 

@@ -261,9 +261,13 @@ def create(url: str, signature: StateSignature, *, storage_options: dict[str, st
         raise TypeError(f"create() takes a StateSignature, not {type(signature).__name__}")
     if not signature.layers:
         raise StateFormatError("the signature has no layers", source=str(url))
+    modern = sorted({layer.kind for layer in signature.layers if layer.dims is not None})
+    if modern:
+        raise StateFormatError(f"the store holds lstm, gru and rnn layers; not yet {', '.join(modern)} (format 2.1 "
+                               "kinds): save such states as files", source=str(url))
     dtype = signature.dtype or "float32"
-    layers = tuple(_Layer(layer.name or f"layer{index}", layer.kind, layer.units, layer.directions, layer.proj_units,
-                          dtype) for index, layer in enumerate(signature.layers))
+    layers = tuple(_Layer(layer.name or f"layer{index}", layer.kind, layer.units or 0, layer.directions,
+                          layer.proj_units, dtype) for index, layer in enumerate(signature.layers))
     url = _url(url)
     _parse_document(_document(layers), url)  # refuses what a reader would refuse: duplicate names, bad projections
     import lance
