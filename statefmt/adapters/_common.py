@@ -19,14 +19,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import importlib.metadata
+import json
 import warnings
 from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any, TypeVar
 
 import numpy as np
+import xxhash
 
 from statefmt import StateMismatchError, StateSet, StateSignature, WeightSet, WeightSignature, validate
+from statefmt._document import CHECKSUM_PREFIX
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,7 +47,26 @@ def require(module: str, extra: str) -> ModuleType:
 
 def source_metadata(framework: str, extra: str, model: str) -> dict[str, str]:
     """The `source` metadata of an export: which framework, at which version, produced it from what model."""
-    return {"framework": framework, "version": require(framework, extra).__version__, "model": model}
+    version = getattr(require(framework, extra), "__version__", None)  # BlinkDL's rwkv has none
+    return {"framework": framework, "version": version or importlib.metadata.version(framework), "model": model}
+
+
+def model_fingerprints(implementation: str, config: Any, weights: Iterable[tuple[str, np.ndarray]]) -> dict[str, str]:
+    """The `model` field of a 2.1 state: XXH3-64 of the configuration (canonical JSON) and of the weights
+    (each name, dtype, shape and bytes, in name order), so a state refuses another model of the same
+    implementation by name. `implementation` says whose layout was hashed: others' are not comparable.
+
+    >>> model_fingerprints("rwkv", {"n_layer": 2}, [("emb", np.zeros(2, "float32"))])["config"][:8]
+    'xxh3_64:'
+    """
+    digest = xxhash.xxh3_64()
+    for key, array in sorted(weights, key=lambda item: item[0]):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{key}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.view(np.uint8).reshape(-1).data)
+    text = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    return {"implementation": implementation, "config": CHECKSUM_PREFIX + xxhash.xxh3_64_hexdigest(text.encode()),
+            "weights": CHECKSUM_PREFIX + digest.hexdigest()}
 
 
 def prefixed(prefix: str | None, name: str) -> str:
