@@ -66,7 +66,7 @@ def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadc
     >>> state = initial_state(statefmt.load("session.statefmt"), model)  # doctest: +SKIP
     >>> logits, state = model.forward(next_tokens, state)  # doctest: +SKIP
 
-    One stream: pick it from a batch with `states.select([row])` (or `load(path, streams=[id])`).
+    One stream: pick it from a batch with `states.rows([row])` (or `load(path, streams=[id])`).
     """
     torch = require("torch", _EXTRA)
     model = _rwkv4(target)

@@ -1,0 +1,131 @@
+"""The hand-off matrix: a state saved by one implementation continues in another, in another process.
+
+Each case splits a token sequence, runs the first part in one implementation, saves the state,
+then a fresh process loads it into the other implementation and continues. The continuation must
+equal the first implementation's uninterrupted run within 1e-5 (float32), and the same
+continuation from a zeroed state must visibly differ, so the test can fail.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import statefmt
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+from implementations import FAMILIES, SPLIT  # noqa: E402
+
+PACKAGES = {"recurrentgemma": "recurrentgemma.torch", "rwkv": "rwkv.model", "keras_hub": "keras_hub",
+            "transformers": "statefmt.adapters.transformers"}
+CASES = [(family, first, second) for family, entry in FAMILIES.items()
+         for first in entry.implementations for second in entry.implementations if first != second]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Each family's weights, written once and only when a case needs them."""
+    written = {}
+
+    def folder(family):
+        if family not in written:
+            written[family] = tmp_path_factory.mktemp(family)
+            FAMILIES[family].write(written[family])
+        return written[family]
+
+    return folder
+
+
+def _needs(*adapters):
+    for adapter in adapters:
+        pytest.importorskip(PACKAGES[adapter])
+
+
+@pytest.mark.parametrize(("family", "first", "second"), CASES, ids=[f"{f}:{a}->{b}" for f, a, b in CASES])
+def test_a_state_continues_in_the_other_implementation(folders, tmp_path, family, first, second):
+    entry = FAMILIES[family]
+    source = entry.implementations[first]
+    _needs(source.adapter, entry.implementations[second].adapter)
+    folder = folders(family)
+    model = source.build(folder)
+    whole, _ = source.prefill(model, entry.tokens)  # the uninterrupted run
+    _, state = source.prefill(model, entry.tokens[:, :SPLIT])
+    statefmt.save(source.module().export(model, state), tmp_path / "state.statefmt")
+    np.save(tmp_path / "tokens.npy", entry.tokens)
+    result = subprocess.run([sys.executable, str(HERE / "implementations.py"), family, second, str(folder),
+                             str(tmp_path / "state.statefmt"), str(tmp_path / "tokens.npy"), str(tmp_path / "out.npz")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    expected = whole[:, SPLIT:]
+    assert np.abs(out["handed"] - expected).max() < 1e-5
+    assert np.abs(out["zero"] - expected).max() > 1e-2
+
+
+def _griffin_state(folders, tokens):
+    _needs("recurrentgemma")
+    deepmind = FAMILIES["griffin"].implementations["deepmind"]
+    model = deepmind.build(folders("griffin"))
+    return model, deepmind.module().export(model, deepmind.prefill(model, tokens)[1])
+
+
+def test_a_state_of_other_weights_is_refused_by_name(folders):
+    import torch
+
+    model, states = _griffin_state(folders, FAMILIES["griffin"].tokens[:, :SPLIT])
+    with torch.no_grad():
+        model.final_norm.scale.add_(1.0)
+    fingerprint = states.metadata["model"]["weights"]
+    with pytest.raises(statefmt.StateMismatchError) as error:
+        FAMILIES["griffin"].implementations["deepmind"].module().initial_state(states, model)
+    assert error.value.problems == [f"model: weights: expected {_weights(model)}, found {fingerprint} "
+                                    "(a state of other weights)"]
+
+
+def _weights(model):
+    from statefmt.adapters import recurrentgemma
+
+    return recurrentgemma.signature(model).model["weights"]
+
+
+def test_a_state_of_another_window_is_refused_with_every_misfit(folders):
+    import recurrentgemma.torch as rg
+
+    model, states = _griffin_state(folders, FAMILIES["griffin"].tokens[:, :SPLIT])
+    narrow = rg.Griffin(model.config._replace(attention_window_size=8, lru_width=16))
+    with pytest.raises(statefmt.StateMismatchError) as error:
+        FAMILIES["griffin"].implementations["deepmind"].module().initial_state(states, narrow)
+    config, weights, *layers = error.value.problems
+    assert config.startswith("model: config: ") and config.endswith("(a state of a model with another configuration)")
+    assert weights.startswith("model: weights: ")
+    assert layers == ["layer 0 'l0': channels: expected 16, found 32", "layer 1 'l1': window: expected 8, found 12",
+                      "layer 2 'l2': channels: expected 16, found 32"]
+
+
+def test_a_runtime_state_takes_one_stream(folders):
+    _needs("rwkv")
+    runtime = FAMILIES["rwkv4"].implementations["rwkv"]
+    model = runtime.build(folders("rwkv4"))
+    states = runtime.module().export(model, runtime.prefill(model, FAMILIES["rwkv4"].tokens)[1])
+    two = statefmt.StateSet([layer.with_arrays(**{key: np.concatenate([layer[key]] * 2) for key in layer.state_names})
+                             for layer in states.layers], metadata=states.metadata)
+    with pytest.raises(statefmt.StateMismatchError) as error:
+        runtime.module().initial_state(two, model)
+    assert error.value.problems == ["batch size: expected 1, found 2; pick the model's 1 streams with "
+                                    "statefmt.load(path, streams=[...]) or states.rows([...])"]
+    assert len(runtime.module().initial_state(two.rows([1]), model)) == 5 * 2
+
+
+def test_a_keras_cache_shorter_than_the_tokens_seen_is_refused(folders):
+    _needs("keras_hub")
+    keras_hub = FAMILIES["qwen35"].implementations["keras_hub"]
+    model = keras_hub.build(folders("qwen35"))
+    states = keras_hub.module().export(model, keras_hub.prefill(model, FAMILIES["qwen35"].tokens[:, :SPLIT])[1])
+    with pytest.raises(statefmt.StateMismatchError) as error:
+        keras_hub.module().initial_state(states, model, max_length=SPLIT - 1)
+    assert error.value.problems == [f"max_length: expected at least the {SPLIT} tokens the state has seen, "
+                                    f"found {SPLIT - 1}"]
