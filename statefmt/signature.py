@@ -14,10 +14,10 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from ._dtypes import DTYPE_NAMES
+from ._dtypes import DTYPE_NAMES, numpy_dtype
 from .cells import ACTIVATIONS, CELLS, DIRECTIONS, KINDS, MODERN, STATE_KINDS
 from .errors import StateFormatError
-from .states import StateSet
+from .states import LayerState, StateSet
 from .weights import LayerWeights, WeightSet
 
 SIGNATURE_VERSION = "1.0"
@@ -72,10 +72,14 @@ class LayerSignature:
     """One recurrent layer as a model holds it. `name` is informative: layers match by position.
 
     >>> LayerSignature("lstm", 64, directions=2, proj_units=32)
-    LayerSignature(kind='lstm', units=64, directions=2, proj_units=32, name=None, dims=None)
+    LayerSignature(kind='lstm', units=64, directions=2, proj_units=32, name=None, dims=None, dtypes=None)
 
     A modern kind (`statefmt.kinds`) has `dims` instead of units: the sizes the model fixes (an
-    attention layer's `length` grows with the tokens seen: a signature leaves it out).
+    attention layer's `length` grows with the tokens seen: a signature leaves it out); and, where
+    the target holds its tensors in different dtypes (Hugging Face: a bfloat16 conv window beside
+    a float32 ssm state), `dtypes` per tensor. A state fits a tensor's dtype when it has it, is
+    narrower (an exact upcast), or holds only values that the narrower dtype holds exactly:
+    nothing is ever rounded behind the caller's back.
 
     >>> LayerSignature("mamba2", dims={"heads": 4, "head_dim": 8}).dims["heads"]
     4
@@ -87,16 +91,24 @@ class LayerSignature:
     proj_units: int | None = None
     name: str | None = None
     dims: Mapping[str, int | None] | None = None
+    dtypes: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.kind in MODERN:
             _check_dims("signature ", self.kind, self.dims)
             object.__setattr__(self, "dims", dict(self.dims or {}))
+            if self.dtypes is not None:
+                if not isinstance(self.dtypes, Mapping) or not set(self.dtypes) <= set(MODERN[self.kind].names) \
+                        or not set(self.dtypes.values()) <= set(DTYPE_NAMES):
+                    _refuse("signature ", "dtypes", f"a mapping of some of {', '.join(MODERN[self.kind].names)} to "
+                            f"dtype names", self.dtypes)
+                object.__setattr__(self, "dtypes", dict(self.dtypes))
             if (self.units, self.directions, self.proj_units) != (None, 1, None):
                 raise StateFormatError(f"signature {self.kind}: a modern kind has dims, not units, directions or "
                                        "proj_units")
-        elif self.dims is not None:
-            raise StateFormatError(f"signature {self.kind}: dims apply to modern kinds ({', '.join(MODERN)}) only")
+        elif self.dims is not None or self.dtypes is not None:
+            raise StateFormatError(f"signature {self.kind}: dims and dtypes apply to modern kinds "
+                                   f"({', '.join(MODERN)}) only")
         _check_layer("signature ", self.kind, 1 if self.kind in MODERN else self.units, self.directions,
                      self.proj_units, self.name, kinds=STATE_KINDS)
 
@@ -110,14 +122,30 @@ class LayerSignature:
         if problems or self.dims is None:  # a modern kind's sizes mean nothing for another kind
             return problems
         found = layer.dims
-        return [f"{where}: {key}: expected {want}, found {found.get(key)}"
-                for key, want in self.dims.items() if found.get(key) != want]
+        problems = [f"{where}: {key}: expected {want}, found {found.get(key)}"
+                    for key, want in self.dims.items() if found.get(key) != want]
+        for tensor, want in (self.dtypes or {}).items():
+            if layer.dtype != want and (layer.dtype, want) not in _EXACT_UPCASTS and not _held_exactly(layer, tensor,
+                                                                                                      want):
+                problems.append(f"{where}: {tensor}: dtype: expected {want} (or values {want} holds exactly), found "
+                                f"{layer.dtype}; cast it yourself (states.astype) to accept the rounding")
+        return problems
 
     def to_dict(self) -> dict[str, Any]:
         """The signature's JSON object: a classic kind's units, directions and proj_units, or a modern kind's dims."""
         entry = asdict(self)
-        drop = ("units", "directions", "proj_units") if self.kind in MODERN else ("dims",)
-        return {key: value for key, value in entry.items() if key not in drop}
+        drop = ("units", "directions", "proj_units") if self.kind in MODERN else ("dims", "dtypes")
+        return {key: value for key, value in entry.items() if key not in drop and (key != "dtypes" or value)}
+
+
+def _held_exactly(layer: Any, tensor: str, dtype: str) -> bool:
+    """Whether a state's tensor survives a cast to `dtype` unchanged (values read from a narrower model do).
+    A file's layer read without its data cannot tell: it does not fit."""
+    if not isinstance(layer, LayerState):
+        return False
+    array = layer[tensor]
+    narrow = array.astype(numpy_dtype(dtype))
+    return bool(np.array_equal(narrow.astype(array.dtype), array))
 
 
 # Casts that lose nothing: a state stored narrower goes into a wider model exactly.

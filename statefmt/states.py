@@ -281,7 +281,10 @@ class StateSet:
         stream_ids = None if self.stream_ids is None else [self.stream_ids[row] for row in rows]
         layers = [layer.with_arrays(**{s: np.take(layer[s], rows, axis=layer.batch_axis) for s in layer.state_names})
                   for layer in self.layers]
-        return StateSet(layers, stream_ids=stream_ids, metadata=self.metadata, file=self.file)
+        metadata = self.metadata  # the token fingerprint hashes every stream's tokens: only all of them keep it
+        if rows != list(range(self.batch_size)):
+            metadata = {key: value for key, value in metadata.items() if key != "token_fingerprint"}
+        return StateSet(layers, stream_ids=stream_ids, metadata=metadata, file=self.file)
 
     def astype(self, dtype: str) -> StateSet:
         """Every layer cast to `dtype`, explicitly: e.g. a smaller stored dtype, whose cost in precision

@@ -5,9 +5,9 @@ An implementation says how it builds the model from the folder, how it runs toke
 (`prefill`: logits and its own state) and how it continues from its own state (`resume`), and
 which adapter speaks its layout. Run as a script, it is the other process of a hand-off:
 
-    python implementations.py FAMILY IMPLEMENTATION FOLDER STATE_FILE TOKENS_NPY OUT_NPZ
+    python implementations.py FAMILY FOLDER WORK
 
-loads the state, continues in IMPLEMENTATION from it and from the same state zeroed, and writes
+continues each saved state in each other implementation, from it and from it zeroed, and writes
 both continuations' logits.
 """
 
@@ -333,23 +333,27 @@ FAMILIES = {
 }
 
 
-def resume_elsewhere(family: str, name: str, folder: Path, state_file: Path, tokens: np.ndarray) -> dict[str, Any]:
-    """Load a saved state, continue in `name` from it and from it zeroed: both continuations' logits."""
+def resume_elsewhere(family: str, folder: Path, work: Path) -> None:
+    """For every state `work/<first>.statefmt` that another process saved: continue it in every other
+    implementation, from it and from it zeroed, into `work/<first>-<second>.npz`."""
     import statefmt
 
-    implementation = FAMILIES[family].implementations[name]
-    model = implementation.build(folder)
-    states = statefmt.load(state_file)
-    zero = statefmt.StateSet([layer.with_arrays(**{key: np.zeros_like(layer[key]) for key in layer.state_names})
-                              for layer in states.layers], metadata=states.metadata)
-    options = implementation.options(tokens.shape[1])
-    out = {}
-    for label, start in (("handed", states), ("zero", zero)):
-        native = implementation.module().initial_state(start, model, **options)
-        out[label] = implementation.resume(model, native, tokens[:, SPLIT:], SPLIT)
-    return out
+    entry = FAMILIES[family]
+    tokens = np.load(work / "tokens.npy")
+    for second, implementation in entry.implementations.items():
+        model = implementation.build(folder)
+        for first in entry.implementations:
+            if first == second:
+                continue
+            states = statefmt.load(work / f"{first}.statefmt")
+            zero = statefmt.StateSet([layer.with_arrays(**{key: np.zeros_like(layer[key]) for key in layer.state_names})
+                                      for layer in states.layers], metadata=states.metadata)
+            out = {}
+            for label, start in (("handed", states), ("zero", zero)):
+                native = implementation.module().initial_state(start, model, **implementation.options(tokens.shape[1]))
+                out[label] = implementation.resume(model, native, tokens[:, SPLIT:], SPLIT)
+            np.savez(work / f"{first}-{second}.npz", **out)
 
 
 if __name__ == "__main__":
-    family, name, folder, state_file, tokens_file, out_file = sys.argv[1:]
-    np.savez(out_file, **resume_elsewhere(family, name, Path(folder), Path(state_file), np.load(tokens_file)))
+    resume_elsewhere(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))

@@ -45,23 +45,37 @@ def _needs(*adapters):
         pytest.importorskip(PACKAGES[adapter])
 
 
+@pytest.fixture(scope="module")
+def handed(folders, tmp_path_factory):
+    """Per family: each implementation's uninterrupted run, and every hand-off continued in one other process."""
+    done = {}
+
+    def run(family):
+        if family not in done:
+            entry = FAMILIES[family]
+            _needs(*(implementation.adapter for implementation in entry.implementations.values()))
+            folder, work = folders(family), tmp_path_factory.mktemp(f"{family}-work")
+            np.save(work / "tokens.npy", entry.tokens)
+            whole = {}
+            for first, source in entry.implementations.items():
+                model = source.build(folder)
+                whole[first], _ = source.prefill(model, entry.tokens)
+                _, state = source.prefill(model, entry.tokens[:, :SPLIT])
+                statefmt.save(source.module().export(model, state), work / f"{first}.statefmt")
+            result = subprocess.run([sys.executable, str(HERE / "implementations.py"), family, str(folder), str(work)],
+                                    capture_output=True, text=True, timeout=300)
+            assert result.returncode == 0, result.stderr[-3000:]
+            done[family] = whole, work
+        return done[family]
+
+    return run
+
+
 @pytest.mark.parametrize(("family", "first", "second"), CASES, ids=[f"{f}:{a}->{b}" for f, a, b in CASES])
-def test_a_state_continues_in_the_other_implementation(folders, tmp_path, family, first, second):
-    entry = FAMILIES[family]
-    source = entry.implementations[first]
-    _needs(source.adapter, entry.implementations[second].adapter)
-    folder = folders(family)
-    model = source.build(folder)
-    whole, _ = source.prefill(model, entry.tokens)  # the uninterrupted run
-    _, state = source.prefill(model, entry.tokens[:, :SPLIT])
-    statefmt.save(source.module().export(model, state), tmp_path / "state.statefmt")
-    np.save(tmp_path / "tokens.npy", entry.tokens)
-    result = subprocess.run([sys.executable, str(HERE / "implementations.py"), family, second, str(folder),
-                             str(tmp_path / "state.statefmt"), str(tmp_path / "tokens.npy"), str(tmp_path / "out.npz")],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = np.load(tmp_path / "out.npz")
-    expected = whole[:, SPLIT:]
+def test_a_state_continues_in_the_other_implementation(handed, family, first, second):
+    whole, work = handed(family)
+    out = np.load(work / f"{first}-{second}.npz")
+    expected = whole[first][:, SPLIT:]  # the first implementation's uninterrupted run
     assert np.abs(out["handed"] - expected).max() < 1e-5
     assert np.abs(out["zero"] - expected).max() > 1e-2
 

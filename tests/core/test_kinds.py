@@ -164,7 +164,7 @@ def test_signatures_of_modern_kinds_round_trip_json():
     assert StateSignature.from_json(signature.to_json()) == signature
     with pytest.raises(StateFormatError, match="a mamba2 layer has sizes"):
         LayerSignature("mamba2", dims={"units": 3})
-    with pytest.raises(StateFormatError, match="dims apply to modern kinds"):
+    with pytest.raises(StateFormatError, match="dims and dtypes apply to modern kinds"):
         LayerSignature("gru", 3, dims={"heads": 1})
 
 
