@@ -143,3 +143,20 @@ def test_a_keras_cache_shorter_than_the_tokens_seen_is_refused(folders):
         keras_hub.module().initial_state(states, model, max_length=SPLIT - 1)
     assert error.value.problems == [f"max_length: expected at least the {SPLIT} tokens the state has seen, "
                                     f"found {SPLIT - 1}"]
+
+
+def test_past_the_window_a_hf_griffin_state_is_refused_by_deepmind(folders):
+    """HF keeps window - 1 positions, DeepMind reads window: the two agree only inside the window."""
+    _needs("recurrentgemma", "transformers")
+    entry = FAMILIES["griffin"]
+    hf, deepmind = entry.implementations["hf"], entry.implementations["deepmind"]
+    window = entry.tokens.shape[1]
+    long = np.concatenate([entry.tokens, entry.tokens[:, :2]], axis=1)  # two tokens past the window
+    model = hf.build(folders("griffin"))
+    states = hf.module().export(model, hf.prefill(model, long)[1])
+    with pytest.raises(statefmt.StateMismatchError) as error:
+        deepmind.module().initial_state(states, deepmind.build(folders("griffin")))
+    assert error.value.problems == [
+        f"layer 1 'l1': dims.length: Griffin reads the last min(tokens, window) = {window} positions, found "
+        f"{window - 1} (a state kept by an implementation with a shorter window continues Griffin exactly only "
+        "inside its window)"]
