@@ -22,19 +22,15 @@ from typing import Any
 import xxhash
 
 from . import cells
-from ._dtypes import SAFETENSORS_CODES
 from .errors import StateFormatError
 from .kinds import BATCH
+from .limits import MAX_FILE_DOCUMENT_BYTES, MAX_FILE_LAYERS, MAX_JSON_DEPTH, MAX_PROBLEMS, VERSION_PATTERN
 
 FORMAT_VERSION = "2.1"  # the newest a writer writes; it writes "2.0" for a file 2.0 can hold (see `version_for`)
 READABLE_MAJORS = ("1", "2")
 METADATA_KEY = "statefmt"
 CHECKSUM_KEY = "statefmt_checksum"  # beside the document: a checksum cannot sit inside what it covers
 CHECKSUM_PREFIX = "xxh3_64:"
-MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
-MAX_LAYERS = 65_536
-MAX_DEPTH = 64  # JSON nesting, the same for every caller: not the interpreter's recursion limit
-MAX_PROBLEMS = 100
 BLOCK_BYTES = 65_536
 DESCRIPTIVE_FIELDS = ("source", "created_by", "user")
 # 2.1, states only: what the state was computed with and has seen. A signature checks `model`.
@@ -187,8 +183,9 @@ class Document:
             raise fail(2, f"no '{METADATA_KEY}' entry in the safetensors metadata: a plain safetensors file, "
                           "not a statefmt file", source)
         text = metadata[METADATA_KEY]
-        if len(text) > MAX_DOCUMENT_BYTES:
-            raise fail(2, f"statefmt metadata of {len(text)} bytes exceeds the {MAX_DOCUMENT_BYTES}-byte cap", source)
+        if len(text) > MAX_FILE_DOCUMENT_BYTES:
+            raise fail(2, f"statefmt metadata of {len(text)} bytes exceeds the {MAX_FILE_DOCUMENT_BYTES}-byte cap",
+                       source)
         try:
             document = strict_json(text)
         except StateFormatError as error:
@@ -196,7 +193,7 @@ class Document:
         if not isinstance(document, dict):
             raise fail(2, f"statefmt metadata must be a JSON object, found {type(document).__name__}", source)
         version = document.get("format_version")
-        if not (isinstance(version, str) and re.fullmatch(r"(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})", version)):
+        if not (isinstance(version, str) and VERSION_PATTERN.fullmatch(version)):
             raise fail(3, f"format_version: expected a version such as {FORMAT_VERSION!r}, found {_short(version)}",
                        source)
         if version.split(".")[0] not in READABLE_MAJORS:
@@ -279,14 +276,14 @@ def metadata_entries(text: str) -> dict[str, str]:
 
 def strict_json(text: str | bytes) -> Any:
     """Parse JSON as RFC 8259 says and RFC 7493 (I-JSON) asks: no duplicate keys, no NaN or
-    Infinity, nesting at most MAX_DEPTH deep. `StateFormatError` says what is wrong."""
+    Infinity, nesting at most MAX_JSON_DEPTH deep. `StateFormatError` says what is wrong."""
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")  # strictly: json.loads(bytes) would let surrogate bytes through
         value = json.loads(text, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_constant,
                            parse_float=_finite_float)
     except RecursionError:
-        raise StateFormatError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+        raise StateFormatError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as error:
         message = str(error) if isinstance(error, StateFormatError) else f"not valid JSON ({error})"
         raise StateFormatError(message[:300]) from None
@@ -323,9 +320,9 @@ def _refuse_constant(name: str) -> Any:
 
 
 def check_depth(value: Any) -> None:
-    """Refuse JSON values nested deeper than MAX_DEPTH: the same limit when writing and reading."""
+    """Refuse JSON values nested deeper than MAX_JSON_DEPTH: the same limit when writing and reading."""
     level: list[Any] = [value]
-    for _ in range(MAX_DEPTH + 1):
+    for _ in range(MAX_JSON_DEPTH + 1):
         below: list[Any] = []
         for item in level:
             if isinstance(item, dict):
@@ -335,7 +332,7 @@ def check_depth(value: Any) -> None:
         if not below:
             return
         level = below
-    raise StateFormatError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    raise StateFormatError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
 
 
 def _short(value: Any) -> str:
@@ -362,8 +359,8 @@ def _validator(major: str) -> Any:
 
 def _schema_problems(document: dict[str, Any], major: str) -> list[str]:
     layers = document.get("layers")
-    if isinstance(layers, list) and len(layers) > MAX_LAYERS:  # before the schema: a bounded error, fast
-        return [f"layers: expected at most {MAX_LAYERS}, found {len(layers)}"]
+    if isinstance(layers, list) and len(layers) > MAX_FILE_LAYERS:  # before the schema: a bounded error, fast
+        return [f"layers: expected at most {MAX_FILE_LAYERS}, found {len(layers)}"]
     ids = document.get("stream_ids")
     if isinstance(ids, list) and not set(map(type, ids)) <= {str}:  # at C speed: 65,536 ids
         # jsonschema's uniqueItems compares mixed-type items pairwise: a crafted list would take hours
@@ -542,8 +539,3 @@ def _modern_problems(where: str, layer: dict[str, Any], minor: int, tokens: Any)
     if isinstance(tokens, int) and length is not None and length > tokens:
         problems.append(f"{where}: dims.length: the state has seen {tokens} tokens, found {length} positions")
     return problems
-
-
-def dtype_code(name: str) -> str:
-    """The safetensors dtype code of a tensor dtype name (the four floats, and the index's integers)."""
-    return {**SAFETENSORS_CODES, "uint8": "U8", "uint64": "U64"}[name]

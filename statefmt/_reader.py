@@ -21,9 +21,9 @@ from ._document import (
     STREAM_TENSORS,
     Document,
     LayerEntry,
-    dtype_code,
     fail,
 )
+from ._dtypes import CODES, NAMES
 from ._source import open_source
 from .errors import StateError, StateMismatchError
 from .states import LayerState, StateSet, resolve_rows, stream_keys
@@ -80,7 +80,7 @@ def _tensor_problems(document: Document, tensors: Mapping[str, _container.Tensor
     expected: dict[str, tuple[str, tuple[int, ...] | None, str]] = {}
     for index, layer in enumerate(document.layers):
         for name, shape in layer.shapes(document.batch_size if document.is_state else None).items():
-            expected[f"layers.{index}.{name}"] = (dtype_code(layer.dtype), shape, f"layer {index} {layer.name!r}: "
+            expected[f"layers.{index}.{name}"] = (CODES[layer.dtype], shape, f"layer {index} {layer.name!r}: "
                                                                                   f"{name}")
     if document.major == "2":
         expected[CHECKSUMS_TENSOR] = ("U64", None, "checksums")
@@ -97,9 +97,9 @@ def _tensor_problems(document: Document, tensors: Mapping[str, _container.Tensor
         info = tensors[key]
         ndim_ok = wanted is not None or len(info.shape) == 1
         if info.code != code or (wanted is not None and info.shape != wanted) or not ndim_ok:
-            want = f"{list(wanted) if wanted is not None else '[n]'} {_container._CODES.get(code, code)}"
+            want = f"{list(wanted) if wanted is not None else '[n]'} {NAMES.get(code, code)}"
             problems.append(f"{where}: expected {want}, tensor `{key}` is {list(info.shape)} "
-                            f"{_container._CODES.get(info.code, info.code)}")
+                            f"{NAMES.get(info.code, info.code)}")
     extra = sorted(set(tensors) - set(expected))
     if extra:
         problems.append(f"tensors not described by the metadata: {', '.join(extra[:20])}"

@@ -14,11 +14,19 @@ window in the model's dtype: export stores a layer in the wider of its dtypes (e
 any value that dtype would round. Every state carries the model's fingerprints (its config and
 weights, hashed), so the state of another model is refused by name.
 
-Known limits of the installed transformers (checked against its source, not papered over):
+`generate` takes the cache too: a model with attention layers (Qwen3-Next) the whole prompt, as
+its cache says how many tokens it has seen; one without (Mamba, Mamba-2, RWKV) only the tokens
+after the state, or it reads the prompt twice.
+
+Known limits of the installed transformers (5.23, read in its source and measured, not papered over):
 - Mamba-1's slow path (CPU, no `mamba_ssm`) ignores the cached ssm state when a forward continues
-  with more than one token: continue one token at a time (`generate` does), which is exact.
+  with more than one token (2e-3 off): continue one token at a time (`generate` does), which is exact.
+- RWKV's one-token step broadcasts a `[batch, channels]` shift against `[batch, 1, channels]`: right
+  at batch 1 only (1.08 off at batch 2, with its own cache too); several tokens at once are exact.
 - RWKV with `rescale_every > 0` divides its weights in place when it first runs in eval mode; its
   weights fingerprint changes then: fingerprint it after the same first forward, or set 0.
+- xLSTM's `generate` cannot take a cache built outside it (`xLSTMCache` lacks `is_compileable`):
+  continue with forward calls, which are exact.
 - RecurrentGemma keeps its recurrent state in module attributes (`initial_state` sets them), returns no
   cache (give its forward a `DynamicCache` to export from) and must continue one token at a time.
 transformers itself is imported on first use, never when this module is imported.

@@ -27,21 +27,19 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .._document import BLOCK_BYTES, FORMAT_VERSION, Document, LayerEntry, strict_json
+from .._document import BLOCK_BYTES, FORMAT_VERSION, METADATA_KEY, Document, LayerEntry, strict_json
+from .._dtypes import numpy_dtype
 from .._source import local_path
 from ..cells import MODERN, STATE_NAMES
 from ..errors import StateError, StateFormatError, StateMismatchError
+from ..limits import MAX_STORE_DOCUMENT_BYTES, MAX_STORE_LAYERS, MAX_STREAM_ID_BYTES, VERSION_PATTERN
 from ..signature import LayerSignature, StateSignature
 from ..states import LayerState, StateSet
 
 STORE_FORMAT_VERSION = FORMAT_VERSION  # a store shares the file format's version (2.x)
-METADATA_KEY = "statefmt"
 ID_COLUMN = "stream_id"
 INDEX_NAME = "stream_id_idx"
 PRIMARY_KEY = {"lance-schema:unenforced-primary-key": "true"}  # a second insert of a new id conflicts, then retries
-MAX_DOCUMENT_BYTES = 1024 * 1024
-MAX_LAYERS = 1024
-MAX_ID_BYTES = 1024
 COMMIT_ATTEMPTS = 20
 _SHOWN_IDS = 10
 
@@ -56,7 +54,7 @@ class _Layer(LayerEntry):
 
     def empty(self, rows: int) -> dict[str, np.ndarray]:
         """The layer's empty tensors, which have no column, for `rows` streams."""
-        return {state: np.empty((rows, *self.shapes(1)[state][1:]), _numpy_dtype(self.dtype))
+        return {state: np.empty((rows, *self.shapes(1)[state][1:]), numpy_dtype(self.dtype))
                 for state in STATE_NAMES[self.kind] if not self.width(state)}
 
     def width(self, state: str) -> int:
@@ -96,9 +94,9 @@ def _document(layers: Sequence[_Layer]) -> str:
 
 def _parse_document(text: str | bytes, url: str) -> tuple[_Layer, ...]:
     """The layers of a store's document, checked as a file's are; `StateFormatError` naming the URL otherwise."""
-    if len(text) > MAX_DOCUMENT_BYTES:
-        raise StateFormatError(f"statefmt document of {len(text)} bytes exceeds the {MAX_DOCUMENT_BYTES}-byte cap",
-                               source=url)
+    if len(text) > MAX_STORE_DOCUMENT_BYTES:
+        raise StateFormatError(f"statefmt document of {len(text)} bytes exceeds the "
+                               f"{MAX_STORE_DOCUMENT_BYTES}-byte cap", source=url)
     try:
         document = strict_json(text)
     except StateFormatError as error:
@@ -107,7 +105,7 @@ def _parse_document(text: str | bytes, url: str) -> tuple[_Layer, ...]:
         raise StateFormatError(f"the statefmt document must be a JSON object, found {type(document).__name__}",
                                source=url)
     version = document.get("format_version")
-    if not isinstance(version, str) or not re.fullmatch(r"\d{1,9}\.\d{1,9}", version):
+    if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version):
         raise StateFormatError(f"format_version: expected a string MAJOR.MINOR, found {str(version)[:40]!r}",
                                source=url)
     if version.split(".")[0] != STORE_FORMAT_VERSION.split(".")[0]:
@@ -116,8 +114,8 @@ def _parse_document(text: str | bytes, url: str) -> tuple[_Layer, ...]:
     if document.get("content") != "store":
         raise StateFormatError(f"content: expected 'store', found {str(document.get('content'))[:40]!r}", source=url)
     layers = document.get("layers")
-    if not isinstance(layers, list) or not 1 <= len(layers) <= MAX_LAYERS:
-        raise StateFormatError(f"layers: expected a list of 1 to {MAX_LAYERS} layers", source=url)
+    if not isinstance(layers, list) or not 1 <= len(layers) <= MAX_STORE_LAYERS:
+        raise StateFormatError(f"layers: expected a list of 1 to {MAX_STORE_LAYERS} layers", source=url)
     # the layers of a batch-0 state file: the same schema and checks as a file's
     as_file = {"format_version": version, "content": "state", "batch_size": 0, "stream_ids": False,
                "block_bytes": BLOCK_BYTES, "checksum_blocks": [], "layers": layers}
@@ -172,14 +170,6 @@ def _value_type(dtype: str) -> Any:
     return {"float16": pa.float16(), "float32": pa.float32(), "float64": pa.float64()}[dtype]
 
 
-def _numpy_dtype(dtype: str) -> np.dtype:
-    if dtype == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)  # type: ignore[no-any-return]
-    return np.dtype(dtype)
-
-
 def _column(values: np.ndarray, layer: _Layer, state: str) -> Any:
     """Arrow fixed-size lists from an array [directions, batch, units]: one list per stream."""
     import pyarrow as pa
@@ -200,7 +190,7 @@ def _array(column: Any, layer: _Layer, state: str) -> np.ndarray:
     """[rows, directions, units] from an Arrow fixed-size-list column, read-only, without a copy of the values."""
     import pyarrow as pa
 
-    dtype = _numpy_dtype(layer.dtype)
+    dtype = numpy_dtype(layer.dtype)
     width = layer.width(state)
     parts = []
     for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
@@ -231,15 +221,16 @@ def _check_ids(given: Any, what: str) -> list[str]:
     """Stream ids as a list; `StateMismatchError` for a non-string, an empty or an over-long id, or a repeat."""
     ids: list[str] = [given] if isinstance(given, str) else list(given)
     if not ids or (set(map(type, ids)) == {str} and min(map(len, ids)) > 0
-                   and max(map(len, ids)) * 4 <= MAX_ID_BYTES and len(set(ids)) == len(ids) and _unicode(ids)):
+                   and max(map(len, ids)) * 4 <= MAX_STREAM_ID_BYTES and len(set(ids)) == len(ids) and _unicode(ids)):
         return ids  # the common case, at C speed: a million ids in ~0.1 s
     text = [i for i in ids if isinstance(i, str) and not _unicode([i])]
     if text:
         raise StateMismatchError(f"{what}: a stream id must be Unicode text; found {_shown([ascii(t) for t in text])}"
                                  " (a lone surrogate?)")
-    bad = [i for i in ids if not isinstance(i, str) or not i or len(i.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES]
+    bad = [i for i in ids
+           if not isinstance(i, str) or not i or len(i.encode("utf-8", "surrogatepass")) > MAX_STREAM_ID_BYTES]
     if bad:
-        raise StateMismatchError(f"{what}: every stream id must be a non-empty string of at most {MAX_ID_BYTES} "
+        raise StateMismatchError(f"{what}: every stream id must be a non-empty string of at most {MAX_STREAM_ID_BYTES} "
                                  f"bytes; found {_shown([repr(b)[:40] for b in bad])}")
     if len(set(ids)) != len(ids):
         repeats = sorted(i for i, n in Counter(ids).items() if n > 1)
@@ -311,7 +302,7 @@ def create(url: str, signature: StateSignature, *, storage_options: dict[str, st
     table = None if states is None else _table(layers, states, url)
     if table is None:
         empty = [pa.array([], pa.string())] + [
-            _column(np.empty((layer.directions, 0, layer.width(s) // layer.directions), _numpy_dtype(dtype)),
+            _column(np.empty((layer.directions, 0, layer.width(s) // layer.directions), numpy_dtype(dtype)),
                     layer, s) for layer in layers for s in layer.states]
         table = pa.Table.from_arrays(empty, schema=schema)
     with _lance_errors(url, "cannot create the store"):
@@ -629,7 +620,7 @@ class Store:
                 name = layer.column(index, state)
                 if table is None:
                     units = layer.width(state) // layer.directions
-                    rows[name] = np.empty((0, layer.directions, units), _numpy_dtype(layer.dtype))
+                    rows[name] = np.empty((0, layer.directions, units), numpy_dtype(layer.dtype))
                     continue
                 try:
                     rows[name] = _array(table.column(name), layer, state)
@@ -789,7 +780,7 @@ def _table(layers: Sequence[_Layer], states: StateSet, url: str) -> Any:
         _check_ids(ids, "put")  # names the ids that are no Unicode text
     id_array = pa.array(ids, pa.string())
     if ids and (pc.min(pc.binary_length(id_array)).as_py() == 0
-                or pc.max(pc.binary_length(id_array)).as_py() > MAX_ID_BYTES):
+                or pc.max(pc.binary_length(id_array)).as_py() > MAX_STREAM_ID_BYTES):
         _check_ids(ids, "put")  # names the offending ids
     mismatches = _fit_problems(layers, states)
     poisoned = []

@@ -92,7 +92,8 @@ def gru_weights(name="gru", units=3, input_size=2, directions=1, seed=0, **optio
                         rng.normal(size=(directions, rows)), **options)
 
 
-def states_of(batch, units=3):
+def gru_state(batch, units=3):
+    """Zeros for one GRU layer named "gru", as gru_weights() describes."""
     return StateSet([LayerState("gru", "gru", h=np.zeros((1, batch, units), "float32"))])
 
 
@@ -122,11 +123,11 @@ def test_missing_tensors_and_gates_are_state_errors():
                                                   r"\(r, z, n\) and a direction below 1"):
         layer.gate("R", "g")
     with pytest.raises(StateMismatchError, match="layer 'gru' \\(gru\\) has states h, not 'c'"):
-        states_of(2)["gru"]["c"]
+        gru_state(2)["gru"]["c"]
 
 
 def test_state_signature_of_takes_a_batch_size_value():
-    states = states_of(4)
+    states = gru_state(4)
     assert StateSignature.of(states).batch_size == 4
     assert StateSignature.of(states, batch_size=8).batch_size == 8
     assert StateSignature.of(states, batch_size=None).batch_size is None
@@ -137,7 +138,7 @@ def test_state_signature_of_takes_a_batch_size_value():
 
 def test_a_signature_takes_a_list_of_layers():
     signature = StateSignature([LayerSignature("gru", 3)], batch_size=2)
-    assert signature.layers == (LayerSignature("gru", 3),) and signature.check(states_of(2)) == []
+    assert signature.layers == (LayerSignature("gru", 3),) and signature.check(gru_state(2)) == []
 
 
 @pytest.mark.parametrize("units, found", [('"8"', "'8' (str)"), ("true", "True (bool)"),
@@ -166,7 +167,7 @@ def test_from_json_refuses_what_is_not_a_signature(text, message):
 
 
 def test_more_streams_than_the_model_takes_points_to_picking_them():
-    assert StateSignature([LayerSignature("gru", 3)], batch_size=8).check(states_of(32)) == [
+    assert StateSignature([LayerSignature("gru", 3)], batch_size=8).check(gru_state(32)) == [
         "batch size: expected 8, found 32; pick the model's 8 streams with statefmt.load(path, streams=[...]) "
         "or states.rows([...])"]
 
@@ -176,7 +177,7 @@ def test_a_signature_says_what_it_was_given_instead():
     assert StateSignature([LayerSignature("gru", 3)]).check(weights) == [
         "expected a StateSet (a state, as statefmt.load(path) returns), found a WeightSet; weights go to an "
         "adapter's import_weights(weights, target)"]
-    assert WeightSignature.of(weights).check(states_of(2)) == [
+    assert WeightSignature.of(weights).check(gru_state(2)) == [
         "expected a WeightSet (weights, as statefmt.load_weights(path) returns), found a StateSet; a state goes to "
         "an adapter's initial_state(states, target)"]
 

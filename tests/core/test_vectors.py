@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import generate
 import numpy as np
 import pytest
 
@@ -17,8 +18,6 @@ VECTORS = Path(__file__).parents[2] / "spec" / "vectors"
 CASES = [(folder, case) for folder in (VECTORS, VECTORS / "1.0")
          for case in json.loads((folder / "index.json").read_text())]
 IDS = [f"{folder.name}/{case['file']}" for folder, case in CASES]
-sys.path.insert(0, str(VECTORS))
-import generate  # noqa: E402
 
 
 @pytest.mark.parametrize(("folder", "case"), CASES, ids=IDS)

@@ -8,7 +8,7 @@ from statefmt import StateFormatError, StateMismatchError
 
 pytest.importorskip("lance")
 pytest.importorskip("moto")
-from test_store import SIGNATURE, assert_stream, states_for
+from fleet_rows import SIGNATURE, assert_stream, states_for
 
 from statefmt import store
 
