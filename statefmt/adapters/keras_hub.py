@@ -28,25 +28,28 @@ _EXTRA = "keras_hub"
 
 
 def signature(target: Any, *, name: str | None = None) -> StateSignature:
-    """What a Qwen3.5 `CausalLM` takes: a `gated_deltanet` layer per linear-attention layer, an `attention` per other.
+    """What a Qwen3.5 `CausalLM` takes: a `gated_deltanet` layer per linear-attention layer, an `attention` per other,
+    each tensor in the dtype keras-hub holds it in (the recurrent state float32, the rest the compute dtype).
 
     >>> [layer.kind for layer in signature(lm).layers]  # doctest: +SKIP
     ['gated_deltanet', 'gated_deltanet', 'gated_deltanet', 'attention']
     """
     backbone = _backbone(target)
+    compute = _dtype(backbone)
     layers = []
     for index, layer in enumerate(backbone.transformer_layers):
         if layer.layer_type == "linear_attention":
             dims = {"conv_channels": _conv_dim(backbone), "conv_window": backbone.linear_conv_kernel_dim - 1,
                     "heads": backbone.linear_num_value_heads, "key_dim": backbone.linear_key_head_dim,
                     "value_dim": backbone.linear_value_head_dim}
-            layers.append(LayerSignature("gated_deltanet", dims=dims, name=_name(name, index)))
+            layers.append(LayerSignature("gated_deltanet", dims=dims, dtypes={"conv": compute, "recurrent": "float32"},
+                                         name=_name(name, index)))
         else:
             dims = {"kv_heads": backbone.num_key_value_heads, "head_dim": backbone.head_dim,
                     "value_dim": backbone.head_dim, "window": None}
-            layers.append(LayerSignature("attention", dims=dims, name=_name(name, index)))
-    # float32: the recurrent state's dtype whatever the compute dtype (a narrower KV cache fits it)
-    return StateSignature(layers, dtype="float32", model=_fingerprints(backbone))
+            layers.append(LayerSignature("attention", dims=dims, dtypes={"keys": compute, "values": compute},
+                                         name=_name(name, index)))
+    return StateSignature(layers, model=_fingerprints(backbone))
 
 
 def export(source: Any, state: Any = None, *, name: str | None = None) -> StateSet:

@@ -30,24 +30,28 @@ _EXTRA = "recurrentgemma"
 
 
 def signature(target: Any, *, name: str | None = None) -> StateSignature:
-    """What a `Griffin` takes: an `rglru` layer per recurrent block, an `attention` layer per local-attention block.
+    """What a `Griffin` takes: an `rglru` layer per recurrent block, an `attention` layer per local-attention block,
+    each tensor in the dtype Griffin holds it in (the RG-LRU state float32, the rest the model's dtype).
 
     >>> signature(griffin).layers[0].kind  # doctest: +SKIP
     'rglru'
     """
     model = _griffin(target)
+    compute = str(next(model.parameters()).dtype).removeprefix("torch.")
     layers = []
     for index, block in enumerate(model.blocks):
         if _is_attention(block):
             attention = block.attention_block
             dims = {"kv_heads": 1, "head_dim": attention.head_dim, "value_dim": attention.head_dim,
                     "window": attention.window_size}
-            layers.append(LayerSignature("attention", dims=dims, name=_name(name, index)))
+            layers.append(LayerSignature("attention", dims=dims, dtypes={"keys": compute, "values": compute},
+                                         name=_name(name, index)))
         else:
             recurrent = block.recurrent_block
             dims = {"channels": recurrent.lru_width, "conv_window": recurrent.conv_1d.temporal_width - 1}
-            layers.append(LayerSignature("rglru", dims=dims, name=_name(name, index)))
-    return StateSignature(layers, dtype="float32", model=_fingerprints(model))
+            layers.append(LayerSignature("rglru", dims=dims, dtypes={"conv": compute, "rg_lru": "float32"},
+                                         name=_name(name, index)))
+    return StateSignature(layers, model=_fingerprints(model))
 
 
 def export(source: Any, state: Any = None, *, name: str | None = None) -> StateSet:

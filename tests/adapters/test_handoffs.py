@@ -12,13 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from handoff_models import FAMILIES, SPLIT
 
 import statefmt
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-
-from implementations import FAMILIES, SPLIT  # noqa: E402
+MODELS = Path(__file__).parents[1] / "handoff_models.py"
 
 PACKAGES = {"recurrentgemma": "recurrentgemma.torch", "rwkv": "rwkv.model", "keras_hub": "keras_hub",
             "transformers": "statefmt.adapters.transformers"}
@@ -62,7 +60,7 @@ def handed(folders, tmp_path_factory):
                 whole[first], _ = source.prefill(model, entry.tokens)
                 _, state = source.prefill(model, entry.tokens[:, :SPLIT])
                 statefmt.save(source.module().export(model, state), work / f"{first}.statefmt")
-            result = subprocess.run([sys.executable, str(HERE / "implementations.py"), family, str(folder), str(work)],
+            result = subprocess.run([sys.executable, str(MODELS), family, str(folder), str(work)],
                                     capture_output=True, text=True, timeout=300)
             assert result.returncode == 0, result.stderr[-3000:]
             done[family] = whole, work

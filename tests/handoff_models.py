@@ -5,7 +5,7 @@ An implementation says how it builds the model from the folder, how it runs toke
 (`prefill`: logits and its own state) and how it continues from its own state (`resume`), and
 which adapter speaks its layout. Run as a script, it is the other process of a hand-off:
 
-    python implementations.py FAMILY FOLDER WORK
+    python handoff_models.py FAMILY FOLDER WORK
 
 continues each saved state in each other implementation, from it and from it zeroed, and writes
 both continuations' logits.
