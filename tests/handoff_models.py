@@ -5,10 +5,10 @@ An implementation says how it builds the model from the folder, how it runs toke
 (`prefill`: logits and its own state) and how it continues from its own state (`resume`), and
 which adapter speaks its layout. Run as a script, it is the other process of a hand-off:
 
-    python handoff_models.py FAMILY FOLDER WORK
+    python handoff_models.py BASE FAMILY...
 
-continues each saved state in each other implementation, from it and from it zeroed, and writes
-both continuations' logits.
+continues each family's saved states (`BASE/<family>-work`, weights in `BASE/<family>`) in each
+other implementation, from each state and from it zeroed, and writes both continuations' logits.
 """
 
 from __future__ import annotations
@@ -335,7 +335,7 @@ FAMILIES = {
 
 def resume_elsewhere(family: str, folder: Path, work: Path) -> None:
     """For every state `work/<first>.statefmt` that another process saved: continue it in every other
-    implementation, from it and from it zeroed, into `work/<first>-<second>.npz`."""
+    implementation (its weights in `folder`), from it and from it zeroed, into `work/<first>-<second>.npz`."""
     import statefmt
 
     entry = FAMILIES[family]
@@ -356,4 +356,6 @@ def resume_elsewhere(family: str, folder: Path, work: Path) -> None:
 
 
 if __name__ == "__main__":
-    resume_elsewhere(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
+    base = Path(sys.argv[1])
+    for family in sys.argv[2:]:
+        resume_elsewhere(family, base / family, base / f"{family}-work")
