@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.files
 	$(PY) -m benchmarks.store
 	$(PY) -m benchmarks.onnx_adapter
+	$(PY) -m benchmarks.sessions
 	$(PY) -m benchmarks.plots
 
 docs: $(STAMP)

@@ -24,6 +24,12 @@ FAMILIES = {
                                 context_length=64, rescale_every=0), "RwkvForCausalLM", False),
     # xLSTM's q/k width is rounded up to a multiple of 64 in its cache: hidden 128 keeps both in step
     "xlstm": ("xLSTMConfig", dict(hidden_size=128, num_hidden_layers=2, num_heads=2), "xLSTMForCausalLM", False),
+    # Griffin: two RG-LRU blocks and a local-attention block of window 8 (the split at 10 continues past it). HF's
+    # multi-token forward ignores a cached conv state: one token at a time is what works
+    "recurrent_gemma": ("RecurrentGemmaConfig", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                                     num_attention_heads=4, num_key_value_heads=1, head_dim=8,
+                                                     lru_width=32, attention_window_size=8, conv1d_width=4),
+                        "RecurrentGemmaForCausalLM", True),
 }
 
 
@@ -42,6 +48,17 @@ def tokens(batch=2, length=16, seed=1):
 
 
 @torch.no_grad()
+def prefill(model, family, ids):
+    """What a forward over `ids` leaves for `export`: its output, or (RecurrentGemma, whose output carries no
+    cache) the `past_key_values` it was given."""
+    if family != "recurrent_gemma":
+        return model(ids, use_cache=True)
+    cache = transformers.DynamicCache(config=model.config)
+    model(ids, past_key_values=cache, use_cache=True)
+    return cache
+
+
+@torch.no_grad()
 def continue_from(model, family, argument, cache, ids):
     """The logits of `ids` continuing from `cache` (None: from a fresh state)."""
     if cache is None:
@@ -52,5 +69,5 @@ def continue_from(model, family, argument, cache, ids):
     for t in range(ids.shape[1]):
         out = model(ids[:, t:t + 1], **{argument: cache}, use_cache=True)
         logits.append(out.logits)
-        cache = getattr(out, argument)
+        cache = getattr(out, argument, None) or cache  # RecurrentGemma's output carries none: it updates its own
     return torch.cat(logits, 1)

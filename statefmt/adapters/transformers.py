@@ -1,10 +1,14 @@
 """Hugging Face transformers adapter: the recurrent state of Mamba, Mamba-2, gated DeltaNet hybrids (Qwen3-Next,
-Qwen3.5), RWKV-4, RecurrentGemma and xLSTM language models to and from the neutral layout (format 2.1).
+Qwen3.5), RWKV-4, xLSTM and RecurrentGemma (Griffin) language models to and from the neutral layout (format
+2.1, `statefmt.kinds`).
 
 A forward pass with `use_cache=True` leaves the state in the output: `out.cache_params` (Mamba,
 Mamba-2, xLSTM), `out.past_key_values` (Qwen3-Next) or `out.state` (RWKV). `export(model, out)`
 takes it (or the cache itself) as a StateSet; `initial_state(states, model)` builds what the next
 forward or `generate` takes under that same argument name (`cache_argument(model)` says which).
+RecurrentGemma is the exception: its RG-LRU blocks keep their state in the model itself, and its
+output carries no cache. Pass it a `DynamicCache(config=model.config)` as `past_key_values` and
+export that; `initial_state` puts the RG-LRU state into the model and returns the attention cache.
 
 Layers are named "l0", "l1", ... after the model's decoder layers. Hugging Face keeps conv
 windows K wide; the neutral window is K-1 (the oldest column is never read), so export drops it
@@ -27,8 +31,8 @@ Known limits of the installed transformers (5.23, read in its source and measure
   weights fingerprint changes then: fingerprint it after the same first forward, or set 0.
 - xLSTM's `generate` cannot take a cache built outside it (`xLSTMCache` lacks `is_compileable`):
   continue with forward calls, which are exact.
-- RecurrentGemma keeps its recurrent state in module attributes (`initial_state` sets them), returns no
-  cache (give its forward a `DynamicCache` to export from) and must continue one token at a time.
+- RecurrentGemma's forward of several tokens ignores a cached conv window (its prefill path): continue
+  one token at a time, which is exact, past the local-attention window too.
 transformers itself is imported on first use, never when this module is imported.
 """
 
@@ -81,11 +85,11 @@ def export(source: Any, state: Any = None, *, name: str | None = None, tokens: A
     if state is None:
         raise StateMismatchError("pass the forward's output (or its cache): export(model, model(ids, use_cache=True))")
     t = _Target.of(source)
-    cache = t.family.cache_of(state, source)
+    cache = t.family.cache_of(state)
     problems: list[str] = []
     layers = []
     for spec in t.layers:
-        arrays = t.family.read(cache, spec, problems)
+        arrays = t.family.read(t, cache, spec, problems)
         if arrays is not None:
             layers.append(_layer(prefixed(name, f"l{spec.index}"), spec, arrays))
     if problems:
@@ -207,12 +211,12 @@ class _Family:
     def specs(self, model: Any, compute: str) -> list[_Spec]:
         raise NotImplementedError
 
-    def cache_of(self, state: Any, model: Any) -> Any:
+    def cache_of(self, state: Any) -> Any:
         """The cache, from a forward's output (under the argument's name) or the cache itself."""
         found = getattr(state, self.argument, None)
         return state if found is None else found
 
-    def read(self, cache: Any, spec: _Spec, problems: list[str]) -> dict[str, Any] | None:
+    def read(self, target: _Target, cache: Any, spec: _Spec, problems: list[str]) -> dict[str, Any] | None:
         raise NotImplementedError
 
     def tokens(self, cache: Any, target: _Target) -> tuple[int, str | None] | None:
@@ -231,7 +235,7 @@ class _Dynamic(_Family):
     def decoder_layers(self, model: Any) -> list[Any]:
         return list(model.base_model.layers)
 
-    def read(self, cache: Any, spec: _Spec, problems: list[str]) -> dict[str, Any] | None:
+    def read(self, target: _Target, cache: Any, spec: _Spec, problems: list[str]) -> dict[str, Any] | None:
         layer = cache.layers[spec.index]
         if spec.kind == "attention":
             if getattr(layer, "keys", None) is None or not layer.is_initialized:
@@ -330,7 +334,7 @@ class _Rwkv(_Family):
         return [_Spec(index, "rwkv4", {"channels": config.hidden_size}, dtypes)
                 for index in range(config.num_hidden_layers)]
 
-    def read(self, cache: Any, spec: _Spec, problems: list[str]) -> dict[str, Any] | None:
+    def read(self, target: _Target, cache: Any, spec: _Spec, problems: list[str]) -> dict[str, Any] | None:
         if not isinstance(cache, (list, tuple)) or len(cache) != 5:
             problems.append(f"layer {spec.index}: expected the model's `state` (5 tensors), found "
                             f"{type(cache).__name__}")
@@ -353,7 +357,7 @@ class _Xlstm(_Family):
         return [_Spec(index, "mlstm", dims, dict.fromkeys(("C", "n", "m", "conv"), compute))
                 for index in range(config.num_hidden_layers)]
 
-    def read(self, cache: Any, spec: _Spec, problems: list[str]) -> dict[str, Any] | None:
+    def read(self, target: _Target, cache: Any, spec: _Spec, problems: list[str]) -> dict[str, Any] | None:
         C, n, m = cache.rnn_state[spec.index]
         return {"C": C, "n": n, "m": m[..., 0], "conv": C.new_zeros((C.shape[0], 0, 0))}
 
@@ -373,12 +377,8 @@ class _Xlstm(_Family):
 
 
 class _RecurrentGemma(_Dynamic):
-    """RecurrentGemma (Griffin): the recurrent blocks keep their state in module attributes,
-    `conv1d_state (B, W, K-1)` and `rg_lru.recurrent_states (B, W)` float32, and the forward returns no
-    cache: the local-attention keys and values stay in the sliding-window layers of the `DynamicCache`
-    it was given. Export reads both; `initial_state` sets the attributes on the model and returns the
-    cache. Its prefill branch recomputes the conv window from the new tokens alone and the RG-LRU
-    restarts where `position_ids` is 0: continue one token at a time, at positions from `tokens` on."""
+    """Griffin: RG-LRU blocks keep their state in the model itself (`conv1d_state`, `rg_lru.recurrent_states`),
+    local-attention blocks in the `past_key_values` the caller passes (the forward returns none)."""
 
     argument = "past_key_values"
 
@@ -388,42 +388,40 @@ class _RecurrentGemma(_Dynamic):
         for index, kind in enumerate(config.layers_block_type):
             if kind == "linear_attention":
                 k = config.conv1d_width
-                specs.append(_Spec(index, "rglru", {"channels": config.lru_width, "conv_window": k - 1},
-                                   {"conv": compute, "rg_lru": "float32"}, k))
+                dims: dict[str, int | None] = {"channels": config.lru_width, "conv_window": k - 1}
+                specs.append(_Spec(index, "rglru", dims, {"conv": compute, "rg_lru": "float32"}, k))
             else:
                 dims = {"kv_heads": config.num_key_value_heads, "head_dim": config.head_dim,
                         "value_dim": config.head_dim, "window": config.attention_window_size}
                 specs.append(_Spec(index, "attention", dims, {"keys": compute, "values": compute}))
         return specs
 
-    def cache_of(self, state: Any, model: Any) -> Any:
-        return super().cache_of(state, model), model
-
-    def read(self, cache: Any, spec: _Spec, problems: list[str]) -> dict[str, Any] | None:
-        cache, model = cache
+    def read(self, target: _Target, cache: Any, spec: _Spec, problems: list[str]) -> dict[str, Any] | None:
         if spec.kind == "attention":
-            return super().read(cache, spec, problems)
-        block = model.model.layers[spec.index].temporal_block
-        if block.conv1d_state is None:
+            return super().read(target, cache, spec, problems)
+        block = target.model.model.layers[spec.index].temporal_block
+        if block.conv1d_state is None or block.rg_lru.recurrent_states is None:
             problems.append(f"layer {spec.index}: the model holds no state: run it with use_cache=True")
             return None
         return {"conv": block.conv1d_state, "rg_lru": block.rg_lru.recurrent_states}
 
-    def tokens(self, cache: Any, target: _Target) -> tuple[int, str | None] | None:
-        return super().tokens(cache[0], target)
-
     def build(self, target: _Target, tensors: list[dict[str, Any]], tokens: int | None, batch: int,
               device: Any) -> Any:
         attention = [(spec, arrays) for spec, arrays in zip(target.layers, tensors) if spec.kind == "attention"]
-        cache = super().build(dataclasses.replace(target, layers=tuple(spec for spec, _ in attention)),
-                              [arrays for _, arrays in attention], tokens, batch, device)
+        seen = tokens if tokens is not None else max((a["keys"].shape[2] for _, a in attention), default=0)
+        cache = require("transformers", "transformers").DynamicCache(config=target.model.config)
         for spec, arrays in zip(target.layers, tensors):
-            if spec.kind == "rglru":
-                block = target.model.model.layers[spec.index].temporal_block
-                block.conv1d_state, block.rg_lru.recurrent_states = arrays["conv"], arrays["rg_lru"]
+            if spec.kind == "attention":
+                if arrays["keys"].shape[2]:
+                    layer = cache.layers[spec.index]
+                    layer.update(arrays["keys"], arrays["values"])
+                    layer.cumulative_length = int(seen)  # a sliding window keeps fewer than it has seen
+                continue
+            block = target.model.model.layers[spec.index].temporal_block  # the model holds this state itself
+            block.conv1d_state, block.rg_lru.recurrent_states = arrays["conv"], arrays["rg_lru"]
         return cache
 
 
 _FAMILIES: dict[str, _Family] = {"mamba": _Mamba(), "falcon_mamba": _Mamba(), "mamba2": _Mamba2(),
                                  "qwen3_next": _GatedDeltaNetHybrid(), "qwen3_5_text": _GatedDeltaNetHybrid(),
-                                 "recurrent_gemma": _RecurrentGemma(), "rwkv": _Rwkv(), "xlstm": _Xlstm()}
+                                 "rwkv": _Rwkv(), "xlstm": _Xlstm(), "recurrent_gemma": _RecurrentGemma()}

@@ -54,7 +54,7 @@ def sessions(tmp_path_factory):
         np.save(folder / "ids.npy", ids.numpy())
         with torch.no_grad():
             whole = model(ids, use_cache=True).logits.numpy()
-            states = tf.export(model, model(ids[:, :SPLIT], use_cache=True), tokens=ids[:, :SPLIT])
+            states = tf.export(model, tiny_lms.prefill(model, family, ids[:, :SPLIT]), tokens=ids[:, :SPLIT])
         statefmt.save(states, f"{folder}.statefmt")
         out[family] = {"model": model, "states": states, "whole": whole, "folder": folder}
     code = CHILD.format(tests=str(TESTS), split=SPLIT)
@@ -126,14 +126,17 @@ def test_the_same_configuration_with_other_weights_is_refused_by_name(sessions):
         tf.initial_state(out["rwkv"]["states"], tiny_lms.build("rwkv", seed=1))
 
 
-def test_mamba1_slow_path_drops_the_ssm_state_when_continuing_with_several_tokens(sessions):
-    """Hugging Face's bug, documented, not papered over: its CPU path continues one token at a time exactly
-    (the test above), but a forward of several tokens from a cache ignores the cached ssm state."""
+@pytest.mark.parametrize("family", ["mamba", "recurrent_gemma"])
+def test_several_tokens_at_once_drop_part_of_the_state_in_hugging_faces_code(sessions, family):
+    """Hugging Face's bugs, documented, not papered over: these continue one token at a time exactly (the test
+    above), but a forward of several tokens from a cache ignores the cached ssm state (Mamba-1's CPU path) or
+    conv window (RecurrentGemma's prefill)."""
     ids, out = sessions
-    model = out["mamba"]["model"]
+    model = out[family]["model"]
+    cache = tf.initial_state(out[family]["states"], model)
     with torch.no_grad():
-        several = model(ids[:, SPLIT:], cache_params=tf.initial_state(out["mamba"]["states"], model), use_cache=True)
-    assert np.abs(several.logits.numpy() - out["mamba"]["whole"][:, SPLIT:]).max() > 1e-4
+        several = model(ids[:, SPLIT:], **{tf.cache_argument(model): cache}, use_cache=True)
+    assert np.abs(several.logits.numpy() - out[family]["whole"][:, SPLIT:]).max() > 1e-4
 
 
 def test_a_bfloat16_copy_costs_a_measured_error_and_is_never_made_behind_the_callers_back(sessions, tmp_path):
