@@ -17,5 +17,5 @@ name of `import_weights`, kept one release with a DeprecationWarning.
 
 The implementations of modern recurrent language models (transformers, recurrentgemma, rwkv,
 keras_hub) offer the state verbs (signature, export, initial_state): a state saved by one
-continues in another with the same weights (docs/guides/handoffs.md); their weights stay their own.
+continues in another with the same weights (docs/handoffs.md); their weights stay their own.
 """
