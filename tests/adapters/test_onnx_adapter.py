@@ -690,7 +690,7 @@ MALFORMED = {
 
 def _every_verb(model):
     """Each verb in turn, as a user would call them; a malformed model must stop one of them."""
-    states = random_states("lstm", 1, 1)
+    states = states_for("lstm", 1, 1)
     oa.signature(model)
     oa.nodes(model)
     oa.initial_state(states, model)

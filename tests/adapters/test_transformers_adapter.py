@@ -192,3 +192,13 @@ def test_generate_takes_the_resumed_cache(sessions, family):
     resumed = model.generate(given, **settings, **{tf.cache_argument(model): tf.initial_state(states, model)})
     assert (torch.stack(resumed.logits) - torch.stack(expected.logits)).abs().max() <= TOLERANCE
     assert torch.equal(resumed.sequences[:, -4:], expected.sequences[:, -4:])
+
+
+def test_cast_cost_measures_the_price_of_a_smaller_dtype(sessions):
+    ids, out = sessions
+    model, states = out["mamba2"]["model"], out["mamba2"]["states"]
+    cost = tf.cast_cost(model, states, "bfloat16", ids[:, SPLIT:])
+    small = tf.initial_state(states.astype("bfloat16"), model)
+    resumed = tiny_lms.continue_from(model, "mamba2", "cache_params", small, ids[:, SPLIT:]).numpy()
+    assert cost > 1e-5 and abs(cost - np.abs(resumed - out["mamba2"]["whole"][:, SPLIT:]).max()) < 1e-4
+    assert tf.cast_cost(model, states, "float32", ids[:, SPLIT:]) == 0.0

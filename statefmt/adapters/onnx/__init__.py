@@ -39,10 +39,11 @@ from statefmt import (
     WeightSet,
     WeightSignature,
 )
+from statefmt._dtypes import DTYPE_NAMES
 
 from .._common import deprecated, fit, fit_weights, require
 from . import _plans, _weights
-from ._graph import Graph, ModelError, dtype_name, layer_name
+from ._graph import Graph, ModelError, layer_name
 from ._weights import ACTIVATIONS, ADVICE, onnx_attributes, onnx_kind, onnx_weights
 
 __all__ = ["ModelError", "Node", "export", "export_weights", "import_weights", "initial_state", "load_weights", "nodes",
@@ -62,7 +63,7 @@ def signature(target: Any, *, name: str | None = None) -> StateSignature:
     dtypes = {graph.input_dtype(name) for node in graph.nodes for name in node.state_inputs}
     if not dtypes:
         stored = graph.tensor(graph.nodes[0].inputs[1])
-        dtypes = {dtype_name(stored.dtype)} if stored is not None else set()
+        dtypes = {stored.dtype.name} if stored is not None and stored.dtype.name in DTYPE_NAMES else set()
     return StateSignature([LayerSignature(node.kind, node.hidden_size, node.directions, None, layer_name(name, k))
                            for k, node in enumerate(graph.nodes)],
                           batch_size=_plans.static_batch(graph), dtype=dtypes.pop() if len(dtypes) == 1 else None)
