@@ -6,10 +6,10 @@ import functools
 import numpy as np
 import pytest
 import reference
-from builders import largest_difference, random_states, through_file
+from builders import largest_difference, random_states, relabel, through_file
 
 import statefmt
-from statefmt import LayerState, LayerWeights, StateError, StateMismatchError, StateSet, WeightSet
+from statefmt import LayerState, StateError, StateMismatchError, StateSet, WeightSet
 
 torch = pytest.importorskip("torch")
 ta = pytest.importorskip("statefmt.adapters.torch")
@@ -324,15 +324,6 @@ def test_export_refuses_a_state_that_is_not_the_sources(case):
 
 
 # 5. weights that cannot be mapped exactly are refused, with the reason and what would work
-
-def relabel(weights, **fields):
-    layers = []
-    for layer in weights:
-        options = {"activation": layer.activation, "recurrent_activation": layer.recurrent_activation,
-                   "linear_before_reset": layer.linear_before_reset, **fields}
-        layers.append(LayerWeights(layer.name, layer.kind, *(layer[k] for k in layer.weight_names), **options))
-    return WeightSet(layers)
-
 
 LOAD_REFUSALS = {
     "rnn activation": (
