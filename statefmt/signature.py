@@ -191,7 +191,7 @@ class StateSignature:
         """The signature `states` fits: its layers, its batch size (or `batch_size`: None for any), and `dtype`.
 
         >>> StateSignature.of(states, batch_size=None, dtype="float32")
-        StateSignature(layers=(LayerSignature(kind='lstm', units=8, ...), ...), batch_size=None, dtype='float32')
+        StateSignature(layers=(LayerSignature(kind='lstm', units=8, ...), ...), batch_size=None, dtype='float32', ...)
         """
         if not isinstance(states, StateSet):
             raise StateFormatError(f"StateSignature.of takes a StateSet, found {type(states).__name__}")
@@ -276,8 +276,8 @@ class StateSignature:
         """A signature from `to_json`'s text; `StateFormatError` naming the field for anything else.
 
         >>> StateSignature.from_json(open("model.sig.json").read())
-        StateSignature(layers=(LayerSignature(kind='lstm', units=8, directions=1, proj_units=None, name='encoder'),
-                               LayerSignature(kind='gru', units=4, ...)), batch_size=None, dtype=None)
+        StateSignature(layers=(LayerSignature(kind='lstm', units=8, directions=1, proj_units=None, name='encoder', ...),
+                               LayerSignature(kind='gru', units=4, ...)), batch_size=None, dtype=None, ...)
         """
         document = _parse(text)
         version = document.get("statefmt_signature")

@@ -151,7 +151,7 @@ class LayerState:
         """The same layer with every tensor cast to `dtype` (a name: "bfloat16", "float32", ...): an explicit
         cast, never done behind the caller's back.
 
-        >>> layer.astype("bfloat16").dtype  # doctest: +SKIP
+        >>> layer.astype("bfloat16").dtype
         'bfloat16'
         """
         target = numpy_dtype(dtype)
@@ -290,7 +290,7 @@ class StateSet:
         """Every layer cast to `dtype`, explicitly: e.g. a smaller stored dtype, whose cost in precision
         the caller measures (statefmt never downcasts a state on its own).
 
-        >>> statefmt.save(states.astype("bfloat16"), "small.statefmt")  # doctest: +SKIP
+        >>> statefmt.save(states.astype("bfloat16"), "small.statefmt")
         """
         return StateSet([layer.astype(dtype) for layer in self.layers], stream_ids=self.stream_ids,
                         metadata=self.metadata, file=self.file)

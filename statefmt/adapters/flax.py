@@ -40,7 +40,7 @@ def signature(target: Any, *, name: str | None = None) -> StateSignature:
     """What `target` expects: its layers in order; no batch size (Flax fixes none); its param dtype.
 
     >>> signature(nn.RNN(nn.LSTMCell(64))).layers
-    (LayerSignature(kind='lstm', units=64, directions=1, proj_units=None, name='lstm_0'),)
+    (LayerSignature(kind='lstm', units=64, directions=1, proj_units=None, name='lstm_0', dims=None, dtypes=None),)
     """
     layers = _layers(target)
     dtypes = {layer.dtype for layer in layers}

@@ -44,8 +44,8 @@ def signature(target: Any, *, name: str | None = None) -> StateSignature:
     """What `target` expects: its recurrent layers in order, the batch size its stateful layers fix, its dtype.
 
     >>> signature(model)
-    StateSignature(layers=(LayerSignature(kind='lstm', units=4, directions=1, proj_units=None, name='lstm'),),
-                   batch_size=3, dtype='float32')
+    StateSignature(layers=(LayerSignature(kind='lstm', units=4, directions=1, proj_units=None, name='lstm', ...),),
+                   batch_size=3, dtype='float32', ...)
     """
     layers = _layers(target)
     batches = {layer.batch_size for layer in layers if layer.batch_size is not None}

@@ -40,7 +40,7 @@ def signature(target: Any, *, name: str | None = None) -> StateSignature:
     """What `target` expects: one layer per PyTorch layer; no batch size (PyTorch fixes none); its param dtype.
 
     >>> signature(nn.LSTM(5, 4, num_layers=2)).layers[1]
-    LayerSignature(kind='lstm', units=4, directions=1, proj_units=None, name='l1')
+    LayerSignature(kind='lstm', units=4, directions=1, proj_units=None, name='l1', dims=None, dtypes=None)
     """
     t = _Target.of(target)
     return StateSignature([LayerSignature(t.kind, t.units, t.directions, t.proj, _name(name, k))

@@ -109,3 +109,24 @@ def onnx_namespace(folder):
 @pytest.mark.parametrize("module, name", docstrings("statefmt.adapters.onnx"))
 def test_the_onnx_adapters_example_runs(onnx_namespace, module, name):
     run(module, name, onnx_namespace)
+
+
+@pytest.fixture
+def transformers_namespace(folder):
+    transformers = pytest.importorskip("transformers")
+    import tiny_lms
+
+    from statefmt.adapters import transformers as ha
+
+    model = tiny_lms.build("mamba2")
+    input_ids, next_ids = tiny_lms.tokens(length=12), tiny_lms.tokens(length=4, seed=2)
+    states = ha.export(model, tiny_lms.prefill(model, "mamba2", input_ids), tokens=input_ids)
+    statefmt.save(states, "session.statefmt", durable=False)
+    return {"statefmt": statefmt, "Mamba2ForCausalLM": transformers.Mamba2ForCausalLM,
+            "config": tiny_lms.config("mamba2"), "model": model, "input_ids": input_ids, "next_ids": next_ids,
+            "states": states}
+
+
+@pytest.mark.parametrize("module, name", docstrings("statefmt.adapters.transformers"))
+def test_the_transformers_adapters_example_runs(transformers_namespace, module, name):
+    run(module, name, transformers_namespace)

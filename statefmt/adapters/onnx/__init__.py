@@ -57,7 +57,7 @@ def signature(target: Any, *, name: str | None = None) -> StateSignature:
     """What `target` expects: one layer per recurrent node in graph order, the batch size static state inputs fix.
 
     >>> signature("forecaster.onnx").layers[0]
-    LayerSignature(kind='lstm', units=4, directions=1, proj_units=None, name='l0')
+    LayerSignature(kind='lstm', units=4, directions=1, proj_units=None, name='l0', dims=None, dtypes=None)
     """
     graph = Graph.of(target)
     dtypes = {graph.input_dtype(name) for node in graph.nodes for name in node.state_inputs}
