@@ -245,9 +245,14 @@ class BlockReader:
             size = min(chunk, info.nbytes - offset)
             part = scratch[:size] if result is None else result.view(np.uint8)[offset:offset + size]
             self.container.source.read_into(info.start + offset, part)
-            for start in range(0, size, self.block_bytes):
-                index = first + (offset + start) // self.block_bytes
-                self._check_block(key, offset + start, part[start:start + self.block_bytes], int(checksums[index]))
+            starts = range(0, size, self.block_bytes)
+            index = first + offset // self.block_bytes
+            found = np.fromiter((block_hash(part[start:start + self.block_bytes]) for start in starts), np.uint64,
+                                len(starts))
+            if not np.array_equal(found, checksums[index:index + len(starts)]):  # one compare per chunk
+                for start in starts:
+                    expected = int(checksums[index + start // self.block_bytes])
+                    self._check_block(key, offset + start, part[start:start + self.block_bytes], expected)
             nonfinite += count_nonfinite(part.view(dtype))
         return (None if result is None else result.reshape(info.shape)), nonfinite
 

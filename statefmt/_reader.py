@@ -115,10 +115,11 @@ def read_file(target: Target, *, streams: StreamKeys | None, verify: bool, finit
         name = container.source.name
         if streams is not None and not document.is_state:
             raise StateMismatchError("streams= applies to state files; this one holds weights", source=name)
+        counted: dict[str, int] | None = None  # non-finite values per tensor, where reading counted them
         if blocks is None:
             arrays, ids = _read_v1(container, document, verify)
         elif streams is None:
-            arrays, ids = _read_v2(blocks, document, verify)
+            arrays, ids, counted = _read_v2(blocks, document, verify)
         else:
             arrays, ids = _read_rows_v2(blocks, document, streams)
         if streams is not None and document.major == "1":
@@ -129,17 +130,20 @@ def read_file(target: Target, *, streams: StreamKeys | None, verify: bool, finit
             arrays = {key: array[:, rows] for key, array in arrays.items()}
             ids = None if ids is None else [ids[row] for row in rows]
         if finite:
-            refuse_nonfinite(document, list(_nonfinite(document, arrays)), name)
+            refuse_nonfinite(document, list(_nonfinite(document, arrays, counted)), name)
         try:
             return _build(document, arrays, ids, name, proven=blocks is not None and streams is None)
         except StateError as error:  # what only the layers can say: a 1.x activation outside 2.x's list
             raise fail(6, error.problems, name) from None
 
 
-def _nonfinite(document: Document, arrays: Mapping[str, np.ndarray]) -> Iterator[tuple[str, int]]:
+def _nonfinite(document: Document, arrays: Mapping[str, np.ndarray],
+               counted: Mapping[str, int] | None = None) -> Iterator[tuple[str, int]]:
+    """(where, count) of each tensor holding NaN or Inf; `counted` spares a second pass over whole arrays."""
     for index, layer in enumerate(document.layers):
         for name in layer.shapes(document.batch_size if document.is_state else None):
-            count = _container.count_nonfinite(arrays[f"layers.{index}.{name}"])
+            key = f"layers.{index}.{name}"
+            count = counted[key] if counted is not None else _container.count_nonfinite(arrays[key])
             if count:
                 yield f"layer {index} {layer.name!r}: {name}", count
 
@@ -169,9 +173,11 @@ def _read_v1(container: _container.Container, document: Document,
 
 
 def _read_v2(reader: _container.BlockReader, document: Document,
-             verify: bool) -> tuple[dict[str, np.ndarray], list[str] | None]:
+             verify: bool) -> tuple[dict[str, np.ndarray], list[str] | None, dict[str, int] | None]:
+    """Every tensor; verified, each chunk is hashed and counted for NaN and Inf while still in cache."""
     checksums = reader.checksums_all() if verify else None
     arrays: dict[str, np.ndarray] = {}
+    counted: dict[str, int] = {}
     keys = [key for key, _, _ in document.tensors()] + (list(STREAM_TENSORS) if document.stream_ids else [])
     for key in keys:
         info = reader.container.tensors[key]
@@ -179,14 +185,16 @@ def _read_v2(reader: _container.BlockReader, document: Document,
             arrays[key] = np.empty(info.shape, info.dtype)
             reader.container.source.read_into(info.start, arrays[key])
         else:
-            arrays[key] = _whole(reader, key, checksums)
+            array, counted[key] = reader.read_tensor(key, checksums)
+            assert array is not None  # kept: read_tensor returns None only with keep=False
+            arrays[key] = array
     ids = None
     if document.stream_ids:
         try:
             ids = _streams.checked_ids(arrays, document.batch_size or 0)
         except StateError as error:
             raise fail(10, error.problems, reader.container.source.name) from None
-    return arrays, ids
+    return arrays, ids, (None if checksums is None else counted)
 
 
 def _whole(reader: _container.BlockReader, key: str, checksums: np.ndarray) -> np.ndarray:

@@ -65,7 +65,7 @@ def test_rows_whose_hashes_share_their_high_bits_are_ordered_by_the_whole_hash()
 def test_an_index_out_of_order_or_with_repeated_ids_is_refused():
     tensors = _streams.build(["a", "b", "c"])
     swapped = dict(tensors, **{"stream_ids.index": tensors["stream_ids.index"][::-1].copy()})
-    with pytest.raises(StateFormatError, match="stream_ids.index"):
+    with pytest.raises(StateFormatError, match=r"stream_ids\.index"):
         _streams.checked_ids(swapped, 3)
     data, offsets = packed([b"a", b"a", b"c"])
     twice = dict(tensors, **{"stream_ids.bytes": data, "stream_ids.offsets": offsets})
