@@ -57,6 +57,9 @@ def _hash_chunk(data: np.ndarray, words: np.ndarray, quads: np.ndarray, starts: 
     out[lengths == 0] = _avalanche64(np.array([_secret64(56) ^ _secret64(64)], np.uint64))[0]
     for low, high, hasher in ((1, 3, _len_1to3), (4, 8, _len_4to8), (9, 16, _len_9to16), (17, SHORT, _len_17to128)):
         rows = np.flatnonzero((lengths >= low) & (lengths <= high))
+        if rows.size == lengths.size:  # ids of one length class, as most fleets name them: no gathers
+            out[:] = hasher(data, words, quads, starts, lengths)
+            return
         if rows.size:
             out[rows] = hasher(data, words, quads, starts[rows], lengths[rows])
     for row in np.flatnonzero(lengths > SHORT).tolist():
@@ -98,9 +101,13 @@ def _len_17to128(data: np.ndarray, words: np.ndarray, quads: np.ndarray, starts:
     acc = lengths.astype(U64) * U64(PRIME64_1)
     ends = starts + lengths
     for round_ in range(4):
-        rows = np.flatnonzero(lengths > 32 * round_) if round_ else np.arange(lengths.size)
-        acc[rows] += _mix16(words, starts[rows] + 16 * round_, 32 * round_)
-        acc[rows] += _mix16(words, ends[rows] - 16 * (round_ + 1), 32 * round_ + 16)
+        rows = np.flatnonzero(lengths > 32 * round_)
+        if rows.size == lengths.size:
+            acc += _mix16(words, starts + 16 * round_, 32 * round_) + _mix16(words, ends - 16 * (round_ + 1),
+                                                                             32 * round_ + 16)
+        else:
+            acc[rows] += _mix16(words, starts[rows] + 16 * round_, 32 * round_)
+            acc[rows] += _mix16(words, ends[rows] - 16 * (round_ + 1), 32 * round_ + 16)
     return _avalanche3(acc)
 
 

@@ -17,18 +17,13 @@ or at `batch_size=N` where it fixes none; `batch_size=N` alone expects N streams
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
-import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from types import ModuleType
-from typing import Any, TypeVar
 
 import numpy as np
 
 from statefmt import StateMismatchError, StateSet, StateSignature, WeightSet, WeightSignature, validate
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -111,18 +106,3 @@ def fit_weights(weights: WeightSet, signature: WeightSignature, problems: Iterab
     if problems:
         raise StateMismatchError(problems, source=weights.file)
     return weights
-
-
-def deprecated(old: str, new: F) -> F:
-    """`old`, kept one release as an alias of `new` that warns."""
-
-    @functools.wraps(new)
-    def alias(*args: Any, **kwargs: Any) -> Any:
-        warnings.warn(f"{old} is deprecated and will be removed in the next release: use {new.__name__}, which "
-                      "takes the same arguments and returns the target holding the weights",
-                      DeprecationWarning, stacklevel=2)
-        return new(*args, **kwargs)
-
-    alias.__name__ = alias.__qualname__ = old
-    alias.__doc__ = f"Deprecated alias of `{new.__name__}` (one release)."
-    return alias  # type: ignore[return-value]
