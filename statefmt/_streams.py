@@ -76,9 +76,10 @@ def pack(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         raise
     offsets = np.empty(len(ids) + 1, np.uint64)
     offsets[0] = 0
-    breaks = np.flatnonzero(joined == NEWLINE)
+    is_break = joined == NEWLINE
+    breaks = np.flatnonzero(is_break)
     if breaks.size == max(0, len(ids) - 1):
-        data = np.delete(joined, breaks)
+        data = joined[~is_break]
         offsets[1:-1] = breaks - np.arange(breaks.size)
         offsets[-1] = data.size
         return data, offsets
