@@ -54,9 +54,18 @@ class TensorInfo:
         return self.stop - self.start
 
 
+# 16-bit floats: NaN and Inf are the values whose exponent bits are all ones. Their bits are compared
+# directly: ml_dtypes' isfinite on bfloat16 is 15x slower (2.3x safetensors on a hybrid's bf16 session save).
+_EXPONENT_BITS = {"bfloat16": 0x7F80, "float16": 0x7C00}
+
+
 def count_nonfinite(values: np.ndarray) -> int:
     if values.dtype.kind not in "fV" and values.dtype.name != "bfloat16":
         return 0
+    if values.dtype.name in _EXPONENT_BITS:
+        magnitude = values.view(np.uint16) & np.uint16(0x7FFF)
+        mask = np.uint16(_EXPONENT_BITS[values.dtype.name])
+        return 0 if magnitude.size == 0 or magnitude.max() < mask else int(np.count_nonzero(magnitude >= mask))
     with np.errstate(invalid="ignore"):  # ml_dtypes' bfloat16 isfinite warns on some NaN patterns
         finite = np.isfinite(values)
     return 0 if finite.all() else int(values.size - np.count_nonzero(finite))

@@ -12,12 +12,14 @@ from . import _container, _reader, _streams
 from ._document import (
     BLOCK_BYTES,
     CHECKSUM_PREFIX,
-    DESCRIPTIVE_FIELDS,
+    FIELDS,
     FORMAT_VERSION,
+    SESSION_FIELDS,
     STREAM_TENSORS,
     Document,
     cap,
     metadata_entries,
+    version_for,
 )
 from ._reader import StreamKeys, Target
 from ._source import display, is_url
@@ -50,10 +52,13 @@ def save(data: StateSet | WeightSet, target: Target, *, metadata: Mapping[str, A
     if storage_options and not is_url(target):
         raise StateFormatError("storage_options apply to URLs only", source=source)
     fields = {**data.metadata, "created_by": f"statefmt {__version__}", **(metadata or {})}
-    unknown = sorted(set(fields) - set(DESCRIPTIVE_FIELDS))
+    unknown = sorted(set(fields) - set(FIELDS))
     if unknown:
         raise StateFormatError(f"unknown metadata fields {unknown}; free-form data belongs under 'user'", source=source)
     is_state = isinstance(data, StateSet)
+    if not is_state and set(fields) & set(SESSION_FIELDS):
+        raise StateFormatError(f"{', '.join(sorted(set(fields) & set(SESSION_FIELDS)))}: describe a state, not "
+                               "weights", source=source)
     layers: Sequence[LayerState | LayerWeights] = data.layers
     entries = tuple(_reader.layer_entry(layer) for layer in layers)
     tensors: list[tuple[str, np.ndarray]] = []
@@ -67,7 +72,7 @@ def save(data: StateSet | WeightSet, target: Target, *, metadata: Mapping[str, A
         except StateError as error:
             raise StateFormatError(error.problems, source=source) from None
         tensors += [(name, index_tensors[name]) for name in STREAM_TENSORS]
-    base = Document(FORMAT_VERSION, "state" if is_state else "weights", entries,
+    base = Document(version_for(entries, fields), "state" if is_state else "weights", entries,
                     batch_size=data.batch_size if isinstance(data, StateSet) else None, stream_ids=stream_ids,
                     block_bytes=BLOCK_BYTES, **fields)
     _check_written_document(base, source)  # refuse before writing a byte what a reader would refuse
