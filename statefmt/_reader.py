@@ -119,11 +119,10 @@ def read_file(target: Target, *, streams: StreamKeys | None, verify: bool, finit
         name = container.source.name
         if streams is not None and not document.is_state:
             raise StateMismatchError("streams= applies to state files; this one holds weights", source=name)
-        counted: dict[str, int] | None = None  # non-finite values per tensor, where reading counted them
         if blocks is None:
             arrays, ids = _read_v1(container, document, verify)
         elif streams is None:
-            arrays, ids, counted = _read_v2(blocks, document, verify)
+            arrays, ids = _read_v2(blocks, document, verify)
         else:
             arrays, ids = _read_rows_v2(blocks, document, streams)
         if streams is not None and document.major == "1":
@@ -134,20 +133,17 @@ def read_file(target: Target, *, streams: StreamKeys | None, verify: bool, finit
             arrays = {key: array[:, rows] for key, array in arrays.items()}
             ids = None if ids is None else [ids[row] for row in rows]
         if finite:
-            refuse_nonfinite(document, list(_nonfinite(document, arrays, counted)), name)
+            refuse_nonfinite(document, list(_nonfinite(document, arrays)), name)
         try:
             return _build(document, arrays, ids, name, proven=blocks is not None and streams is None)
         except StateError as error:  # what only the layers can say: a 1.x activation outside 2.x's list
             raise fail(6, error.problems, name) from None
 
 
-def _nonfinite(document: Document, arrays: Mapping[str, np.ndarray],
-               counted: Mapping[str, int] | None = None) -> Iterator[tuple[str, int]]:
-    """(where, count) of each tensor holding NaN or Inf; `counted` spares a second pass over whole arrays."""
+def _nonfinite(document: Document, arrays: Mapping[str, np.ndarray]) -> Iterator[tuple[str, int]]:
     for index, layer in enumerate(document.layers):
         for name in layer.shapes(document.batch_size if document.is_state else None):
-            key = f"layers.{index}.{name}"
-            count = counted[key] if counted is not None else _container.count_nonfinite(arrays[key])
+            count = _container.count_nonfinite(arrays[f"layers.{index}.{name}"])
             if count:
                 yield f"layer {index} {layer.name!r}: {name}", count
 
@@ -177,11 +173,9 @@ def _read_v1(container: _container.Container, document: Document,
 
 
 def _read_v2(reader: _container.BlockReader, document: Document,
-             verify: bool) -> tuple[dict[str, np.ndarray], list[str] | None, dict[str, int] | None]:
-    """Every tensor; verified, each chunk is hashed and counted for NaN and Inf while still in cache."""
+             verify: bool) -> tuple[dict[str, np.ndarray], list[str] | None]:
     checksums = reader.checksums_all() if verify else None
     arrays: dict[str, np.ndarray] = {}
-    counted: dict[str, int] = {}
     keys = [key for key, _, _ in document.tensors()] + (list(STREAM_TENSORS) if document.stream_ids else [])
     for key in keys:
         info = reader.container.tensors[key]
@@ -189,14 +183,14 @@ def _read_v2(reader: _container.BlockReader, document: Document,
             arrays[key] = np.empty(info.shape, info.dtype)
             reader.container.source.read_into(info.start, arrays[key])
         else:
-            arrays[key], counted[key] = reader.read_tensor(key, checksums)
+            arrays[key] = reader.read_tensor(key, checksums)
     ids = None
     if document.stream_ids:
         try:
             ids = _streams.checked_ids(arrays, document.batch_size or 0)
         except StateError as error:
             raise fail(10, error.problems, reader.container.source.name) from None
-    return arrays, ids, (None if checksums is None else counted)
+    return arrays, ids
 
 
 def check_all(container: _container.Container, reader: _container.BlockReader | None, document: Document) -> None:
@@ -214,7 +208,7 @@ def check_all(container: _container.Container, reader: _container.BlockReader | 
                 if count:
                     counts.append((f"layer {index} {layer.name!r}: {tensor}", count))
         if document.stream_ids:
-            index_tensors = {key: reader.read_tensor(key, checksums)[0] for key in STREAM_TENSORS}
+            index_tensors = {key: reader.read_tensor(key, checksums) for key in STREAM_TENSORS}
             try:
                 _streams.checked_ids(index_tensors, document.batch_size or 0)
             except StateError as error:
