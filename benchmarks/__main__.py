@@ -103,13 +103,16 @@ def saves(directory: str, arrays, states, nbytes: int) -> None:
     row("safetensors save_file + fsync", peer, nbytes=nbytes)
 
 
-def loads(directory: str, arrays, states, nbytes: int) -> dict[str, str]:
+def loads(directory: str, arrays, states, nbytes: int, *, timed: bool = True) -> dict[str, str]:
+    """The four files every later section reads, and (`timed`) their loads side by side."""
     files = {library: os.path.join(directory, f"load.{suffix}") for library, suffix in
              (("statefmt", "statefmt"), ("safetensors", "safetensors"), ("torch", "pt"), ("numpy", "npz"))}
     statefmt.save(states, files["statefmt"], durable=False)
     safetensors.numpy.save_file(arrays, files["safetensors"])
     torch.save({key: torch.from_numpy(array) for key, array in arrays.items()}, files["torch"])
     np.savez(files["numpy"], **arrays)
+    if not timed:
+        return files
     print("load, page cache warm, every byte read (statefmt also checks checksums and finiteness)")
     times = {
         "statefmt.load": best(lambda: statefmt.load(files["statefmt"])),
@@ -141,37 +144,108 @@ def one_stream(directory: str, big: str) -> None:
 
 
 SCALE = (1_000, 10_000, 100_000, 1_000_000, 10_000_000)
+BULK = (1_000_000, 10_000_000)  # the sizes whose whole save and load are set beside the peer
 
 
-def scale(directory: str) -> dict[str, float]:
-    """One stream by id (and by index) out of files of 10^3 to 10^7 streams: the id index keeps it flat."""
-    print("one stream by id, from files of 10^3 to 10^7 named streams (2-layer LSTM, 8 units, float32)")
-    results: dict[str, float] = {}
+def scale(directory: str) -> dict[str, dict[str, float]]:
+    """One stream by id (and by index) out of files of 10^3 to 10^7 streams: the id index keeps it flat.
+    At 10^6 and 10^7, the whole save and load too, beside safetensors writing the same arrays plus the ids
+    as one bytes tensor (newline-joined) and reading them back with the ids decoded."""
+    print("one stream by id, from files of 10^3 to 10^7 named streams (2-layer LSTM, 8 units, float32); at 10^6\n"
+          "and 10^7 the whole save and load beside safetensors + the ids as one newline-joined bytes tensor")
+    by_id_results: dict[str, float] = {}
+    bulk: dict[str, float] = {}
     for count in SCALE:
         path = os.path.join(directory, f"scale-{count}.statefmt")
         rng = np.random.default_rng(count)
         layers = [statefmt.LayerState(f"lstm_{i}", "lstm", h=rng.random((1, count, 8), np.float32),
                                       c=rng.random((1, count, 8), np.float32)) for i in range(2)]
         ids = [f"sensor-{i:08d}" for i in range(count)]
-        start = time.perf_counter()
-        statefmt.save(statefmt.StateSet(layers, stream_ids=ids), path, durable=False)
-        saved = time.perf_counter() - start
-        del layers, ids
+        states = statefmt.StateSet(layers, stream_ids=ids)
+        repeat = 1 if count < BULK[0] else 3 if count == BULK[0] else 2
+        saved = best(lambda path=path, states=states: statefmt.save(states, path, durable=False), repeat=repeat)
+        if count in BULK:
+            bulk.update(bulk_ids(directory, count, layers, ids, path, saved))
+        del layers, ids, states
         probe = [f"sensor-{(count * 7) // 9 + i:08d}" for i in range(REPEAT * 4)]
         by_id = best(lambda path=path, probe=probe: statefmt.load(path, streams=[probe.pop()]), repeat=REPEAT * 4)
         by_index = best(lambda path=path, count=count: statefmt.load(path, streams=[count // 3]), repeat=REPEAT * 4)
-        results[str(count)] = by_id
-        base = results[str(SCALE[0])]
+        by_id_results[str(count)] = by_id
+        base = by_id_results[str(SCALE[0])]
         row(f"{count:>10,} streams: by id", by_id, peer=base, note=f"vs 10^3, target <= 2.00x; by index "
-            f"{by_index * 1e3:.2f} ms; save {saved:.1f} s, file {os.path.getsize(path) / MiB:.0f} MiB")
-        if count == SCALE[-1]:
-            start = time.perf_counter()
-            whole = statefmt.load(path)
-            row(f"{count:>10,} streams: whole load", time.perf_counter() - start,
-                note=f"{whole.batch_size:,} rows and ids, every block and the whole index checked")
-            del whole
+            f"{by_index * 1e3:.2f} ms; save {saved:.2f} s, file {os.path.getsize(path) / MiB:.0f} MiB")
         unlink(path)
-    return results
+    return {"one_stream_by_id_seconds": by_id_results, "bulk_ids_seconds": bulk}
+
+
+def bulk_ids(directory: str, count: int, layers, ids: list[str], path: str, saved: float) -> dict[str, float]:
+    """Whole save and load of `count` named streams against the safetensors-plus-ids peer: the id index's
+    cost in bulk (hashing, sorting, decoding, checking), which per-id Python once made 11x the peer's."""
+    peer_path = os.path.join(directory, "scale-peer.safetensors")
+    repeat = 3 if count == BULK[0] else 2
+
+    def peer_save() -> None:
+        tensors = {f"layers.{i}.{name}": layer[name] for i, layer in enumerate(layers) for name in ("h", "c")}
+        tensors["stream_ids"] = np.frombuffer("\n".join(ids).encode(), np.uint8)
+        safetensors.numpy.save_file(tensors, peer_path)
+
+    def peer_load() -> tuple[dict, list[str]]:
+        tensors = safetensors.numpy.load_file(peer_path)
+        return tensors, tensors.pop("stream_ids").tobytes().decode().split("\n")
+
+    peer_saved = best(peer_save, repeat=repeat)
+    loaded = best(lambda: statefmt.load(path), repeat=repeat)
+    peer_loaded = best(peer_load, repeat=repeat)
+    unlink(peer_path)
+    row(f"{count:>10,} streams: save", saved, peer=peer_saved, note="vs the peer, target <= 2.00x")
+    row(f"{count:>10,} streams: peer save (safetensors + ids)", peer_saved)
+    row(f"{count:>10,} streams: whole load", loaded, peer=peer_loaded,
+        note="vs the peer, target <= 2.00x; every block and the whole index checked")
+    row(f"{count:>10,} streams: peer load (ids decoded)", peer_loaded)
+    return {f"{count}_save": saved, f"{count}_peer_save": peer_saved, f"{count}_load": loaded,
+            f"{count}_peer_load": peer_loaded}
+
+
+def load_breakdown(files: dict[str, str], arrays, nbytes: int) -> dict[str, float]:
+    """Where a whole load's time goes, and the load-then-use figure beside the peers: each array summed
+    after the load, as a caller would touch them."""
+    from statefmt import _container
+
+    def summed(values) -> float:
+        return sum(float(np.add.reduce(value, axis=None)) for value in values)
+
+    print("whole load, then every array summed (page cache warm); and where statefmt.load's time goes")
+    times = {
+        "statefmt.load + sum": best(lambda: summed(layer[name] for layer in statefmt.load(files["statefmt"]).layers
+                                                   for name in layer.state_names), repeat=7),
+        "safetensors.numpy.load_file + sum": best(lambda: summed(safetensors.numpy.load_file(
+            files["safetensors"]).values()), repeat=7),
+        "torch.load(weights_only=True) + sum": best(lambda: summed(tensor.numpy() for tensor in torch.load(
+            files["torch"], weights_only=True).values()), repeat=7),
+    }
+    peer = min(seconds for label, seconds in times.items() if not label.startswith("statefmt"))
+    for label, seconds in times.items():
+        row(label, seconds, nbytes=nbytes, peer=None if label.startswith("statefmt") else peer)
+    row("statefmt / fastest peer, load + sum", times["statefmt.load + sum"], peer=peer,
+        note="target <= 0.67x (1.5x faster)")
+    chunk = _container.CHUNK_BLOCKS * 65_536
+    flat = [array.reshape(-1) for array in arrays.values()]
+    raw = [array.view(np.uint8) for array in flat]
+    parts = {
+        "fresh pages: np.empty + fill (huge pages)": lambda: [np.ones(array.nbytes, np.uint8) for array in flat],
+        "copy out of the page cache (one reused buffer)": lambda: raw_read(arrays, files["statefmt"], keep=False),
+        "xxh3 of every 64 KiB block": lambda: [_container.block_hash(data[i:i + 65_536]) for data in raw
+                                               for i in range(0, data.size, 65_536)],
+        "finite check of whole arrays (what load does)": lambda: [_container.count_nonfinite(array)
+                                                                  for array in flat],
+        "finite check of each 1 MiB chunk (ablation)": lambda: [_container.count_nonfinite(data[i:i + chunk].view(
+            np.float32)) for data in raw for i in range(0, data.size, chunk)],
+        "sum of every array (the caller's use)": lambda: summed(flat),
+    }
+    for label, action in parts.items():
+        times[label] = best(action, repeat=7)
+        row(f"  {label}", times[label], nbytes=nbytes, peer=times["statefmt.load + sum"], note="share of load + sum")
+    return times
 
 
 def ablations(directory: str, states) -> None:
@@ -266,7 +340,19 @@ def _write_results(name: str, results: dict) -> None:
     (folder / f"{name}.json").write_text(json.dumps({"measured": stamp, "machine": machine(), **results}, indent=1))
 
 
+SECTIONS = ("saves", "loads", "breakdown", "one_stream", "ablations", "reinjection", "exports", "memory",
+            "cold_start", "scale")
+
+
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", help=f"a comma-separated subset of {', '.join(SECTIONS)}")
+    only = parser.parse_args().only
+    wanted = set(only.split(",") if only else SECTIONS)
+    if not wanted <= set(SECTIONS):
+        parser.error(f"--only: unknown sections {sorted(wanted - set(SECTIONS))}")
     started = time.perf_counter()
     print(f"statefmt benchmarks, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(machine())
@@ -276,17 +362,30 @@ def main() -> None:
     print(f"payload: {LAYERS}-layer LSTM, {states.batch_size} streams x {UNITS} units, h and c, float32, "
           f"{nbytes / MiB:.0f} MiB; best of {REPEAT} unless said\n")
     directory = tempfile.mkdtemp(prefix=".bench-", dir=REPO)  # the repository's disk, not tmpfs
+    results: dict = {}
     try:
-        saves(directory, arrays, states, nbytes)
-        files = loads(directory, arrays, states, nbytes)
-        one_stream(directory, files["statefmt"])
-        ablations(directory, states)
-        reinjection(states, nbytes)
+        if "saves" in wanted:
+            saves(directory, arrays, states, nbytes)
+        files = loads(directory, arrays, states, nbytes, timed="loads" in wanted)
+        if "breakdown" in wanted:
+            results["whole_load_seconds"] = load_breakdown(files, arrays, nbytes)
+        if "one_stream" in wanted:
+            one_stream(directory, files["statefmt"])
+        if "ablations" in wanted:
+            ablations(directory, states)
+        if "reinjection" in wanted:
+            reinjection(states, nbytes)
         del arrays, states
-        exports()
-        memory(directory, files, nbytes)
-        cold_start(directory)
-        _write_results("file", {"one_stream_by_id_seconds": scale(directory)})
+        if "exports" in wanted:
+            exports()
+        if "memory" in wanted:
+            memory(directory, files, nbytes)
+        if "cold_start" in wanted:
+            cold_start(directory)
+        if "scale" in wanted:
+            results.update(scale(directory))
+        if wanted == set(SECTIONS):
+            _write_results("file", results)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     print(f"\n(whole run {time.perf_counter() - started:.0f} s)")

@@ -135,7 +135,7 @@ def read_file(target: Target, *, streams: StreamKeys | None, verify: bool, finit
         if finite:
             refuse_nonfinite(document, list(_nonfinite(document, arrays)), name)
         try:
-            return _build(document, arrays, ids, name)
+            return _build(document, arrays, ids, name, proven=blocks is not None and streams is None)
         except StateError as error:  # what only the layers can say: a 1.x activation outside 2.x's list
             raise fail(6, error.problems, name) from None
 
@@ -309,7 +309,9 @@ def _ids_of_rows(reader: _container.BlockReader, rows: Sequence[int]) -> list[st
 
 
 def _build(document: Document, arrays: Mapping[str, np.ndarray], ids: Sequence[str] | None,
-           file: str) -> StateSet | WeightSet:
+           file: str, *, proven: bool = False) -> StateSet | WeightSet:
+    """The set the arrays make; `proven` ids are a whole 2.x index's, which step 10 proved unique strings,
+    one per row: StateSet's own check of them (a set of every id, 0.1 s a million) is skipped."""
     layers: list[Any] = []
     for index, entry in enumerate(document.layers):
         names = entry.shapes(document.batch_size if document.is_state else None)
@@ -323,7 +325,10 @@ def _build(document: Document, arrays: Mapping[str, np.ndarray], ids: Sequence[s
                                        linear_before_reset=entry.linear_before_reset is not False))
     if not document.is_state:
         return WeightSet(layers, metadata=document.fields, file=file)
-    return StateSet(layers, stream_ids=ids, metadata=document.fields, file=file)
+    states = StateSet(layers, stream_ids=None if proven else ids, metadata=document.fields, file=file)
+    if proven and ids is not None:
+        states.stream_ids = tuple(ids)
+    return states
 
 
 def tensor_names(layer: LayerState | LayerWeights) -> tuple[str, ...]:
