@@ -6,7 +6,7 @@ their framework when first used.
 """
 
 from .api import FORMAT_VERSION, load, load_weights, read, save, upgrade, validate
-from .errors import StateError, StateFormatError, StateMismatchError
+from .errors import StateError, StateFormatError, StateMismatchError, StateUnreadableError
 from .signature import LayerSignature, LayerWeightSignature, StateSignature, WeightSignature
 from .states import LayerState, StateSet
 from .weights import LayerWeights, WeightSet
@@ -24,6 +24,7 @@ __all__ = [
     "StateMismatchError",
     "StateSet",
     "StateSignature",
+    "StateUnreadableError",
     "WeightSet",
     "WeightSignature",
     "load",

@@ -40,7 +40,7 @@ def test_validate_valid(state_file):
 def test_validate_json(state_file):
     result = run("validate", state_file, "--json")
     assert result.exit_code == 0
-    assert json.loads(result.output) == {"file": state_file, "valid": True, "problems": []}
+    assert json.loads(result.output) == {"file": state_file, "valid": True, "code": None, "problems": []}
 
 
 def test_validate_against_a_signature(state_file, tmp_path):
@@ -54,7 +54,7 @@ def test_validate_against_a_signature(state_file, tmp_path):
         f"{state_file}: layer 0 'enc': directions: expected 1, found 2",
         f"{state_file}: layer 0 'enc': proj_units: expected None, found 3",
     ]
-    as_json = json.loads(run("validate", state_file, "--against", str(signature), "--json").output)
+    as_json = json.loads(run("validate", state_file, "--against", str(signature), "--json").stdout)
     assert as_json["valid"] is False and len(as_json["problems"]) == 4
     signature.write_text(StateSignature.of(make_states()).to_json())
     assert run("validate", state_file, "--against", str(signature)).exit_code == 0
@@ -72,9 +72,9 @@ def test_usage_errors_exit_2(args):
     assert run(*args).exit_code == 2
 
 
-def test_a_missing_file_is_invalid_input_named_in_one_line():
+def test_a_missing_file_is_unreadable_input_named_in_one_line():
     result = run("validate", "missing.statefmt")
-    assert result.exit_code == 1 and result.stderr == "missing.statefmt: no such file\n"
+    assert result.exit_code == 3 and result.stderr == "missing.statefmt: no such file\n"
 
 
 def test_inspect_text(state_file):
@@ -132,9 +132,9 @@ def test_diff_structure(tmp_path, state_file):
     assert result.output.splitlines() == ["batch size: 4 vs 2", "stream_ids differ", "layer count: 3 vs 2"]
 
 
-def test_diff_unreadable_file_exits_2(state_file):
+def test_diff_of_a_truncated_file_exits_1_as_invalid_data(state_file):
     result = run("diff", state_file, "spec/vectors/truncated.statefmt")
-    assert result.exit_code == 2 and "the file is cut short" in result.stderr
+    assert result.exit_code == 1 and "the file is cut short" in result.stderr
 
 
 def test_debug_shows_the_traceback():
