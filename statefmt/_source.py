@@ -12,7 +12,6 @@ import os
 import re
 import time
 from collections.abc import Mapping, Sequence
-from functools import cache
 from typing import Any, Protocol
 
 import numpy as np
@@ -225,7 +224,7 @@ class HttpSource:
         """Bytes [start, stop) (or the whole object from a server that ignores Range), its status, its headers."""
         import http.client
         import urllib.error
-        import urllib.request  # (loaded with the opener already)
+        import urllib.request  # follows redirects to http(s) only: it refuses file:// and any other scheme
 
         left = self._deadline - time.monotonic()
         if left <= 0:
@@ -233,7 +232,7 @@ class HttpSource:
         request = urllib.request.Request(self.name, headers={**self._headers,
                                                                "Range": f"bytes={start}-{stop - 1}"})
         try:
-            with _opener().open(request, timeout=min(HTTP_TIMEOUT, left)) as response:
+            with urllib.request.urlopen(request, timeout=min(HTTP_TIMEOUT, left)) as response:
                 status, headers = response.status, response.headers
                 if status == 200:
                     length = int(headers.get("Content-Length") or -1)
@@ -271,22 +270,6 @@ class HttpSource:
 
 
 FIRST_BYTES = 65_536  # an http(s) source's first request: the header of any ordinary file (as _container.FIRST_READ)
-
-
-@cache
-def _opener() -> Any:
-    """urllib's opener, following redirects to http(s) only: never to file:// or anything else a server names.
-    (Built on first use: `import statefmt` stays free of the HTTP client.)"""
-    import urllib.request
-
-    class HttpOnly(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
-            if not newurl.startswith(("http://", "https://")):
-                raise StateUnreadableError(f"the server redirects to {newurl!r}; only http(s) is followed",
-                                           source=req.full_url)
-            return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-    return urllib.request.build_opener(HttpOnly)
 
 
 def _total_of(content_range: str | None, url: str) -> int:

@@ -51,6 +51,7 @@ def inspect(ctx: click.Context, file: str, as_json: bool, plot: str | None) -> N
 
             for note in plot_state(data, plot, title=file):
                 echo(f"plot: {note}", err=True)
+            echo(f"plot: written to {plot}", err=True)
     poisoned = [f"layer {i} {layer['name']!r}: {name}: {stats['nonfinite']} non-finite values (NaN or Inf)"
                 for i, layer in enumerate(summary["layers"])
                 for name, stats in layer["tensors"].items() if stats["nonfinite"]]

@@ -129,7 +129,32 @@ def test_diff_structure(tmp_path, state_file):
     statefmt.save(make_states(batch=2).select([0, 1]), other)
     result = run("diff", state_file, str(other))
     assert result.exit_code == 1
-    assert result.output.splitlines() == ["batch size: 4 vs 2", "stream_ids differ", "layer count: 3 vs 2"]
+    assert result.output.splitlines() == ["batch size: 4 vs 2", "stream_ids: only in A: 'stream-2', 'stream-3'",
+                                          "layer count: 3 vs 2"]
+
+
+def test_diff_names_the_stream_ids_that_differ(tmp_path):
+    h = np.zeros((1, 3, 2), np.float32)
+    for name, ids in (("a", ["x", "y", "z"]), ("b", ["x", "y", "w"]), ("c", ["z", "y", "x"])):
+        statefmt.save(one_gru(h, ids=ids), tmp_path / f"{name}.statefmt")
+    result = run("diff", str(tmp_path / "a.statefmt"), str(tmp_path / "b.statefmt"))
+    assert result.exit_code == 1 and result.output == "stream_ids: only in A: 'z'; only in B: 'w'\n"
+    result = run("diff", str(tmp_path / "a.statefmt"), str(tmp_path / "c.statefmt"))
+    assert result.output.startswith("stream_ids: the same ids in another order (first at rows [0, 2])")
+
+
+@pytest.mark.parametrize("setting", [{"activation": "relu"}, {"recurrent_activation": "hard_sigmoid"},
+                                     {"linear_before_reset": False}])
+def test_diff_sees_what_a_weights_layer_computes_with(tmp_path, setting):
+    z = np.zeros
+    def gru(**options):
+        return statefmt.WeightSet([statefmt.LayerWeights("g", "gru", z((1, 6, 3)), z((1, 6, 2)), z((1, 6)),
+                                                         z((1, 6)), **options)])
+    statefmt.save(gru(), tmp_path / "a.statefmt")
+    statefmt.save(gru(**setting), tmp_path / "b.statefmt")
+    result = run("diff", str(tmp_path / "a.statefmt"), str(tmp_path / "b.statefmt"))
+    (key, value), = setting.items()
+    assert result.exit_code == 1 and f"layer 0 'g': {key}:" in result.output and str(value) in result.output
 
 
 def test_diff_of_a_truncated_file_exits_1_as_invalid_data(state_file):
