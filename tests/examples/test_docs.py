@@ -268,3 +268,15 @@ def test_the_site_builds_strictly(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "site" / "guides" / "format" / "index.html").exists()
     assert (tmp_path / "site" / "spec" / "index.html").exists()
+
+
+def test_site_width_no_code_block_scrolls_sideways_at_1280_px():
+    """The built site (`make docs`) in headless Chromium: every page's code fits its column."""
+    import site_width
+
+    site = Path(__file__).parents[2] / "site"
+    if site_width.chromium() is None or not (site / "index.html").exists():
+        pytest.skip("needs chromium (apt-get install -y chromium) and a built site (make docs)")
+    wide = {str(page.relative_to(site)): found for page in site_width.pages(site)
+            if (found := site_width.overflowing(page, site_width.chromium()))[0]}
+    assert wide == {}
