@@ -16,8 +16,8 @@ Ablation (issue 17): the dozen ops were hand-written numpy until commit 314620f,
 ran both side by side. Best of 5, 2 shared cores, the same walk around either: on the test-sized
 models onnx.reference took 1.1-2.2x the hand-written time on cold and new-batch calls (at most
 +0.7 ms: 0.61 -> 1.35 ms for a cold initial_state of the 2-layer LSTM), and the same within noise
-(0.8-1.1x) on the larger model at batch 16384, where the ops are under 2% of a cold call and the
-index maps are the rest. Well under a millisecond per (model, batch size) pair did not pay for a
+(0.8-1.1x) on the larger model at batch 16384, where building the index maps, not the ops, takes
+most of a cold call. Well under a millisecond per (model, batch size) pair did not pay for a
 hand-written copy of ONNX's op semantics, so the adapter uses onnx.reference. The machine is
 shared: read the ratios, not the absolute times.
 """
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -82,7 +81,7 @@ def states_for(model: Any, batch: int) -> StateSet:
 
 
 def outputs_for(model: Any, states: StateSet) -> list[np.ndarray]:
-    """What session.run would return: the feeds' own values where the graph passes them through."""
+    """What session.run returns when started from `states` (inputs all zeros)."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -142,10 +141,9 @@ def measure(models: dict[str, tuple[Any, int]], repeat: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=4096, help="streams of the larger model")
+    parser.add_argument("--batch", type=int, default=16384, help="streams of the larger model")
     parser.add_argument("--repeat", type=int, default=5, help="runs per figure (best is shown)")
     args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     measure({"2-layer LSTM, TorchScript exporter": (exported("lstm", 2, 4), 3),
              "bidirectional GRU, dynamo exporter": (exported("gru", 1, 4, bidirectional=True, dynamo=True), 3),
              "4-layer LSTM, 256 units, TorchScript exporter": (exported("lstm", 4, 256), args.batch)}, args.repeat)

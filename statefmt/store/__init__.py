@@ -30,7 +30,7 @@ import numpy as np
 from .._document import BLOCK_BYTES, FORMAT_VERSION, METADATA_KEY, Document, LayerEntry, strict_json
 from .._dtypes import numpy_dtype
 from .._source import local_path
-from ..cells import STATE_NAMES
+from ..cells import MODERN, STATE_NAMES
 from ..errors import StateError, StateFormatError, StateMismatchError, StateUnreadableError
 from ..limits import MAX_STORE_DOCUMENT_BYTES, MAX_STORE_LAYERS, MAX_STREAM_ID_BYTES, VERSION_PATTERN
 from ..signature import LayerSignature, StateSignature
@@ -49,11 +49,31 @@ class _Layer(LayerEntry):
 
     @property
     def states(self) -> tuple[str, ...]:
-        return STATE_NAMES[self.kind]
+        """The tensors stored as columns: all but empty ones (an xLSTM block without conv)."""
+        return tuple(state for state in STATE_NAMES[self.kind] if self.width(state))
+
+    def empty(self, rows: int) -> dict[str, np.ndarray]:
+        """The layer's empty tensors, which have no column, for `rows` streams."""
+        return {state: np.empty((rows, *self.shapes(1)[state][1:]), numpy_dtype(self.dtype))
+                for state in STATE_NAMES[self.kind] if not self.width(state)}
 
     def width(self, state: str) -> int:
-        """Values per row in the column of `state`: [directions, units] flattened."""
+        """Values per row in the column of `state`: [directions, units] flattened (a modern kind: one stream's
+        tensor, flattened)."""
+        if self.dims is not None:
+            return int(np.prod(self.shapes(1)[state][1:]))
         return self.directions * (self.h_units if state == "h" else self.units)
+
+    def rows(self, array: np.ndarray) -> np.ndarray:
+        """A layer's tensor as rows, one per stream: [batch, directions, units] ([batch, 1, width] for a modern
+        kind, which puts the batch first)."""
+        return array.reshape(array.shape[0], 1, -1) if self.dims is not None else np.swapaxes(array, 0, 1)
+
+    def tensor(self, state: str, rows: np.ndarray) -> np.ndarray:
+        """The inverse of `rows`: the layer's tensor of `state`, contiguous."""
+        if self.dims is not None:
+            return np.ascontiguousarray(rows.reshape(rows.shape[0], *self.shapes(1)[state][1:]))
+        return np.ascontiguousarray(np.swapaxes(rows, 0, 1))
 
     def column(self, index: int, state: str) -> str:
         return f"layer{index}_{state}"
@@ -100,7 +120,7 @@ def _parse_document(text: str | bytes, url: str) -> tuple[_Layer, ...]:
     as_file = {"format_version": version, "content": "state", "batch_size": 0, "stream_ids": False,
                "block_bytes": BLOCK_BYTES, "checksum_blocks": [], "layers": layers}
     entries = Document.from_dict(as_file, url).layers
-    return tuple(_Layer(e.name, e.kind, e.units, e.directions, e.proj_units, e.dtype) for e in entries)
+    return tuple(_Layer(e.name, e.kind, e.units, e.directions, e.proj_units, e.dtype, dims=e.dims) for e in entries)
 
 
 # ---- Lance, with its errors turned into ours ------------------------------------------------------------------------
@@ -154,7 +174,7 @@ def _column(values: np.ndarray, layer: _Layer, state: str) -> Any:
     """Arrow fixed-size lists from an array [directions, batch, units]: one list per stream."""
     import pyarrow as pa
 
-    rows = np.ascontiguousarray(np.swapaxes(values, 0, 1)).reshape(-1)  # [batch, directions, units]
+    rows = np.ascontiguousarray(layer.rows(values)).reshape(-1)  # [batch, directions, units]
     if layer.dtype == "bfloat16":
         from lance.arrow import BFloat16Type
 
@@ -230,9 +250,23 @@ def _unicode(ids: Sequence[str]) -> bool:
 def _signature(layers: Sequence[_Layer]) -> StateSignature:
     """The layers as a `StateSignature` (no batch size; the dtype when all layers share one)."""
     dtypes = {layer.dtype for layer in layers}
-    return StateSignature(tuple(LayerSignature(layer.kind, layer.units, layer.directions, layer.proj_units,
-                                               layer.name) for layer in layers),
+    return StateSignature(tuple(LayerSignature(layer.kind, dims=layer.dims, name=layer.name) if layer.dims is not None
+                                else LayerSignature(layer.kind, layer.units, layer.directions, layer.proj_units,
+                                                    layer.name) for layer in layers),
                           None, dtypes.pop() if len(dtypes) == 1 else None)
+
+
+def _fixed_size_problems(layer: LayerSignature) -> list[str]:
+    """A store's columns have one size: a modern layer needs every size given, and an attention layer (whose
+    length grows with the tokens seen) has none."""
+    if layer.dims is None:
+        return []
+    if layer.kind == "attention":
+        return ["an attention layer's keys grow with the tokens seen: a store's columns have one size; save "
+                "hybrid sessions as files"]
+    kind = MODERN[layer.kind]
+    missing = [dim for dim in kind.dims if dim not in layer.dims]
+    return [f"dims: a store needs every size of a {layer.kind} layer; missing {', '.join(missing)}"] if missing else []
 
 
 # ---- the store ------------------------------------------------------------------------------------------------------
@@ -252,9 +286,13 @@ def create(url: str, signature: StateSignature, *, storage_options: dict[str, st
         raise TypeError(f"create() takes a StateSignature, not {type(signature).__name__}")
     if not signature.layers:
         raise StateFormatError("the signature has no layers", source=str(url))
+    problems = [f"layer {index}: {problem}" for index, layer in enumerate(signature.layers)
+                for problem in _fixed_size_problems(layer)]
+    if problems:
+        raise StateFormatError(problems, source=str(url))
     dtype = signature.dtype or "float32"
-    layers = tuple(_Layer(layer.name or f"layer{index}", layer.kind, layer.units, layer.directions, layer.proj_units,
-                          dtype) for index, layer in enumerate(signature.layers))
+    layers = tuple(_Layer(layer.name or f"layer{index}", layer.kind, layer.units or 0, layer.directions,
+                          layer.proj_units, dtype, dims=layer.dims) for index, layer in enumerate(signature.layers))
     url = _url(url)
     _parse_document(_document(layers), url)  # refuses what a reader would refuse: duplicate names, bad projections
     import lance
@@ -519,13 +557,13 @@ class Store:
             for state in layer.states:
                 found = rows[layer.column(index, state)]  # [found rows, directions, units]
                 if present.all():
-                    arrays[state] = np.ascontiguousarray(np.swapaxes(found[order], 0, 1))
+                    arrays[state] = layer.tensor(state, found[order])
                     continue
-                out = np.empty((layer.directions, len(ids), found.shape[2]), found.dtype)
-                out[:, present] = np.swapaxes(found[order[present]], 0, 1)
-                out[:, ~present] = start[index][state] if isinstance(start, StateSet) else 0
-                arrays[state] = out
-            layers.append(LayerState(layer.name, layer.kind, **arrays))
+                out = np.empty((len(ids), *found.shape[1:]), found.dtype)
+                out[present] = found[order[present]]
+                out[~present] = layer.rows(start[index][state]) if isinstance(start, StateSet) else 0
+                arrays[state] = layer.tensor(state, out)
+            layers.append(LayerState(layer.name, layer.kind, **arrays, **layer.empty(len(ids))))
         return StateSet(layers, stream_ids=ids)
 
     def snapshot(self, streams: Sequence[str] | None = None) -> StateSet:
@@ -544,9 +582,8 @@ class Store:
         ids = stored.take(order).to_pylist()
         layers = []
         for index, layer in enumerate(self._layers):
-            arrays = {s: np.ascontiguousarray(np.swapaxes(rows[layer.column(index, s)][order], 0, 1))
-                      for s in layer.states}
-            layers.append(LayerState(layer.name, layer.kind, **arrays))
+            arrays = {s: layer.tensor(s, rows[layer.column(index, s)][order]) for s in layer.states}
+            layers.append(LayerState(layer.name, layer.kind, **arrays, **layer.empty(len(ids))))
         return StateSet(layers, stream_ids=ids)
 
     def _read(self, ids: Sequence[str] | None, *,
@@ -749,7 +786,7 @@ def _table(layers: Sequence[_Layer], states: StateSet, url: str) -> Any:
     poisoned = []
     for index, layer in enumerate(states.layers):
         for state in layer.state_names:
-            bad = _nonfinite_rows(np.swapaxes(layer[state], 0, 1))
+            bad = _nonfinite_rows(np.moveaxis(layer[state], layer.batch_axis, 0))
             if bad.size:
                 poisoned.append(f"layer {index} {layer.name!r}: {state}: NaN or Inf in streams "
                                 f"{_shown([ids[r] for r in bad])}")

@@ -18,7 +18,7 @@ from statefmt.cli import main
 
 # What the core and `statefmt validate` must never load (ARCHITECTURE.md): frameworks, the store's engine, ONNX, Ray
 FRAMEWORKS = ("tensorflow", "torch", "jax", "keras", "flax", "lance", "pyarrow", "onnx", "onnxruntime", "ray", "fsspec",
-              "jsonschema")
+              "jsonschema", "safetensors", "transformers", "recurrentgemma", "rwkv", "keras_hub")
 
 
 @pytest.fixture
@@ -286,3 +286,22 @@ def test_inspect_of_a_signaling_nan_shows_no_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _check_cli(path, valid=False)
+
+
+MODERN_VECTORS = sorted((Path(__file__).parents[2] / "spec" / "vectors").glob("kind_*.statefmt"))
+
+
+@pytest.mark.parametrize("path", [p for p in MODERN_VECTORS if p.stem in {
+    "kind_mamba2", "kind_attention_window", "kind_mlstm_no_conv", "kind_rwkv4"}], ids=lambda p: p.stem)
+def test_inspect_diff_and_plot_show_the_modern_kinds_by_their_dims(path, tmp_path):
+    shown = run("inspect", str(path))
+    assert shown.exit_code == 0, shown.output
+    layer = next(line for line in shown.output.splitlines() if line.startswith("  [0]"))
+    assert f" {path.stem.split('_')[1]} " in layer and "units" not in layer and "=" in layer
+    assert json.loads(run("inspect", "--json", str(path)).output)["layers"][0]["dims"]
+    assert run("diff", str(path), str(path)).exit_code == 0
+    other = run("diff", str(path), str(MODERN_VECTORS[0] if path != MODERN_VECTORS[0] else MODERN_VECTORS[1]))
+    assert other.exit_code == 1 and ("kind:" in other.output or "dims:" in other.output)
+    plotted = run("inspect", "--plot", str(tmp_path / "state.png"), str(path))
+    assert plotted.exit_code == 0, plotted.output
+    assert (tmp_path / "state.png").stat().st_size > 10_000

@@ -112,7 +112,7 @@ def test_select_weight_layers_as_state_layers():
 @pytest.mark.parametrize("build, message", [
     (lambda h: LayerState("a", "lstm", h=h), "an LSTM needs both h and c"),
     (lambda h: LayerState("a", "gru", h=h, c=h), "a GRU has h only"),
-    (lambda h: LayerState("a", "mlp", h=h), "kind: expected one of lstm, gru, rnn, found 'mlp'"),
+    (lambda h: LayerState("a", "mlp", h=h), "kind: expected one of lstm, gru, rnn, mamba, .*, found 'mlp'"),
     (lambda h: LayerState("a", "rnn", h=h[0]),
      r"expected shape \[directions \(1 or 2\), batch, units\], found \[2, 3\]"),
     (lambda h: LayerState("a", "rnn", h=h.astype("int32")), "unsupported dtype int32"),

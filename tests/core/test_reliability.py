@@ -103,11 +103,11 @@ def seeds(tmp_path_factory):
 # run should not fail by chance on one not yet fixed; `python -m fuzz` is the place for fresh inputs
 @settings(max_examples=150, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(choice=st.integers(0, 19), kind=st.sampled_from(sorted(MUTATIONS)), rnd=st.randoms(use_true_random=False))
+@given(choice=st.integers(0, 31), kind=st.sampled_from(sorted(MUTATIONS)), rnd=st.randoms(use_true_random=False))
 def test_mutated_files_load_exactly_or_raise_state_format_error(seeds, tmp_path, choice, kind, rnd):
     """read gives the seed's data (or what a re-sealed edit made) or a step-coded StateFormatError; validate
     agrees; load(streams=...) gives exactly the rows asked for or a StateError (fuzz.mutations.verdict)."""
-    assert len(seeds) == 20
+    assert len(seeds) == 32  # 8 saved, 2 re-blocked, 18 valid 2.x vectors (12 of the 2.1 kinds), 4 valid 1.0 ones
     path = tmp_path / "fuzzed.statefmt"
     mutant = mutate(seeds[choice], rnd, kind)
     path.unlink(missing_ok=True)  # a new file each time: ext4 flushes a truncated-and-rewritten one (ms each)

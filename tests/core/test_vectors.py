@@ -72,7 +72,8 @@ def test_vectors_are_deterministic(tmp_path):
     assert b"statefmt 0." not in b"".join(p.read_bytes() for p in VECTORS.glob("*.statefmt"))
 
 
-@pytest.mark.parametrize("name", ["lstm.statefmt", "mixed.statefmt", "many_ids.statefmt", "gru_weights.statefmt"])
+@pytest.mark.parametrize("name", ["lstm.statefmt", "mixed.statefmt", "many_ids.statefmt", "gru_weights.statefmt",
+                                  "kind_mamba2.statefmt", "kind_attention_window.statefmt"])
 def test_statefmt_writes_what_the_safetensors_library_writes(tmp_path, monkeypatch, name):
     """The same data saved by statefmt equals, byte for byte, the vector that safetensors' own writer
     produced (with the vectors' block size and created_by, `__metadata__` keys sorted)."""

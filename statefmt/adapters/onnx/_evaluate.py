@@ -81,7 +81,7 @@ class Evaluator:
             raise Unmappable(f"it goes through {op} (node {node.name!r}) in a way that computes on the state")
         arrays = [a for a, _ in inputs]
         try:
-            attrs = attributes(node)
+            attrs = _attributes(node)
             if indexed and op == "Cast" and not _is_float(attrs.get("to")):
                 raise Unmappable(f"it is cast to a non-float type by node {node.name!r}")
             self._count(node, produced(op, arrays, attrs))
@@ -111,14 +111,11 @@ class Evaluator:
         return self._value(name, depth + 1)[0].shape
 
 
-def attributes(node: Any) -> dict[str, Any]:
-    from onnx import helper, numpy_helper
+def _attributes(node: Any) -> dict[str, Any]:
+    """The attributes the walk reads itself (Cast's `to`, Gather's `axis`); onnx.reference reads the rest."""
+    from onnx import helper
 
-    attrs = {}
-    for a in node.attribute:
-        value = helper.get_attribute_value(a)
-        attrs[a.name] = numpy_helper.to_array(value) if a.type == a.TENSOR else value
-    return attrs
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name in ("to", "axis")}
 
 
 def _is_float(elem: Any) -> bool:

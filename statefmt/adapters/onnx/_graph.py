@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from statefmt import StateError, StateMismatchError
+from statefmt._dtypes import dtype_name
 
 from .._common import prefixed, require, source_metadata
 
@@ -350,15 +351,3 @@ def _read(path: str) -> bytes:
 
 def layer_name(prefix: str | None, k: int) -> str:
     return prefixed(prefix, f"l{k}")
-
-
-def dtype_name(dtype: Any) -> str:
-    return "bfloat16" if dtype.name == "bfloat16" else np.dtype(dtype).name
-
-
-def numpy_dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
-        import ml_dtypes  # a statefmt dependency (numpy has no bfloat16)
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)

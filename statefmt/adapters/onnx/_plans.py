@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 
 from statefmt import StateMismatchError, StateSet
+from statefmt._dtypes import numpy_dtype
 
 from ._evaluate import Evaluator
-from ._graph import MAX_ELEMENTS, Graph, Unmappable, numpy_dtype
+from ._graph import MAX_ELEMENTS, Graph, Unmappable
 
 
 def static_batch(graph: Graph) -> int | None:
