@@ -45,9 +45,12 @@ def _figure(width: float = 8.0, height: float = 4.5) -> tuple[Any, Any]:
 
 
 def _footer(figure: Any, *sources: dict[str, Any]) -> None:
-    lines = [f"{s.get('measured') or s.get('date', '')[:16].replace('T', ' ')}: {s.get('machine', '')}"
-             for s in sources]
-    figure.text(0.01, 0.01, "\n".join(lines), fontsize=6, color="#555555", va="bottom")
+    import textwrap
+
+    lines = [line for s in sources for line in textwrap.wrap(
+        f"{s.get('measured') or s.get('date', '')[:16].replace('T', ' ')}: {s.get('machine', '')}", 120,
+        subsequent_indent="    ")]
+    figure.text(0.01, 0.01, "\n".join(lines), fontsize=9, color="#333333", va="bottom")  # legible at page width
 
 
 def one_stream(file: dict[str, Any] | None, store: dict[str, Any] | None) -> Path | None:
@@ -81,7 +84,7 @@ def one_stream(file: dict[str, Any] | None, store: dict[str, Any] | None) -> Pat
     axis.grid(True, which="major", alpha=0.3)
     axis.legend(fontsize=8, loc="lower right")
     _footer(figure, *(s for s in (file, store) if s))
-    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    figure.tight_layout(rect=(0, 0.15, 1, 1))
     return _save(figure, "bench-one-stream.png")
 
 
@@ -119,7 +122,7 @@ def store_vs_peers(store: dict[str, Any] | None) -> Path | None:
                    "(Redis: in RAM, not durable, no versions)", fontsize=10)
     axis.legend(fontsize=8)
     _footer(figure, store)
-    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    figure.tight_layout(rect=(0, 0.12, 1, 1))
     return _save(figure, "bench-store-vs-peers.png")
 
 
@@ -140,7 +143,7 @@ def file_vs_peers(file: dict[str, Any] | None) -> Path | None:
         axis.set_xlabel("ms (lower is better)")
         axis.set_title(title)
     _footer(figure, file)
-    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    figure.tight_layout(rect=(0, 0.15, 1, 1))
     return _save(figure, "bench-file-vs-peers.png")
 
 

@@ -6,7 +6,7 @@ live in `statefmt.adapters.<framework>` and import their framework when first us
 """
 
 from .api import FORMAT_VERSION, load, load_weights, read, save, upgrade, validate
-from .errors import StateError, StateFormatError, StateMismatchError
+from .errors import StateError, StateFormatError, StateMismatchError, StateUnreadableError
 from .signature import LayerSignature, LayerWeightSignature, StateSignature, WeightSignature
 from .states import LayerState, StateSet
 from .weights import LayerWeights, WeightSet
@@ -38,6 +38,7 @@ __all__ = [
     "StateMismatchError",
     "StateSet",
     "StateSignature",
+    "StateUnreadableError",
     "WeightSet",
     "WeightSignature",
     "load",

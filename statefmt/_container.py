@@ -30,7 +30,7 @@ from ._document import CHECKSUM_PREFIX, CHECKSUMS_TENSOR, fail, strict_json
 from ._dtypes import CODES, ITEMSIZE, LAYOUT_ORDER, NAMES, code_dtype
 from ._files import _reserve as files_reserve
 from ._source import Source, display, is_url, local_path
-from .errors import StateError, StateFormatError
+from .errors import StateError, StateFormatError, StateUnreadableError
 from .limits import MAX_HEADER_BYTES
 
 FIRST_READ = 65_536  # the first request reads the header of any ordinary file whole
@@ -83,7 +83,25 @@ def block_count(nbytes: int, block_bytes: int) -> int:
     return -(-nbytes // block_bytes)
 
 
+def checksum_entries(nbytes: Sequence[int], block_bytes: int) -> int:
+    """How many `checksum_blocks` entries the document of tensors of these sizes holds: its size depends on
+    the data, so a writer checking the document cap must count them all, as the reader will."""
+    return block_count(8 * sum(block_count(n, block_bytes) for n in nbytes), block_bytes)
+
+
 # --- reading ------------------------------------------------------------------------------------------------------
+
+FOREIGN = ((b"\x89HDF\r\n\x1a\n", "an HDF5 file"), (b"PK\x03\x04", "a zip archive"), (b"PK\x05\x06", "a zip archive"),
+           (b"\x93NUMPY", "a NumPy .npy file"), (b"\x1f\x8b", "a gzip file"),
+           (b"PAR1", "a Parquet file"), (b"ARROW1", "an Arrow file"), (b"\x89PNG", "a PNG image"),
+           *((b"\x80" + bytes([protocol]), "a Python pickle") for protocol in range(2, 6)))
+
+
+def foreign_format(first: bytes) -> str | None:
+    """What a file that fails the safetensors check is instead, by its leading bytes: a user who names an
+    HDF5 or pickle file reads that, not "header length 727905341903489161 exceeds the cap"."""
+    return next((kind for magic, kind in FOREIGN if first.startswith(magic)), None)
+
 
 class Container:
     """An open safetensors file: its `__metadata__` and tensor table, checked (spec step 1)."""
@@ -96,6 +114,8 @@ class Container:
                        name)
         (first,) = source.read_ranges([(0, min(source.size, FIRST_READ))])
         (length,) = struct.unpack("<Q", first[:8])
+        if (length > MAX_HEADER_BYTES or 8 + length > source.size) and (kind := foreign_format(first)):
+            raise fail(1, f"{kind}, not a statefmt file (a statefmt file is safetensors)", name)
         if length > MAX_HEADER_BYTES:
             raise fail(1, f"not a safetensors file: header length {length} exceeds the {MAX_HEADER_BYTES}-byte cap",
                        name)
@@ -193,14 +213,20 @@ class BlockReader:
     def _check_sums_block(self, index: int, raw: Any) -> None:
         """Block `index` of the `checksums` tensor against its checksum in the document."""
         if block_hash(raw) != self._digests[index]:
-            raise fail(8, f"checksums: block {index} does not match its checksum in the metadata: the file is "
-                          "corrupt", self.container.source.name)
+            self._refuse(f"checksums: block {index} does not match its checksum in the metadata")
 
     def _check_block(self, key: str, start: int, raw: Any, expected: int) -> None:
         """The bytes of tensor `key` from `start` against their block's checksum."""
         if block_hash(raw) != expected:
-            raise fail(8, f"tensor `{key}`: bytes {start} to {start + len(raw)} do not match their checksum: the "
-                          "file is corrupt", self.container.source.name)
+            self._refuse(f"tensor `{key}`: bytes {start} to {start + len(raw)} do not match their checksum")
+
+    def _refuse(self, problem: str) -> None:
+        """A mismatch: an object replaced since it was opened (its ETag differs) is said so, not called corrupt."""
+        source = self.container.source
+        if source.changed():
+            raise StateUnreadableError(f"{problem}: the object changed while it was read (its ETag differs); "
+                                       "read it again", source=source.name)
+        raise fail(8, f"{problem}: the file is corrupt", source.name)
 
     def read(self, requests: Sequence[tuple[str, int, int]]) -> list[bytes]:
         """Byte ranges [start, stop) of tensors, each verified, in one round of range reads."""
@@ -312,7 +338,7 @@ def write(target: str | os.PathLike[str] | bytes, tensors: Sequence[tuple[str, n
     total_blocks = sum(counts)
     table = {key: (_code(array), tuple(array.shape)) for key, array in arrays}
     table[CHECKSUMS_TENSOR] = ("U64", (total_blocks,))
-    placeholder = [hex_digest(0)] * block_count(total_blocks * 8, block_bytes)
+    placeholder = [hex_digest(0)] * checksum_entries([array.nbytes for _, array in arrays], block_bytes)
     header = header_bytes(table, finish(placeholder, [0] * len(arrays)))
     if len(header) > MAX_HEADER_BYTES:
         raise StateFormatError(f"the header would be {len(header)} bytes, over the {MAX_HEADER_BYTES}-byte cap "

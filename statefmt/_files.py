@@ -23,11 +23,12 @@ import io
 import os
 import stat
 import threading
+import weakref
 from collections.abc import Callable
 from functools import lru_cache
 from typing import TypeAlias
 
-from .errors import StateFormatError
+from .errors import StateFormatError, StateUnreadableError
 
 PathArgument: TypeAlias = "str | bytes | os.PathLike[str] | os.PathLike[bytes]"
 
@@ -40,7 +41,9 @@ _NO_LOCKS = (errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL, errno.ENOSYS)
 _OPEN_ERRORS = {errno.ENOENT: "no such file", errno.EACCES: "permission denied",
                 errno.EPERM: "permission denied", errno.ENOTDIR: "no such file (a part of the path is not a folder)"}
 
-_in_use: set[str] = set()  # temporaries this process creates or probes now: never probed twice at once
+# temporaries this process creates or probes now, each held by its owner (a _Temporary, a _Probe) only while
+# the owner lives: a claim whose release a Ctrl-C skipped ends with the interrupted save's objects
+_in_use: weakref.WeakValueDictionary[str, object] = weakref.WeakValueDictionary()
 _in_use_lock = threading.Lock()
 
 
@@ -96,7 +99,7 @@ def open_regular(path: PathArgument) -> io.FileIO:
     The open never blocks (O_NONBLOCK, cleared once the file is known to be regular), and the type
     is checked on the open descriptor, so nothing can swap the file in between. Read everything
     through this one descriptor: a file replaced meanwhile is then read whole, old or new.
-    Every refusal is a one-line StateFormatError naming `path`: "no such file", "permission
+    Every refusal is a one-line StateUnreadableError naming `path`: "no such file", "permission
     denied", "is a FIFO (named pipe), not a regular file", "cannot open: No such device"...
 
     >>> with open_regular("state.statefmt") as file:
@@ -110,13 +113,13 @@ def open_regular(path: PathArgument) -> io.FileIO:
             with contextlib.suppress(OSError):
                 mode = os.stat(shown).st_mode
                 if not stat.S_ISREG(mode):
-                    raise StateFormatError(f"is {_kind(mode)}, not a regular file", source=shown) from None
-        raise StateFormatError(_OPEN_ERRORS.get(error.errno or 0, f"cannot open: {error.strerror}"),
+                    raise StateUnreadableError(f"is {_kind(mode)}, not a regular file", source=shown) from None
+        raise StateUnreadableError(_OPEN_ERRORS.get(error.errno or 0, f"cannot open: {error.strerror}"),
                                source=shown) from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise StateFormatError(f"is {_kind(mode)}, not a regular file", source=shown)
+            raise StateUnreadableError(f"is {_kind(mode)}, not a regular file", source=shown)
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
@@ -176,13 +179,13 @@ class _Temporary:
         for slot in range(_MAX_SLOTS):
             name = _temporary_name(self.base, slot)
             path = os.path.join(self.directory, name)
-            if name == self.base or not _claim(path):
+            if name == self.base or not _claim(path, self):
                 continue
             self.path = path
             if self._open(mode):
                 return
             self.path = ""
-            _unclaim(path)
+            _release(self)
         raise OSError(errno.EEXIST, f"{_MAX_SLOTS} temporaries beside it are in use or not ours to remove")
 
     def _open(self, mode: int) -> bool:
@@ -215,8 +218,7 @@ class _Temporary:
             if file is not None:
                 file.close()
             self.file = None
-            if self.path:
-                _unclaim(self.path)
+            _release(self)
 
 
 def _temporary_name(base: str, slot: int) -> str:
@@ -232,17 +234,21 @@ def _temporary_name(base: str, slot: int) -> str:
     return os.fsdecode(b"." + name + tail)
 
 
-def _claim(path: str) -> bool:
+def _claim(path: str, owner: object) -> bool:
     with _in_use_lock:
-        if path in _in_use:
-            return False
-        _in_use.add(path)
-        return True
+        return _in_use.setdefault(path, owner) is owner
 
 
-def _unclaim(path: str) -> None:
+def _release(owner: object) -> None:
+    """Every slot `owner` claimed, at once (not when it is collected). By owner, not by path: a Ctrl-C
+    between a claim and the line that would have noted its path leaves nothing to look up."""
     with _in_use_lock:
-        _in_use.discard(path)
+        for path in [path for path, holder in _in_use.items() if holder is owner]:
+            del _in_use[path]
+
+
+class _Probe:
+    """The owner of the slots a sweep claims (weakly referenced, as a plain object() cannot be)."""
 
 
 def _lock(fd: int) -> None:
@@ -290,13 +296,15 @@ def _remove_if_dead(path: str) -> bool:
 
 def _sweep(directory: str, base: str) -> None:
     """Remove dead writers' temporaries of `base` from the first slots: a few lookups, no listing."""
-    for slot in range(_SWEPT_SLOTS):
-        path = os.path.join(directory, _temporary_name(base, slot))
-        if _claim(path):
-            try:
+    owner = _Probe()
+    try:
+        for slot in range(_SWEPT_SLOTS):
+            path = os.path.join(directory, _temporary_name(base, slot))
+            if _claim(path, owner):
                 _remove_if_dead(path)
-            finally:
-                _unclaim(path)
+                _release(owner)
+    finally:
+        _release(owner)
 
 
 def _same_file(fd: int, path: str) -> bool:

@@ -75,7 +75,8 @@ def save(data: StateSet | WeightSet, target: Target, *, metadata: Mapping[str, A
     base = Document(version_for(entries, fields), "state" if is_state else "weights", entries,
                     batch_size=data.batch_size if isinstance(data, StateSet) else None, stream_ids=stream_ids,
                     block_bytes=BLOCK_BYTES, **fields)
-    _check_written_document(base, source)  # refuse before writing a byte what a reader would refuse
+    entries_needed = _container.checksum_entries([array.nbytes for _, array in tensors], BLOCK_BYTES)
+    _check_written_document(base, entries_needed, source)  # refuse before writing a byte what a reader would
     wheres = [f"layer {i} {layer.name!r}: {name}" for i, layer in enumerate(layers)
               for name in _reader.tensor_names(layer)]
 
@@ -86,10 +87,15 @@ def save(data: StateSet | WeightSet, target: Target, *, metadata: Mapping[str, A
     _container.write(target, tensors, BLOCK_BYTES, finish, durable=durable, storage_options=storage_options)
 
 
-def _check_written_document(document: Document, source: str) -> None:
-    """The reader's checks 2 to 6, on the document about to be written (its checksums still unknown)."""
+def _check_written_document(document: Document, checksum_entries: int, source: str) -> None:
+    """The reader's checks 2 to 6, on the document about to be written: its checksums still unknown, but
+    as many, and as long, as they will be."""
     try:
-        text = dataclasses.replace(document, checksum_blocks=(CHECKSUM_PREFIX + "0" * 16,)).text()
+        text = dataclasses.replace(document, checksum_blocks=(CHECKSUM_PREFIX + "0" * 16,) * checksum_entries).text()
+        text.encode()
+    except UnicodeEncodeError as error:
+        raise StateFormatError(f"a name or a metadata string holds a lone surrogate ({error.object[error.start]!a}): "
+                               "not Unicode text, and a file stores UTF-8", source=source) from None
     except (TypeError, ValueError) as error:  # json.dumps: NaN, or a value JSON cannot hold
         if isinstance(error, StateError):
             raise StateFormatError(error.problems, source=source) from None

@@ -59,3 +59,14 @@ class StateMismatchError(StateError):
     ...     print(error)
     today.statefmt: layer 0 'encoder': units: expected 64, found 8
     """
+
+    code = "mismatch"
+
+
+class StateUnreadableError(StateFormatError):
+    """The input cannot be read at all: missing, a directory or other special file, no permission, the
+    network. A `StateFormatError` (as before it had a type of its own), with the code ``"unreadable"``,
+    so a pipeline tells a wrong path or an outage from a bad state.
+    """
+
+    code = "unreadable"

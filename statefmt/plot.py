@@ -15,6 +15,7 @@ Needs matplotlib (`pip install "statefmt[plot]"`), imported when a plot is drawn
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,10 @@ from .weights import WeightSet
 __all__ = ["findings", "plot_state"]
 
 OUTLIER_FACTOR = 10.0  # a stream whose largest |value| is this many times the median stream's
-DEAD_BELOW = 1e-6      # a unit whose |h| stays below this in every stream is dead
+DEAD_BELOW = 1e-6      # a unit whose |h| (or |c|) stays below this in every stream is dead
+MAX_LAYERS = 8         # rows of a figure: each costs seconds and ~10 MB; findings still cover every layer
+LABELLED_STREAMS = 40  # up to this many streams, each heatmap row is labelled with its stream id
+ZERO_COLOR = "#22c3e6"  # exact zeros in a heatmap: apart from the colour scale, so small is not mistaken for dead
 
 
 CHUNK_VALUES = 1 << 22  # values per chunk of streams: memory stays bounded however large the state
@@ -43,7 +47,8 @@ class _Summary:
     unit_peak: np.ndarray  # [directions, units]: each unit's largest finite |value| over the streams
     grid: np.ndarray       # [<= max_rows, directions * <= max_columns]: |value| max-pooled
     counts: np.ndarray     # histogram of the finite, non-zero |value|s over EDGES
-    pooled: bool
+    row_step: int          # streams pooled into one heatmap row
+    column_step: int       # units pooled into one heatmap column
 
 
 def _summarize(tensor: np.ndarray, max_rows: int, max_columns: int) -> _Summary:
@@ -51,11 +56,12 @@ def _summarize(tensor: np.ndarray, max_rows: int, max_columns: int) -> _Summary:
     step = max(1, -(-batch // max_rows))  # streams per heatmap row
     chunk = max(step, (CHUNK_VALUES // max(1, directions * units)) // step * step)
     column_step = max(1, -(-units // max_columns))
-    peak = np.zeros(batch, np.float32)
+    work = np.float64 if tensor.dtype == np.float64 else np.float32  # 1e300 in float64 is finite, not inf
+    peak = np.zeros(batch, work)
     unit_peak = np.zeros((directions, units), np.float64)
     rows, counts, nonfinite = [], np.zeros(EDGES.size - 1, np.int64), 0
     for first in range(0, batch, chunk):
-        part = np.abs(np.asarray(tensor[:, first:first + chunk], dtype=np.float32))
+        part = np.abs(np.asarray(tensor[:, first:first + chunk], dtype=work))
         finite = np.isfinite(part)
         bad = part.size - int(np.count_nonzero(finite))
         if bad:
@@ -71,8 +77,8 @@ def _summarize(tensor: np.ndarray, max_rows: int, max_columns: int) -> _Summary:
         positive = part[finite & (part > 0)] if bad else part[part > 0]
         counts += np.histogram(np.clip(positive, EDGES[0], EDGES[-1]), EDGES)[0]
     width = directions * -(-units // column_step)
-    grid = np.concatenate(rows, axis=0) if rows else np.zeros((0, width), np.float32)
-    return _Summary(nonfinite, peak, unit_peak, grid, counts, step > 1 or column_step > 1)
+    grid = np.concatenate(rows, axis=0) if rows else np.zeros((0, width), work)
+    return _Summary(nonfinite, peak, unit_peak, grid, counts, step, column_step)
 
 
 def _tensors(layer: LayerState) -> dict[str, np.ndarray]:
@@ -111,11 +117,11 @@ def _findings(states: StateSet, summaries: list[dict[str, _Summary]]) -> list[st
                     label = repr(ids[row]) if ids is not None else f"row {row}"
                     notes.append(f"{where}: {name}: stream {label} reaches |{name}| = {peak[row]:.3g}, "
                                  f"{peak[row] / median:.0f}x the median stream's {median:.3g}")
-            if name == "h" and batch >= 2:
+            if batch >= 2:
                 dead = np.flatnonzero(summary.unit_peak.min(axis=0) < DEAD_BELOW)
                 if dead.size:
                     shown = ", ".join(map(str, dead[:10])) + (" …" if dead.size > 10 else "")
-                    notes.append(f"{where}: h: {dead.size} dead unit(s), zero in every stream: {shown}")
+                    notes.append(f"{where}: {name}: {dead.size} dead unit(s), zero in every stream: {shown}")
     return notes
 
 
@@ -130,7 +136,8 @@ def _pooled(values: np.ndarray, rows: int, columns: int) -> np.ndarray:
 
 def plot_state(data: StateSet | WeightSet, out: str | os.PathLike[str], *, title: str | None = None,
                max_rows: int = 400, max_columns: int = 400) -> list[str]:
-    """Draw `data` (a state) to the image `out` (PNG, SVG or PDF, by its extension); returns `findings(data)`.
+    """Draw `data` (a state) to the image `out` (PNG, SVG or PDF, by its extension; PNG, at that very path,
+    without one); returns `findings(data)`, which cover every layer though only the first MAX_LAYERS are drawn.
 
     >>> notes = plot_state(statefmt.load("today.statefmt"), "today.png")
 
@@ -144,10 +151,20 @@ def plot_state(data: StateSet | WeightSet, out: str | os.PathLike[str], *, title
     except ImportError:
         raise StateError('plotting needs matplotlib: pip install "statefmt[plot]"') from None
 
-    layers = data.layers
+    notes = findings(data)
+    layers = data.layers[:MAX_LAYERS]
+    if len(data.layers) > MAX_LAYERS:
+        notes.append(f"only the first {MAX_LAYERS} of {len(data.layers)} layers are drawn")
     summaries = [{name: _summarize(tensor, max_rows, max_columns) for name, tensor in _tensors(layer).items()}
                  for layer in layers]
-    notes = _findings(data, summaries)
+    with warnings.catch_warnings():  # matplotlib's layout warnings say nothing about the state
+        warnings.simplefilter("ignore")
+        _draw(Figure, LogNorm, data, layers, summaries, notes, title, out)
+    return notes
+
+
+def _draw(Figure: Any, LogNorm: Any, data: StateSet, layers: Any, summaries: list[dict[str, _Summary]],
+          notes: list[str], title: str | None, out: str | os.PathLike[str]) -> None:
     rows = max(1, len(layers))
     figure = Figure(figsize=(19, 3.6 * rows + 0.4 + 0.22 * min(len(notes), 12)))
     axes = figure.subplots(rows, 4, squeeze=False, gridspec_kw={"width_ratios": [1, 1, 1, 1]})
@@ -158,39 +175,51 @@ def plot_state(data: StateSet | WeightSet, out: str | os.PathLike[str], *, title
             if column >= len(names):
                 axis.axis("off")
                 continue
-            _heatmap(figure, axis, tensors[names[column]], 1 if layer.modern else layer.directions, LogNorm)
+            _heatmap(figure, axis, tensors[names[column]], 1 if layer.modern else layer.directions, LogNorm,
+                     data.stream_ids)
             axis.set_title(f"layer {index} {layer.name!r} ({layer.kind}): |{names[column]}|", fontsize=10)
         _per_stream(axes[index][2], tensors)
         _histograms(axes[index][3], tensors)
-    heading = title or f"{len(layers)} layer(s), {data.batch_size} stream(s)"
+    heading = title or f"{len(data.layers)} layer(s), {data.batch_size} stream(s)"
     figure.suptitle(heading, fontsize=12)
     if notes:
         figure.text(0.01, 0.005, "\n".join(notes[:12]), fontsize=9, color="#b00020", va="bottom", family="monospace")
     figure.tight_layout(rect=(0, 0.03 * min(len(notes), 12) / rows, 1, 0.97))
-    try:
-        figure.savefig(os.fspath(out), dpi=90)
+    path = os.fspath(out)
+    try:  # no extension: PNG at that very path (matplotlib would append ".png" to it)
+        figure.savefig(path, dpi=90, format=None if os.path.splitext(path)[1] else "png")
     except (OSError, ValueError) as error:
-        raise StateError(f"cannot write the plot: {error}", source=os.fspath(out)) from None
-    return notes
+        raise StateError(f"cannot write the plot: {error}", source=path) from None
 
 
-def _heatmap(figure: Any, axis: Any, summary: _Summary, directions: int, log_norm: Any) -> None:
+def _heatmap(figure: Any, axis: Any, summary: _Summary, directions: int, log_norm: Any,
+             ids: Any) -> None:
     pooled = summary.grid
     if pooled.shape[0] == 0:
         axis.text(0.5, 0.5, "no streams", ha="center", va="center")
         axis.set_axis_off()
         return
+    import matplotlib
+
     finite = pooled[np.isfinite(pooled) & (pooled > 0)]
-    low = max(float(finite.min()) if finite.size else 1e-6, 1e-6)
+    low = float(finite.min()) if finite.size else 1e-6  # the smallest non-zero value: dark, not "dead"
     high = max(float(finite.max()) if finite.size else 1.0, low * 10)
-    shown = np.where(np.isfinite(pooled), np.maximum(pooled, low), high)
-    image = axis.imshow(shown, aspect="auto", interpolation="nearest", cmap="magma", norm=log_norm(low, high))
-    figure.colorbar(image, ax=axis, fraction=0.05, pad=0.02)
+    shown = np.where(np.isfinite(pooled), pooled, high)  # exact zeros are masked by the log scale: ZERO_COLOR
+    colors = matplotlib.colormaps["magma"].with_extremes(bad=ZERO_COLOR, under=ZERO_COLOR)
+    image = axis.imshow(shown, aspect="auto", interpolation="nearest", cmap=colors, norm=log_norm(low, high))
+    bar = figure.colorbar(image, ax=axis, fraction=0.05, pad=0.02)
+    bar.set_label("|value| (log); cyan: exactly 0", fontsize=8)
     if directions == 2:
         axis.axvline(shown.shape[1] / 2 - 0.5, color="white", linewidth=1.5)
-    pooled_note = " (max-pooled)" if summary.pooled else ""
-    axis.set_xlabel(f"units{' (forward | backward)' if directions == 2 else ''}{pooled_note}", fontsize=9)
-    axis.set_ylabel("streams", fontsize=9)
+    columns = f" (max-pooled, {summary.column_step} per column)" if summary.column_step > 1 else ""
+    axis.set_xlabel(f"units{' (forward | backward)' if directions == 2 else ''}{columns}", fontsize=9)
+    if summary.row_step > 1:
+        axis.set_ylabel(f"streams (max-pooled, {summary.row_step} per row)", fontsize=9)
+    elif ids is not None and len(ids) <= LABELLED_STREAMS:
+        axis.set_yticks(range(len(ids)), [str(stream)[:24] for stream in ids], fontsize=7)
+        axis.set_ylabel("stream id", fontsize=9)
+    else:
+        axis.set_ylabel("streams (rows)", fontsize=9)
 
 
 _COLORS = {"h": "#1f77b4", "c": "#d62728"}

@@ -56,7 +56,7 @@ def compare(a: StateSet | WeightSet, b: StateSet | WeightSet, *, atol: float = 0
         if batches_differ:
             differences.append(f"batch size: {a.batch_size} vs {b.batch_size}")
         if a.stream_ids != b.stream_ids:
-            differences.append("stream_ids differ")
+            differences.append(_stream_id_difference(a.stream_ids, b.stream_ids))
     if len(a.layers) != len(b.layers):
         differences.append(f"layer count: {len(a.layers)} vs {len(b.layers)}")
     left_layers: Sequence[LayerState | LayerWeights] = a.layers
@@ -68,6 +68,8 @@ def compare(a: StateSet | WeightSet, b: StateSet | WeightSet, *, atol: float = 0
             "name", "kind", "units", "directions", "proj_units", "dtype")
         if modern and x.kind != y.kind:
             fields = ("name", "kind", "dtype")  # the sizes of different kinds do not compare
+        if isinstance(x, LayerWeights):  # what a weights layer computes with, beside its shape
+            fields += ("input_size", "activation", "recurrent_activation", "linear_before_reset")
         structural = [f"{where}: {f}: {getattr(x, f)} vs {getattr(y, f)}" for f in fields
                       if getattr(x, f) != getattr(y, f)]
         differences += structural
@@ -82,3 +84,18 @@ def compare(a: StateSet | WeightSet, b: StateSet | WeightSet, *, atol: float = 0
             if gap > atol:
                 differences.append(f"{where}: {name}: max abs difference {gap:.6g} > atol {atol:g}")
     return differences
+
+
+def _stream_id_difference(a: Sequence[str] | None, b: Sequence[str] | None, shown: int = 5) -> str:
+    """Which stream ids differ: those only one side has, or the first rows whose ids differ."""
+    if a is None or b is None:
+        return f"stream_ids: {'none' if a is None else len(a)} vs {'none' if b is None else len(b)}"
+    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    if not only_a and not only_b:
+        rows = [row for row, (x, y) in enumerate(zip(a, b)) if x != y]
+        return (f"stream_ids: the same ids in another order (first at rows {rows[:shown]}"
+                f"{' …' if len(rows) > shown else ''})")
+    parts = [f"only in {side}: {', '.join(map(repr, ids[:shown]))}"
+             + (f" … ({len(ids)} in all)" if len(ids) > shown else "")
+             for side, ids in (("A", only_a), ("B", only_b)) if ids]
+    return "stream_ids: " + "; ".join(parts)

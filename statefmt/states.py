@@ -71,8 +71,12 @@ class LayerState:
         if c is not None:
             h_, c_ = checked["h"], checked["c"]
             if h_.shape[:2] != c_.shape[:2] or h_.dtype != c_.dtype:
+                # a layer has one dtype (the spec's); mixed precision returns two: the wider keeps both exactly
+                hint = "" if h_.shape[:2] != c_.shape[:2] else (
+                    f"; a layer has one dtype: cast both to {np.promote_types(h_.dtype, c_.dtype)} (under "
+                    "torch.autocast, an LSTM returns h in bfloat16 and c in float32: pass h.float())")
                 raise StateFormatError(
-                    f"{where}: h and c disagree: h {list(h_.shape)} {h_.dtype}, c {list(c_.shape)} {c_.dtype}"
+                    f"{where}: h and c disagree: h {list(h_.shape)} {h_.dtype}, c {list(c_.shape)} {c_.dtype}{hint}"
                 )
             if h_.shape[2] > c_.shape[2]:
                 raise StateFormatError(

@@ -173,5 +173,16 @@ class WeightSet:
     def __getitem__(self, key: str | int) -> LayerWeights:
         return self.layers[layer_index(self.layers, key)]
 
+    def select(self, names_or_indices: str | int | Iterable[str | int]) -> WeightSet:
+        """The layers named (or at the positions given), in the order given, as `StateSet.select`.
+
+        Use it when the target is several modules: a Keras GRU then LSTM is a PyTorch `nn.GRU` and an `nn.LSTM`.
+
+        >>> gru_only = weights.select(["gru"])  # doctest: +SKIP
+        """
+        keys = [names_or_indices] if isinstance(names_or_indices, (str, int)) else list(names_or_indices)
+        return WeightSet([self.layers[layer_index(self.layers, key)] for key in keys], metadata=self.metadata,
+                         file=self.file)
+
     def __repr__(self) -> str:
         return f"WeightSet(layers=[{', '.join(repr(layer) for layer in self.layers)}])"

@@ -36,6 +36,11 @@ def require(module: str, extra: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as error:
+        if module == "keras" and error.name not in (None, "keras"):  # Keras is there; its backend is not
+            raise ImportError(
+                f"Keras needs a backend, and its backend `{error.name}` is not installed: install one (pip install "
+                "tensorflow, torch or jax) and set KERAS_BACKEND to tensorflow, torch or jax (see the Keras "
+                "adapter's reference page)") from error
         raise ImportError(
             f"statefmt.adapters.{extra} needs `{module}`, which is not installed: pip install \"statefmt[{extra}]\""
         ) from error

@@ -10,8 +10,7 @@ from typing import Any
 import click
 
 from .. import api, report
-from ..errors import StateError
-from ._common import echo, read_signature, reporting
+from ._common import INVALID, echo, emit_json, read_signature, reporting
 
 
 @click.command()
@@ -23,22 +22,15 @@ from ._common import echo, read_signature, reporting
 @click.pass_context
 def validate(ctx: click.Context, file: str, against: str | None, strict: bool, as_json: bool) -> None:
     """Check FILE: structure, version, metadata against tensors, every checksum, finite values."""
-    with reporting(ctx):
+    with reporting(ctx, as_json, {"file": file, "valid": False}):
         signature = read_signature(against) if against else None
         if signature is not None and not strict:
             signature = dataclasses.replace(signature, dtype=None)
-        if not as_json:
-            api.validate(file, against=signature)
+        api.validate(file, against=signature)
+        if as_json:
+            emit_json({"file": file, "valid": True, "code": None, "problems": []})
+        else:
             echo(f"{file}: valid")
-            return
-        verdict: dict[str, Any] = {"file": file, "valid": True, "problems": []}
-        try:
-            api.validate(file, against=signature)
-        except StateError as error:
-            verdict.update(valid=False, problems=error.problems, step=error.step, code=error.code,
-                           error=type(error).__name__)
-        click.echo(json.dumps(verdict))
-        ctx.exit(0 if verdict["valid"] else 1)
 
 
 @click.command()
@@ -51,7 +43,7 @@ def inspect(ctx: click.Context, file: str, as_json: bool, plot: str | None) -> N
 
     A state holding NaN or Inf is shown, with exit code 1.
     """
-    with reporting(ctx):
+    with reporting(ctx, as_json, {"file": file}):
         data = api.read(file, finite=False)
         summary = report.describe(data)
         if plot:
@@ -59,15 +51,18 @@ def inspect(ctx: click.Context, file: str, as_json: bool, plot: str | None) -> N
 
             for note in plot_state(data, plot, title=file):
                 echo(f"plot: {note}", err=True)
-        if as_json:
-            click.echo(json.dumps({"file": file, **summary}, indent=2, allow_nan=False))
-        else:
-            _print_summary(file, summary)
-        poisoned = [f"layer {i} {layer['name']!r}: {name}: {stats['nonfinite']} non-finite values (NaN or Inf)"
-                    for i, layer in enumerate(summary["layers"])
-                    for name, stats in layer["tensors"].items() if stats["nonfinite"]]
-        if poisoned:
-            raise StateError(poisoned, source=file)
+            echo(f"plot: written to {plot}", err=True)
+    poisoned = [f"layer {i} {layer['name']!r}: {name}: {stats['nonfinite']} non-finite values (NaN or Inf)"
+                for i, layer in enumerate(summary["layers"])
+                for name, stats in layer["tensors"].items() if stats["nonfinite"]]
+    if as_json:
+        emit_json({"file": file, "code": "nonfinite" if poisoned else None, **summary, "problems": poisoned})
+    else:
+        _print_summary(file, summary)
+    for line in poisoned:
+        echo(f"{file}: {line}", err=True)
+    if poisoned:
+        ctx.exit(INVALID)
 
 
 def _print_summary(file: str, summary: dict[str, Any]) -> None:
@@ -100,28 +95,38 @@ def _print_summary(file: str, summary: dict[str, Any]) -> None:
 @click.argument("b")
 @click.option("--atol", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Largest absolute difference that counts as equal.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON on stdout.")
 @click.pass_context
-def diff(ctx: click.Context, a: str, b: str, atol: float) -> None:
-    """Compare A and B: structure, then values. Exit 0 equal, 1 different, 2 unreadable."""
+def diff(ctx: click.Context, a: str, b: str, atol: float, as_json: bool) -> None:
+    """Compare A and B: structure, then values. Exit 0 equal, 1 different (or invalid), 3 unreadable."""
     if math.isnan(atol):
         raise click.BadParameter("must be a number, not NaN", param_hint="--atol")
-    with reporting(ctx, code=2):
+    with reporting(ctx, as_json, {"a": a, "b": b}):
         left, right = api.read(a), api.read(b)
     differences = report.compare(left, right, atol=atol)
-    for line in differences:
-        echo(line)
+    if as_json:
+        emit_json({"a": a, "b": b, "equal": not differences, "code": "different" if differences else None,
+                   "atol": atol, "differences": differences})
+    else:
+        for line in differences:
+            echo(line)
+        if not differences:
+            click.echo(f"equal (atol {atol:g})")
     if differences:
-        ctx.exit(1)
-    click.echo(f"equal (atol {atol:g})")
+        ctx.exit(INVALID)
 
 
 @click.command()
 @click.argument("file")
 @click.option("-o", "--output", metavar="OUT", help="Write the upgraded file here instead of replacing FILE.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.pass_context
-def upgrade(ctx: click.Context, file: str, output: str | None) -> None:
+def upgrade(ctx: click.Context, file: str, output: str | None, as_json: bool) -> None:
     """Rewrite FILE (format 1.x) as the current format, checked first; atomically."""
-    with reporting(ctx):
+    with reporting(ctx, as_json, {"file": file, "output": output or file}):
         api.upgrade(file, output)
+    if as_json:
+        emit_json({"file": file, "output": output or file, "format_version": "2.0", "code": None})
+    else:
         echo(f"{output or file}: written as format 2.0")
 

@@ -1,8 +1,8 @@
 """`statefmt store …`: the fleet store from the shell. Click options only; the work is in `statefmt.store`.
 
 Importing this module imports click alone: Lance, pyarrow and tqdm load when a store command runs,
-so `statefmt validate` stays as light as before. Exit codes as the rest of the CLI: 0 ok, 1 invalid
-input or mismatch, 2 usage. `--json` prints one JSON object on stdout for pipelines.
+so `statefmt validate` stays as light as before. Exit codes and `--json` as the rest of the CLI
+(the table in _common): `--json` prints exactly one JSON object on stdout, whatever happens.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import click
 
 from ._common import read_signature, reporting
 
-FILE = click.Path(exists=True, dir_okay=False)
+FILE = click.Path()  # checked by the reader: a missing file is unreadable input (exit 3), not a usage error
 IMPORT_CHUNK = 100_000
 
 
@@ -51,7 +51,7 @@ def _json_option(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _emit(as_json: bool, result: dict[str, Any], text: str) -> None:
-    click.echo(json.dumps(result, default=str, ensure_ascii=False) if as_json else text)
+    click.echo(json.dumps({**result, "code": None}, default=str, ensure_ascii=False) if as_json else text)
 
 
 @contextmanager
@@ -80,7 +80,7 @@ def store() -> None:
 @click.pass_context
 def create(ctx: click.Context, url: str, storage_option: tuple[str, ...], signature_file: str, as_json: bool) -> None:
     """Create an empty store at URL for states of the signature."""
-    with reporting(ctx):
+    with reporting(ctx, as_json, {"url": url}):
         from .. import store as store_api
 
         created = store_api.create(url, read_signature(signature_file),
@@ -96,7 +96,7 @@ def create(ctx: click.Context, url: str, storage_option: tuple[str, ...], signat
 @click.pass_context
 def info(ctx: click.Context, url: str, storage_option: tuple[str, ...], version: int | None, as_json: bool) -> None:
     """Show the store's layers, version and stream count."""
-    with reporting(ctx):
+    with reporting(ctx, as_json, {"url": url}):
         opened = _open(url, storage_option, version)
         signature = opened.signature
         layers = [{"name": layer.name, "kind": layer.kind, "dims": layer.dims} if layer.dims is not None else
@@ -124,7 +124,7 @@ def info(ctx: click.Context, url: str, storage_option: tuple[str, ...], version:
 @click.pass_context
 def versions(ctx: click.Context, url: str, storage_option: tuple[str, ...], as_json: bool) -> None:
     """List the versions kept: number, commit time (UTC), stream count."""
-    with reporting(ctx):
+    with reporting(ctx, as_json, {"url": url}):
         kept = _open(url, storage_option).versions()
         if as_json:
             _emit(True, {"url": url, "versions": [{"version": v, "timestamp": t.isoformat(), "streams": n}
@@ -146,7 +146,7 @@ def versions(ctx: click.Context, url: str, storage_option: tuple[str, ...], as_j
 def get(ctx: click.Context, url: str, storage_option: tuple[str, ...], ids: tuple[str, ...], output: str,
         missing: str, version: int | None, as_json: bool) -> None:
     """Write the states of stream IDS (in that order) to a statefmt file."""
-    with reporting(ctx):
+    with reporting(ctx, as_json, {"url": url}):
         import statefmt
 
         opened = _open(url, storage_option, version)
@@ -163,7 +163,7 @@ def get(ctx: click.Context, url: str, storage_option: tuple[str, ...], ids: tupl
 @click.pass_context
 def put(ctx: click.Context, url: str, storage_option: tuple[str, ...], file: str, as_json: bool) -> None:
     """Upsert the streams of FILE (it names them in stream_ids) in one atomic commit."""
-    with reporting(ctx):
+    with reporting(ctx, as_json, {"url": url}):
         import statefmt
 
         states = statefmt.load(file)
@@ -189,7 +189,7 @@ def import_(ctx: click.Context, url: str, storage_option: tuple[str, ...], file:
     A new store is written in one commit. Into an existing store, a bulk upsert: one commit per
     --chunk streams, with a progress bar; a rerun after a failure upserts the same rows again.
     """
-    with reporting(ctx):
+    with reporting(ctx, as_json, {"url": url}):
         import statefmt
 
         from .. import store as store_api
@@ -229,7 +229,7 @@ def import_(ctx: click.Context, url: str, storage_option: tuple[str, ...], file:
 def export(ctx: click.Context, url: str, storage_option: tuple[str, ...], output: str, version: int | None,
            as_json: bool) -> None:
     """Write every stream of the store (sorted by id) to one statefmt file."""
-    with reporting(ctx):
+    with reporting(ctx, as_json, {"url": url}):
         import statefmt
 
         opened = _open(url, storage_option, version)
@@ -249,7 +249,7 @@ def export(ctx: click.Context, url: str, storage_option: tuple[str, ...], output
 def compact(ctx: click.Context, url: str, storage_option: tuple[str, ...], cleanup_older_than: float | None,
             as_json: bool) -> None:
     """Rewrite small fragments into large ones and bring the id index up to date."""
-    with reporting(ctx):
+    with reporting(ctx, as_json, {"url": url}):
         from datetime import timedelta
 
         opened = _open(url, storage_option)

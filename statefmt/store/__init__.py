@@ -31,7 +31,7 @@ from .._document import BLOCK_BYTES, FORMAT_VERSION, METADATA_KEY, Document, Lay
 from .._dtypes import numpy_dtype
 from .._source import local_path
 from ..cells import MODERN, STATE_NAMES
-from ..errors import StateError, StateFormatError, StateMismatchError
+from ..errors import StateError, StateFormatError, StateMismatchError, StateUnreadableError
 from ..limits import MAX_STORE_DOCUMENT_BYTES, MAX_STORE_LAYERS, MAX_STREAM_ID_BYTES, VERSION_PATTERN
 from ..signature import LayerSignature, StateSignature
 from ..states import LayerState, StateSet
@@ -340,7 +340,7 @@ def open(url: str, *, version: int | None = None,  # the issue's name: store.ope
         if not os.path.isdir(versions):
             reason = "a file, not a store directory" if os.path.isfile(local) else \
                 "no store here (no Lance dataset at this URL)"
-            raise StateFormatError(reason, source=url)  # Lance would retry for seconds before it says so
+            raise StateUnreadableError(reason, source=url)  # Lance would retry for seconds before it says so
         _refuse_special_files(versions, url)
     with _lance_errors(url, "not a readable statefmt store"):
         try:
@@ -349,7 +349,7 @@ def open(url: str, *, version: int | None = None,  # the issue's name: store.ope
             if "not found" not in str(error).lower():
                 raise
             if version is None:
-                raise StateFormatError("no store here (no Lance dataset at this URL)", source=url) from None
+                raise StateUnreadableError("no store here (no Lance dataset at this URL)", source=url) from None
             kept = [entry["version"] for entry in lance.dataset(url, storage_options=storage_options).versions()]
             raise StateFormatError(f"no version {version} here: the versions kept are {kept[:20]}"
                                    f"{' …' if len(kept) > 20 else ''}", source=url) from None

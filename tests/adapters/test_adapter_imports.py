@@ -28,3 +28,12 @@ def test_a_missing_framework_names_the_extra(adapter):
                         f"try:\n    {adapter}.signature(object())\nexcept ImportError as error:\n    print(error)")
     assert result.returncode == 0, result.stderr
     assert f'pip install "statefmt[{adapter}]"' in result.stdout
+
+
+def test_keras_without_its_backend_points_to_backends_and_keras_backend():
+    """Keras installed, its backend (TensorFlow, the default) not: the error names the backend and KERAS_BACKEND."""
+    result = run_python("import os, sys\nos.environ['KERAS_BACKEND'] = 'tensorflow'\nsys.modules['tensorflow'] = None\n"
+                        "from statefmt.adapters import keras\n"
+                        "try:\n    keras.signature(object())\nexcept ImportError as error:\n    print(error)")
+    assert result.returncode == 0, result.stderr
+    assert "Keras needs a backend" in result.stdout and "KERAS_BACKEND" in result.stdout

@@ -40,7 +40,7 @@ def test_validate_valid(state_file):
 def test_validate_json(state_file):
     result = run("validate", state_file, "--json")
     assert result.exit_code == 0
-    assert json.loads(result.output) == {"file": state_file, "valid": True, "problems": []}
+    assert json.loads(result.output) == {"file": state_file, "valid": True, "code": None, "problems": []}
 
 
 def test_validate_against_a_signature(state_file, tmp_path):
@@ -54,7 +54,7 @@ def test_validate_against_a_signature(state_file, tmp_path):
         f"{state_file}: layer 0 'enc': directions: expected 1, found 2",
         f"{state_file}: layer 0 'enc': proj_units: expected None, found 3",
     ]
-    as_json = json.loads(run("validate", state_file, "--against", str(signature), "--json").output)
+    as_json = json.loads(run("validate", state_file, "--against", str(signature), "--json").stdout)
     assert as_json["valid"] is False and len(as_json["problems"]) == 4
     signature.write_text(StateSignature.of(make_states()).to_json())
     assert run("validate", state_file, "--against", str(signature)).exit_code == 0
@@ -72,9 +72,9 @@ def test_usage_errors_exit_2(args):
     assert run(*args).exit_code == 2
 
 
-def test_a_missing_file_is_invalid_input_named_in_one_line():
+def test_a_missing_file_is_unreadable_input_named_in_one_line():
     result = run("validate", "missing.statefmt")
-    assert result.exit_code == 1 and result.stderr == "missing.statefmt: no such file\n"
+    assert result.exit_code == 3 and result.stderr == "missing.statefmt: no such file\n"
 
 
 def test_inspect_text(state_file):
@@ -129,12 +129,37 @@ def test_diff_structure(tmp_path, state_file):
     statefmt.save(make_states(batch=2).select([0, 1]), other)
     result = run("diff", state_file, str(other))
     assert result.exit_code == 1
-    assert result.output.splitlines() == ["batch size: 4 vs 2", "stream_ids differ", "layer count: 3 vs 2"]
+    assert result.output.splitlines() == ["batch size: 4 vs 2", "stream_ids: only in A: 'stream-2', 'stream-3'",
+                                          "layer count: 3 vs 2"]
 
 
-def test_diff_unreadable_file_exits_2(state_file):
+def test_diff_names_the_stream_ids_that_differ(tmp_path):
+    h = np.zeros((1, 3, 2), np.float32)
+    for name, ids in (("a", ["x", "y", "z"]), ("b", ["x", "y", "w"]), ("c", ["z", "y", "x"])):
+        statefmt.save(one_gru(h, ids=ids), tmp_path / f"{name}.statefmt")
+    result = run("diff", str(tmp_path / "a.statefmt"), str(tmp_path / "b.statefmt"))
+    assert result.exit_code == 1 and result.output == "stream_ids: only in A: 'z'; only in B: 'w'\n"
+    result = run("diff", str(tmp_path / "a.statefmt"), str(tmp_path / "c.statefmt"))
+    assert result.output.startswith("stream_ids: the same ids in another order (first at rows [0, 2])")
+
+
+@pytest.mark.parametrize("setting", [{"activation": "relu"}, {"recurrent_activation": "hard_sigmoid"},
+                                     {"linear_before_reset": False}])
+def test_diff_sees_what_a_weights_layer_computes_with(tmp_path, setting):
+    z = np.zeros
+    def gru(**options):
+        return statefmt.WeightSet([statefmt.LayerWeights("g", "gru", z((1, 6, 3)), z((1, 6, 2)), z((1, 6)),
+                                                         z((1, 6)), **options)])
+    statefmt.save(gru(), tmp_path / "a.statefmt")
+    statefmt.save(gru(**setting), tmp_path / "b.statefmt")
+    result = run("diff", str(tmp_path / "a.statefmt"), str(tmp_path / "b.statefmt"))
+    (key, value), = setting.items()
+    assert result.exit_code == 1 and f"layer 0 'g': {key}:" in result.output and str(value) in result.output
+
+
+def test_diff_of_a_truncated_file_exits_1_as_invalid_data(state_file):
     result = run("diff", state_file, "spec/vectors/truncated.statefmt")
-    assert result.exit_code == 2 and "the file is cut short" in result.stderr
+    assert result.exit_code == 1 and "the file is cut short" in result.stderr
 
 
 def test_debug_shows_the_traceback():

@@ -92,6 +92,23 @@ def test_select_layers():
         states.select([5])
 
 
+def test_mixed_precision_h_and_c_get_a_hint_to_cast():
+    import ml_dtypes
+
+    h = np.zeros((1, 2, 3), ml_dtypes.bfloat16)
+    with pytest.raises(statefmt.StateFormatError, match=r"cast both to float32 .*autocast.*h\.float\(\)"):
+        LayerState("l", "lstm", h=h, c=np.zeros((1, 2, 3), np.float32))
+
+
+def test_select_weight_layers_as_state_layers():
+    weights = make_weights()
+    picked = weights.select(["rnn", 0])
+    assert [x.name for x in picked.layers] == ["rnn", "lstm"] and picked.layers[1] is weights["lstm"]
+    assert weights.select(1).layers == (weights["gru"],)
+    with pytest.raises(statefmt.StateMismatchError, match="no layer named 'x'"):
+        weights.select(["x"])
+
+
 @pytest.mark.parametrize("build, message", [
     (lambda h: LayerState("a", "lstm", h=h), "an LSTM needs both h and c"),
     (lambda h: LayerState("a", "gru", h=h, c=h), "a GRU has h only"),

@@ -599,3 +599,36 @@ def test_a_tensor_name_with_a_newline_gives_one_line_problems(tmp_path, case):
     assert refused.value.step in (1, 7)
     assert all("\n" not in problem and "\x1b" not in problem for problem in refused.value.problems), \
         refused.value.problems
+
+
+def test_the_document_cap_counts_every_checksum_entry_the_data_needs(tmp_path, small_blocks):
+    """A state needing several `checksum_blocks` entries: the writer judges the cap with all of them,
+    so a note that fits with one entry but not with all is refused, and the file left as it was."""
+    path = tmp_path / "s.statefmt"
+    states = fleet(700, units=300)  # > 512 blocks of 4 KiB: several checksum entries
+    statefmt.save(states, path, metadata={"user": {"big": ""}})
+    assert len(json.loads(_metadata(path)["statefmt"])["checksum_blocks"]) > 1
+    room = limits.MAX_FILE_DOCUMENT_BYTES - len(_metadata(path)["statefmt"])
+    statefmt.save(states, path, metadata={"user": {"big": "x" * room}})
+    assert len(statefmt.load(path).metadata["user"]["big"]) == room
+    before = path.read_bytes()
+    with pytest.raises(StateFormatError, match="exceeds"):
+        statefmt.save(states, path, metadata={"user": {"big": "x" * (room + 1)}})
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("where", ["layer name", "weights layer name", "user note"])
+def test_a_lone_surrogate_anywhere_in_a_save_is_a_state_error(tmp_path, where):
+    path = tmp_path / "s.statefmt"
+    h = np.zeros((1, 1, 2), np.float32)
+    if where == "layer name":
+        save = lambda: statefmt.save(one_gru(h, name="g\ud800"), path)  # noqa: E731
+    elif where == "weights layer name":
+        z = np.zeros
+        renamed = statefmt.LayerWeights("w\udc00", "rnn", z((1, 2, 3)), z((1, 2, 2)), z((1, 2)), z((1, 2)))
+        save = lambda: statefmt.save(statefmt.WeightSet([renamed]), path)  # noqa: E731
+    else:
+        save = lambda: statefmt.save(one_gru(h), path, metadata={"user": {"note": "\udfff"}})  # noqa: E731
+    with pytest.raises(StateFormatError, match="surrogate"):
+        save()
+    assert not path.exists()

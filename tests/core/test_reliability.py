@@ -509,7 +509,7 @@ def test_cli_reports_bad_input_without_a_traceback(bad_files, case, command):
         problems = error.problems
     args = [command, path] if command != "diff" else [command, str(good), path]
     result = CliRunner().invoke(cli, args)
-    assert result.exit_code == (2 if command == "diff" else 1)
+    assert result.exit_code == 1  # the data is invalid, whichever command read it
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output
     assert result.stderr.splitlines() == [f"{path}: {p}" for p in problems]

@@ -78,7 +78,7 @@ def test_the_cli_reads_s3_urls(s3, tmp_path):
     statefmt.save(fleet(5, units=3), url, storage_options=options)
     env = {**os.environ, "AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    for args, code in ((["validate", url], 0), (["inspect", url], 0), (["validate", url + ".missing"], 1)):
+    for args, code in ((["validate", url], 0), (["inspect", url], 0), (["validate", url + ".missing"], 3)):
         result = subprocess.run([sys.executable, "-m", "statefmt", *args], capture_output=True, text=True, env=env,
                                 timeout=120)
         assert result.returncode == code, result.stderr

@@ -164,6 +164,54 @@ def test_a_diverging_stream_shows_in_the_heatmap_and_in_the_findings(tmp_path):
     assert brightest.max() > 20 * np.median(brightest)
 
 
+def test_plot_findings_keep_float64_and_name_dead_units_of_c(tmp_path):
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    from statefmt import LayerState, StateSet
+    from statefmt.plot import findings
+
+    h = np.full((1, 3, 4), 1e300)  # finite in float64, inf once cast to float32
+    assert findings(StateSet([LayerState("big", "gru", h=h)])) == []
+    c = np.ones((1, 3, 4), np.float32)
+    c[0, :, 2] = 0.0
+    notes = findings(StateSet([LayerState("l", "lstm", h=np.ones((1, 3, 4), np.float32), c=c)]))
+    assert notes == ["layer 0 'l': c: 1 dead unit(s), zero in every stream: 2"]
+
+
+def test_plot_of_many_layers_is_bounded_and_warning_free(tmp_path):
+    pytest.importorskip("matplotlib")
+    import time
+    import warnings
+
+    import numpy as np
+
+    from statefmt import LayerState, StateSet
+    from statefmt.plot import MAX_LAYERS, plot_state
+
+    states = StateSet([LayerState(f"l{i}", "gru", h=np.ones((1, 1, 2), np.float32)) for i in range(100)])
+    started = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        notes = plot_state(states, tmp_path / "many")  # no extension: PNG at that very path
+    assert time.monotonic() - started < 90  # 100 rows took minutes and GiBs; MAX_LAYERS rows take seconds
+    assert notes == [f"only the first {MAX_LAYERS} of 100 layers are drawn"]
+    assert (tmp_path / "many").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "many.png").exists()
+
+
+def test_inspect_plot_says_where_the_picture_went(tmp_path):
+    pytest.importorskip("matplotlib")
+    from click.testing import CliRunner
+
+    import statefmt
+    from statefmt.cli import main
+
+    statefmt.save(_fleet(streams=8), tmp_path / "f.statefmt")
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "f.statefmt"), "--plot", str(tmp_path / "f.svg")])
+    assert result.exit_code == 0 and f"plot: written to {tmp_path / 'f.svg'}" in result.stderr
+    assert (tmp_path / "f.svg").read_text().lstrip().startswith("<?xml")
+
+
 def test_plot_refuses_weights_with_a_state_error(tmp_path):
     pytest.importorskip("matplotlib")
     import numpy as np
@@ -220,3 +268,15 @@ def test_the_site_builds_strictly(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "site" / "guides" / "format" / "index.html").exists()
     assert (tmp_path / "site" / "spec" / "index.html").exists()
+
+
+def test_site_width_no_code_block_scrolls_sideways_at_1280_px():
+    """The built site (`make docs`) in headless Chromium: every page's code fits its column."""
+    import site_width
+
+    site = Path(__file__).parents[2] / "site"
+    if site_width.chromium() is None or not (site / "index.html").exists():
+        pytest.skip("needs chromium (apt-get install -y chromium) and a built site (make docs)")
+    wide = {str(page.relative_to(site)): found for page in site_width.pages(site)
+            if (found := site_width.overflowing(page, site_width.chromium()))[0]}
+    assert wide == {}
