@@ -178,7 +178,8 @@ class WeightSet:
 
         Use it when the target is several modules: a Keras GRU then LSTM is a PyTorch `nn.GRU` and an `nn.LSTM`.
 
-        >>> gru_only = weights.select(["gru"])  # doctest: +SKIP
+        >>> [layer.name for layer in weights.select(["l0"]).layers]
+        ['l0']
         """
         keys = [names_or_indices] if isinstance(names_or_indices, (str, int)) else list(names_or_indices)
         return WeightSet([self.layers[layer_index(self.layers, key)] for key in keys], metadata=self.metadata,
