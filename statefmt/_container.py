@@ -18,7 +18,7 @@ import os
 import queue
 import struct
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -239,26 +239,35 @@ class BlockReader:
         start = info.start + block * self.block_bytes
         return start, min(info.stop, start + self.block_bytes)
 
-    def read_tensor(self, key: str, checksums: np.ndarray, *, keep: bool = True) -> tuple[np.ndarray | None, int]:
-        """A whole tensor, each chunk verified while in cache, and its count of non-finite values.
-
-        `keep=False` checks it through one small buffer and returns None: validation holds nothing.
-        """
+    def read_tensor(self, key: str, checksums: np.ndarray) -> np.ndarray:
+        """A whole tensor, each chunk verified while in cache."""
         info = self.container.tensors[key]
-        dtype = info.dtype
-        result = np.empty(info.nbytes // dtype.itemsize, dtype) if keep else None
-        chunk = CHUNK_BLOCKS * self.block_bytes
-        scratch = np.empty(0 if keep else min(chunk, info.nbytes), np.uint8)
-        first, nonfinite = self.first_block[key], 0
+        flat = np.empty(info.nbytes // info.dtype.itemsize, info.dtype)
+        raw = flat.view(np.uint8)
+        for _ in self._verified_chunks(key, checksums, lambda offset, size: raw[offset:offset + size]):
+            pass
+        return flat.reshape(info.shape)
+
+    def verify_tensor(self, key: str, checksums: np.ndarray) -> int:
+        """Verify a whole tensor through one small buffer (validation holds nothing): its count of non-finite values."""
+        info = self.container.tensors[key]
+        scratch = np.empty(min(CHUNK_BLOCKS * self.block_bytes, info.nbytes), np.uint8)
+        chunks = self._verified_chunks(key, checksums, lambda offset, size: scratch[:size])
+        return sum(count_nonfinite(part.view(info.dtype)) for part in chunks)
+
+    def _verified_chunks(self, key: str, checksums: np.ndarray,
+                         buffer: Callable[[int, int], np.ndarray]) -> Iterator[np.ndarray]:
+        """Tensor `key` read chunk by chunk into `buffer(offset, size)`, each chunk verified while in cache."""
+        info = self.container.tensors[key]
+        chunk, first = CHUNK_BLOCKS * self.block_bytes, self.first_block[key]
         for offset in range(0, info.nbytes, chunk):
             size = min(chunk, info.nbytes - offset)
-            part = scratch[:size] if result is None else result.view(np.uint8)[offset:offset + size]
+            part = buffer(offset, size)
             self.container.source.read_into(info.start + offset, part)
             for start in range(0, size, self.block_bytes):
                 index = first + (offset + start) // self.block_bytes
                 self._check_block(key, offset + start, part[start:start + self.block_bytes], int(checksums[index]))
-            nonfinite += count_nonfinite(part.view(dtype))
-        return (None if result is None else result.reshape(info.shape)), nonfinite
+            yield part
 
 
 # --- writing ------------------------------------------------------------------------------------------------------

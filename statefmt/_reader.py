@@ -183,7 +183,7 @@ def _read_v2(reader: _container.BlockReader, document: Document,
             arrays[key] = np.empty(info.shape, info.dtype)
             reader.container.source.read_into(info.start, arrays[key])
         else:
-            arrays[key] = _whole(reader, key, checksums)
+            arrays[key] = reader.read_tensor(key, checksums)
     ids = None
     if document.stream_ids:
         try:
@@ -191,12 +191,6 @@ def _read_v2(reader: _container.BlockReader, document: Document,
         except StateError as error:
             raise fail(10, error.problems, reader.container.source.name) from None
     return arrays, ids
-
-
-def _whole(reader: _container.BlockReader, key: str, checksums: np.ndarray) -> np.ndarray:
-    array, _ = reader.read_tensor(key, checksums)
-    assert array is not None  # kept: read_tensor returns None only with keep=False
-    return array
 
 
 def check_all(container: _container.Container, reader: _container.BlockReader | None, document: Document) -> None:
@@ -210,11 +204,11 @@ def check_all(container: _container.Container, reader: _container.BlockReader | 
         counts = []
         for index, layer in enumerate(document.layers):
             for tensor in layer.shapes(document.batch_size if document.is_state else None):
-                _, count = reader.read_tensor(f"layers.{index}.{tensor}", checksums, keep=False)
+                count = reader.verify_tensor(f"layers.{index}.{tensor}", checksums)
                 if count:
                     counts.append((f"layer {index} {layer.name!r}: {tensor}", count))
         if document.stream_ids:
-            index_tensors = {key: _whole(reader, key, checksums) for key in STREAM_TENSORS}
+            index_tensors = {key: reader.read_tensor(key, checksums) for key in STREAM_TENSORS}
             try:
                 _streams.checked_ids(index_tensors, document.batch_size or 0)
             except StateError as error:

@@ -35,7 +35,7 @@ def save(data: StateSet | WeightSet, target: Target, *, metadata: Mapping[str, A
          durable: bool = True, storage_options: Mapping[str, Any] | None = None) -> None:
     """Write a StateSet (or a WeightSet) to a path or URL, atomically, as format 2.0.
 
-    >>> save(states, "today.statefmt", metadata={"user": {"series": "sensor-7"}})  # doctest: +SKIP
+    >>> save(states, "today.statefmt", metadata={"user": {"series": "sensor-7"}})
 
     `metadata` sets descriptive fields (`source`, `created_by`, `user`) over `data.metadata`.
     A local save goes to a temporary file beside the target, is fsynced (unless `durable=False`)
@@ -104,7 +104,8 @@ def read(target: Target, *, streams: StreamKeys | None = None, verify: bool = Tr
          storage_options: Mapping[str, Any] | None = None) -> StateSet | WeightSet:
     """Whatever a file holds: a StateSet or a WeightSet, checked; `StateFormatError` names what is wrong.
 
-    >>> data = read("s3://bucket/today.statefmt", streams=["pump-2"])  # doctest: +SKIP
+    >>> read("today.statefmt", streams=["pump-2"]).batch_size  # a path, or a URL: s3://bucket/today.statefmt
+    1
 
     `streams` picks batch rows by stream id or index and reads only their bytes (and, in a 2.x
     file, a few index entries): a constant number of range reads however large the file. Every
@@ -119,7 +120,8 @@ def load(target: Target, *, streams: StreamKeys | None = None, verify: bool = Tr
          storage_options: Mapping[str, Any] | None = None) -> StateSet:
     """Read a state file (a path or a URL), checking it; see `read`.
 
-    >>> states = load("today.statefmt", streams=["sensor-7"])  # doctest: +SKIP
+    >>> load("today.statefmt", streams=["sensor-7"]).stream_ids
+    ('sensor-7',)
     """
     data = _reader.read_file(target, streams=streams, verify=verify, storage_options=storage_options)
     if not isinstance(data, StateSet):
@@ -131,7 +133,10 @@ def load(target: Target, *, streams: StreamKeys | None = None, verify: bool = Tr
 def load_weights(target: Target, *, verify: bool = True, storage_options: Mapping[str, Any] | None = None) -> WeightSet:
     """Read a weights file written by `save(weight_set, path)`; `read` reads either kind.
 
-    >>> torch_adapter.import_weights(load_weights("weights.statefmt"), lstm)  # doctest: +SKIP
+    >>> load_weights("weights.statefmt")[0]
+    LayerWeights('l0', gru, units=4, input_size=5, directions=1, dtype=float32)
+
+    An adapter's `import_weights(weights, model)` puts them into a model.
     """
     data = _reader.read_file(target, streams=None, verify=verify, storage_options=storage_options)
     if not isinstance(data, WeightSet):
@@ -143,7 +148,7 @@ def validate(target: Target | StateSet | WeightSet, *, against: StateSignature |
              storage_options: Mapping[str, Any] | None = None) -> None:
     """Check a file (or an in-memory set) completely and, with `against`, that it fits a model.
 
-    >>> validate("today.statefmt", against=StateSignature.from_json(text))  # doctest: +SKIP
+    >>> validate("today.statefmt", against=StateSignature.from_json(open("model.sig.json").read()))
 
     Raises `StateFormatError` for a malformed file or NaN/Inf values, `StateMismatchError`
     listing every layer and field that does not fit `against`. It streams through the data
@@ -176,7 +181,7 @@ def validate(target: Target | StateSet | WeightSet, *, against: StateSignature |
 def upgrade(source: Target, out: Target | None = None, *, storage_options: Mapping[str, Any] | None = None) -> None:
     """Rewrite a file (1.x) as the current format, in place unless `out` is given; atomically.
 
-    >>> upgrade("old.statefmt")  # doctest: +SKIP
+    >>> upgrade("old.statefmt")
     """
     with _reader.opened(source, _options_for(source, storage_options)) as (_, _, document):
         if document.major != "1":

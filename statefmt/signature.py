@@ -27,7 +27,7 @@ def _refuse(where: str, name: str, expected: str, value: object) -> NoReturn:
     raise StateFormatError(f"{where}{name}: expected {expected}, found {value!r} ({type(value).__name__})")
 
 
-def _whole(value: object) -> bool:
+def _is_int(value: object) -> bool:
     """An int, not a bool, a float or a string that reads like one."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
@@ -36,7 +36,7 @@ def _check_sizes(where: str, entries: Sequence[tuple[str, object, int, bool]]) -
     for name, value, minimum, optional in entries:
         if value is None and optional:
             continue
-        if not _whole(value) or int(value) < minimum:  # type: ignore[call-overload]
+        if not _is_int(value) or int(value) < minimum:  # type: ignore[call-overload]
             _refuse(where, name, f"a whole number >= {minimum}" + (" or None" if optional else ""), value)
 
 
@@ -45,7 +45,7 @@ def _check_layer(where: str, kind: object, units: object, directions: object, pr
     if not isinstance(kind, str) or kind not in kinds:
         _refuse(where, "kind", f"one of {', '.join(kinds)}", kind)
     _check_sizes(where, [("units", units, 1, False), ("proj_units", proj_units, 1, True)])
-    if not _whole(directions) or directions not in DIRECTIONS:
+    if not _is_int(directions) or directions not in DIRECTIONS:
         _refuse(where, "directions", "1 or 2", directions)
     if proj_units is not None and (kind != "lstm" or proj_units >= units):  # type: ignore[operator]
         raise StateFormatError(f"{where}proj_units: only an LSTM may project, to fewer than its {units} units; "
@@ -190,7 +190,8 @@ class StateSignature:
     def of(cls, states: StateSet, *, batch_size: int | None = _KEEP, dtype: str | None = None) -> StateSignature:
         """The signature `states` fits: its layers, its batch size (or `batch_size`: None for any), and `dtype`.
 
-        >>> StateSignature.of(states, batch_size=None, dtype="float32")  # doctest: +SKIP
+        >>> StateSignature.of(states, batch_size=None, dtype="float32")
+        StateSignature(layers=(LayerSignature(kind='lstm', units=8, ...), ...), batch_size=None, dtype='float32')
         """
         if not isinstance(states, StateSet):
             raise StateFormatError(f"StateSignature.of takes a StateSet, found {type(states).__name__}")
@@ -211,8 +212,9 @@ class StateSignature:
         A state whose `model` fingerprints were taken by the same implementation must carry this
         signature's: another model's state is refused by name.
 
-        >>> StateSignature([LayerSignature("gru", 8)], batch_size=4).check(states)  # doctest: +SKIP
-        ['layer 0 \'enc\': kind: expected gru, found lstm', 'batch size: expected 4, found 2']
+        >>> StateSignature([LayerSignature("gru", 8)], batch_size=4).check(states)
+        ['layer count: expected 1, found 2 (StateSet.select picks the layers a target holds)',
+         "layer 0 'encoder': kind: expected gru, found lstm", 'batch size: expected 4, found 3']
         """
         if isinstance(states, WeightSet) or not all(hasattr(states, key) for key in ("layers", "batch_size")):
             # (a state's shape read from a file's document, without its data, passes as a StateSet)
@@ -247,7 +249,21 @@ class StateSignature:
     def to_json(self) -> str:
         """The signature as the JSON text `statefmt validate --against` reads.
 
-        >>> open("model.sig.json", "w").write(adapter.signature(model).to_json())  # doctest: +SKIP
+        >>> print(StateSignature([LayerSignature("gru", 4)], batch_size=8).to_json())
+        {
+          "statefmt_signature": "1.0",
+          "layers": [
+            {
+              "kind": "gru",
+              "units": 4,
+              "directions": 1,
+              "proj_units": null,
+              "name": null
+            }
+          ],
+          "batch_size": 8,
+          "dtype": null
+        }
         """
         document = {"statefmt_signature": SIGNATURE_VERSION, **asdict(self),
                     "layers": [layer.to_dict() for layer in self.layers]}
@@ -259,7 +275,9 @@ class StateSignature:
     def from_json(cls, text: str | bytes) -> StateSignature:
         """A signature from `to_json`'s text; `StateFormatError` naming the field for anything else.
 
-        >>> StateSignature.from_json(open("model.sig.json").read())  # doctest: +SKIP
+        >>> StateSignature.from_json(open("model.sig.json").read())
+        StateSignature(layers=(LayerSignature(kind='lstm', units=8, directions=1, proj_units=None, name='encoder'),
+                               LayerSignature(kind='gru', units=4, ...)), batch_size=None, dtype=None)
         """
         document = _parse(text)
         version = document.get("statefmt_signature")
@@ -424,7 +442,7 @@ class WeightSignature:
     """What a target can take as weights: its recurrent layers in order, each described by the adapter.
 
     >>> sig = WeightSignature([LayerWeightSignature("gru", 4, input_size=5, linear_before_reset=False)])
-    >>> sig.check(weights)  # doctest: +SKIP
+    >>> sig.check(weights)
     ["layer 0 'l0': linear_before_reset: the weights apply r after the recurrent matmul ..."]
     """
 
@@ -440,7 +458,8 @@ class WeightSignature:
     def of(cls, weights: WeightSet) -> WeightSignature:
         """The signature `weights` fit exactly: their sizes and settings, with biases.
 
-        >>> WeightSignature.of(weights).check(other_weights)  # doctest: +SKIP
+        >>> WeightSignature.of(weights).check(other_weights)
+        []
         """
         if not isinstance(weights, WeightSet):
             raise StateFormatError(f"WeightSignature.of takes a WeightSet, found {type(weights).__name__}")
@@ -451,7 +470,8 @@ class WeightSignature:
     def check(self, weights: WeightSet) -> list[str]:
         """Every way `weights` do not fit, one line each (layer, field, expected, found, and what would work).
 
-        >>> problems = torch_adapter.weight_signature(lstm).check(weights)  # doctest: +SKIP
+        >>> WeightSignature([LayerWeightSignature("gru", 8, input_size=5)]).check(weights)
+        ["layer 0 'l0': units: expected 8, found 4"]
         """
         if not isinstance(weights, WeightSet):
             return [f"expected a WeightSet (weights, as statefmt.load_weights(path) returns), found {_what(weights)}"

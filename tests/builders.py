@@ -49,6 +49,16 @@ def make_weights():
     ])
 
 
+def relabel(weights, **fields):
+    """`weights` with the same arrays and other settings: activation, recurrent_activation or linear_before_reset."""
+    layers = []
+    for layer in weights:
+        options = {"activation": layer.activation, "recurrent_activation": layer.recurrent_activation,
+                   "linear_before_reset": layer.linear_before_reset, **fields}
+        layers.append(LayerWeights(layer.name, layer.kind, *(layer[k] for k in layer.weight_names), **options))
+    return WeightSet(layers)
+
+
 def states_of(seed, batch=2, units=3, ids=True):
     """A random two-layer state (an LSTM, then a bidirectional GRU) from `seed`: different seeds, different bytes."""
     rng = np.random.default_rng(seed)

@@ -43,7 +43,7 @@ class Harness:
         self._built: dict[tuple, object] = {}
 
     def target(self, kind, layout, dtype="float32"):
-        """A target built once per harness and test session; tests that import weights build their own."""
+        """A target built once per harness, shared by the tests that only read it; tests that import weights build."""
         key = (kind, layout, dtype)
         if key not in self._built:
             self._built[key] = self.build(kind, layout, dtype)

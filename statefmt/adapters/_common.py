@@ -17,18 +17,18 @@ or at `batch_size=N` where it fixes none; `batch_size=N` alone expects N streams
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
-import warnings
-from collections.abc import Callable, Iterable
+import importlib.metadata
+import json
+from collections.abc import Iterable
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
+import xxhash
 
 from statefmt import StateMismatchError, StateSet, StateSignature, WeightSet, WeightSignature, validate
-
-F = TypeVar("F", bound=Callable[..., Any])
+from statefmt._document import CHECKSUM_PREFIX
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -43,7 +43,26 @@ def require(module: str, extra: str) -> ModuleType:
 
 def source_metadata(framework: str, extra: str, model: str) -> dict[str, str]:
     """The `source` metadata of an export: which framework, at which version, produced it from what model."""
-    return {"framework": framework, "version": require(framework, extra).__version__, "model": model}
+    version = getattr(require(framework, extra), "__version__", None)  # BlinkDL's rwkv has none
+    return {"framework": framework, "version": version or importlib.metadata.version(framework), "model": model}
+
+
+def model_fingerprints(implementation: str, config: Any, weights: Iterable[tuple[str, np.ndarray]]) -> dict[str, str]:
+    """The `model` field of a 2.1 state: XXH3-64 of the configuration (canonical JSON) and of the weights
+    (each name, dtype, shape and bytes, in name order), so a state refuses another model of the same
+    implementation by name. `implementation` says whose layout was hashed: others' are not comparable.
+
+    >>> model_fingerprints("rwkv", {"n_layer": 2}, [("emb", np.zeros(2, "float32"))])["config"][:8]
+    'xxh3_64:'
+    """
+    digest = xxhash.xxh3_64()
+    for key, array in sorted(weights, key=lambda item: item[0]):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{key}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.view(np.uint8).reshape(-1).data)
+    text = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    return {"implementation": implementation, "config": CHECKSUM_PREFIX + xxhash.xxh3_64_hexdigest(text.encode()),
+            "weights": CHECKSUM_PREFIX + digest.hexdigest()}
 
 
 def prefixed(prefix: str | None, name: str) -> str:
@@ -117,18 +136,3 @@ def fit_weights(weights: WeightSet, signature: WeightSignature, problems: Iterab
     if problems:
         raise StateMismatchError(problems, source=weights.file)
     return weights
-
-
-def deprecated(old: str, new: F) -> F:
-    """`old`, kept one release as an alias of `new` that warns."""
-
-    @functools.wraps(new)
-    def alias(*args: Any, **kwargs: Any) -> Any:
-        warnings.warn(f"{old} is deprecated and will be removed in the next release: use {new.__name__}, which "
-                      "takes the same arguments and returns the target holding the weights",
-                      DeprecationWarning, stacklevel=2)
-        return new(*args, **kwargs)
-
-    alias.__name__ = alias.__qualname__ = old
-    alias.__doc__ = f"Deprecated alias of `{new.__name__}` (one release)."
-    return alias  # type: ignore[return-value]

@@ -1,5 +1,5 @@
-"""Hugging Face transformers adapter: the recurrent state of Mamba, Mamba-2, Qwen3-Next-style gated DeltaNet
-hybrids, RWKV-4, xLSTM and RecurrentGemma (Griffin) language models to and from the neutral layout (format
+"""Hugging Face transformers adapter: the recurrent state of Mamba, Mamba-2, gated DeltaNet hybrids (Qwen3-Next,
+Qwen3.5), RWKV-4, xLSTM and RecurrentGemma (Griffin) language models to and from the neutral layout (format
 2.1, `statefmt.kinds`).
 
 A forward pass with `use_cache=True` leaves the state in the output: `out.cache_params` (Mamba,
@@ -447,5 +447,5 @@ class _RecurrentGemma(_Dynamic):
 
 
 _FAMILIES: dict[str, _Family] = {"mamba": _Mamba(), "falcon_mamba": _Mamba(), "mamba2": _Mamba2(),
-                                 "qwen3_next": _GatedDeltaNetHybrid(), "rwkv": _Rwkv(), "xlstm": _Xlstm(),
-                                 "recurrent_gemma": _RecurrentGemma()}
+                                 "qwen3_next": _GatedDeltaNetHybrid(), "qwen3_5_text": _GatedDeltaNetHybrid(),
+                                 "rwkv": _Rwkv(), "xlstm": _Xlstm(), "recurrent_gemma": _RecurrentGemma()}

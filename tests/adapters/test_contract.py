@@ -26,19 +26,10 @@ LAYOUTS = ("single", "stacked", "bidirectional")
 ONE_WAY = ("single", "stacked")  # a bidirectional layer's backward half reads the future: no split run equals it
 
 
-@pytest.fixture(params=list(FRAMEWORKS))
+@pytest.fixture(scope="module", params=list(FRAMEWORKS))
 def framework(request):
-    return _harness(request.param)
-
-
-_HARNESSES: dict = {}
-
-
-def _harness(name):
-    """One harness per framework for the session, so that its built targets are shared by the tests."""
-    if name not in _HARNESSES:
-        _HARNESSES[name] = FRAMEWORKS[name]()
-    return _HARNESSES[name]
+    """The harness of one framework (skipped where it is not installed), its built targets shared by the tests."""
+    return FRAMEWORKS[request.param]()
 
 
 def inputs(batch=BATCH, seed=2):

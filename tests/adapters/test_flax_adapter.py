@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import pytest
 import reference
-from builders import largest_difference, random_states, through_file
+from builders import largest_difference, random_states, relabel, through_file
 
 import statefmt
 from statefmt import LayerWeights, StateError, StateMismatchError, WeightSet
@@ -274,13 +274,6 @@ def projected_lstm():
     return WeightSet([LayerWeights("lstm_0", "lstm", *arrays)])
 
 
-def relabel(weights, **fields):
-    layer = weights.layers[0]
-    options = {"activation": layer.activation, "recurrent_activation": layer.recurrent_activation,
-               "linear_before_reset": layer.linear_before_reset, **fields}
-    return WeightSet([LayerWeights(layer.name, layer.kind, *(layer[k] for k in layer.weight_names), **options)])
-
-
 def exported(api, cell, layout="rnn"):
     m = model(api, cell, layout)
     return fa.export_weights(m.target, variables=m.variables)
@@ -372,18 +365,7 @@ def test_linen_needs_variables_and_nnx_refuses_them():
         fa.export_weights(nnx_model.target, variables=linen.variables)
 
 
-# 6. importing the adapter, and a missing framework: tests/test_adapter_imports.py
-
-
-def test_positional_variables_work_one_more_release_with_a_warning():
-    linen = model("linen", "gru", "rnn")
-    with pytest.warns(DeprecationWarning, match="with positional variables is deprecated .* pass variables=variables"):
-        weights = fa.export_weights(linen.target, linen.variables)
-    again = fa.export_weights(linen.target, variables=linen.variables)
-    for key in again[0].weight_names:
-        np.testing.assert_array_equal(weights[0][key], again[0][key])
-    with pytest.raises(StateError, match="variables given more than once: pass variables= only"):
-        fa.export_weights(linen.target, linen.variables, variables=linen.variables)
+# 6. importing the adapter, and a missing framework: test_adapter_imports.py
 
 
 # 7. Keras 3's hard_sigmoid is jax.nn.hard_sigmoid: weights from a Keras LSTM continue exactly in Flax

@@ -538,7 +538,7 @@ def test_load_into_needs_stateful_built_layers():
         ka.load_into(random_states(ka.signature(target.model)), target.model)
 
 
-# 6. another backend works (imports and a missing framework: tests/test_adapter_imports.py)
+# 6. another backend works (imports and a missing framework: test_adapter_imports.py)
 
 def run_python(code, **env):
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,

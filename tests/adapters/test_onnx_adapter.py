@@ -619,21 +619,6 @@ def test_hostile_or_mistaken_arguments_get_one_line_errors(tmp_path):
                          data_model(data))
 
 
-def test_importing_the_adapter_loads_neither_onnx_nor_onnxruntime():
-    code = ("import sys, statefmt.adapters.onnx\n"
-            "print(sorted(m for m in ('onnx', 'onnxruntime', 'torch', 'tensorflow', 'jax') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
-
-
-def test_a_missing_onnx_names_the_extra():
-    code = ("import sys\nsys.modules['onnx'] = None\nfrom statefmt.adapters import onnx\n"
-            "try:\n    onnx.signature('m.onnx')\nexcept ImportError as error:\n    print(error)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert 'pip install "statefmt[onnx]"' in result.stdout, result.stderr
-
-
 # --- malformed models, special files and unbounded work (issue 19) ------------------------------------
 
 def _external(model, location):

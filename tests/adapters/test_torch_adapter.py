@@ -6,10 +6,10 @@ import functools
 import numpy as np
 import pytest
 import reference
-from builders import largest_difference, random_states, through_file
+from builders import largest_difference, random_states, relabel, through_file
 
 import statefmt
-from statefmt import LayerState, LayerWeights, StateError, StateMismatchError, StateSet, WeightSet
+from statefmt import LayerState, StateError, StateMismatchError, StateSet, WeightSet
 
 torch = pytest.importorskip("torch")
 ta = pytest.importorskip("statefmt.adapters.torch")
@@ -124,14 +124,6 @@ def test_unbatched_state_roundtrip(kind, case, tmp_path):
     batched = ta.initial_state(through_file(states, tmp_path), m)
     unbatched = tuple(t[0] if case == "cell" else t[:, 0] for t in tensors(batched))  # the batch-1 row
     assert_same_state(unbatched if kind == "lstm" else unbatched[0], state)
-
-
-def test_unbatched_option_is_deprecated_and_still_works():
-    m = model("gru", "bidir")
-    states = random_states(ta.signature(m), batch=1)
-    with pytest.warns(DeprecationWarning, match=r"take the batch-1 row of the result, h0\[:, 0\]"):
-        h0 = ta.initial_state(states, m, unbatched=True)
-    assert torch.equal(h0, ta.initial_state(states, m)[:, 0])
 
 
 def test_layers_follow_pytorchs_layer_times_direction_index():
@@ -332,15 +324,6 @@ def test_export_refuses_a_state_that_is_not_the_sources(case):
 
 
 # 5. weights that cannot be mapped exactly are refused, with the reason and what would work
-
-def relabel(weights, **fields):
-    layers = []
-    for layer in weights:
-        options = {"activation": layer.activation, "recurrent_activation": layer.recurrent_activation,
-                   "linear_before_reset": layer.linear_before_reset, **fields}
-        layers.append(LayerWeights(layer.name, layer.kind, *(layer[k] for k in layer.weight_names), **options))
-    return WeightSet(layers)
-
 
 LOAD_REFUSALS = {
     "rnn activation": (

@@ -18,7 +18,7 @@ from statefmt.cli import main
 
 # What the core and `statefmt validate` must never load (ARCHITECTURE.md): frameworks, the store's engine, ONNX, Ray
 FRAMEWORKS = ("tensorflow", "torch", "jax", "keras", "flax", "lance", "pyarrow", "onnx", "onnxruntime", "ray", "fsspec",
-              "jsonschema", "transformers")
+              "jsonschema", "safetensors", "transformers", "recurrentgemma", "rwkv", "keras_hub")
 
 
 @pytest.fixture

@@ -44,8 +44,6 @@ VERBS = {
 # what a framework may add, keyword-only: Flax linen keeps its params outside the module
 EXTRA = {("flax", "export_weights"): {"variables"}, ("flax", "import_weights"): {"variables"},
          ("flax", "weight_signature"): {"variables"}}
-# kept one release, and not part of the API: positional variables (Flax), unbatched= (PyTorch)
-LEGACY = {P.VAR_POSITIONAL, P.VAR_KEYWORD}
 
 
 def adapter(name):
@@ -61,17 +59,11 @@ def adapter(name):
 @pytest.mark.parametrize("name", ADAPTERS)
 def test_every_adapter_has_the_verb_with_the_same_arguments(name, verb):
     module = adapter(name)
-    parameters = [p for p in inspect.signature(getattr(module, verb)).parameters.values() if p.kind not in LEGACY]
+    parameters = list(inspect.signature(getattr(module, verb)).parameters.values())
     extra = EXTRA.get((name, verb), set())
     assert all(p.kind is P.KEYWORD_ONLY for p in parameters if p.name in extra)
     found = [(p.name, p.kind, p.default) for p in parameters if p.name not in extra]
     assert found == VERBS[verb]
-
-
-@pytest.mark.parametrize("name", ADAPTERS)
-def test_load_weights_is_kept_one_release_as_an_alias(name):
-    module = adapter(name)
-    assert "Deprecated alias of `import_weights`" in module.load_weights.__doc__
 
 
 def test_the_adapters_say_the_same_verbs_in_their_docs():

@@ -41,12 +41,12 @@ from statefmt import (
 )
 from statefmt._dtypes import DTYPE_NAMES
 
-from .._common import deprecated, fit, fit_weights, require
+from .._common import fit, fit_weights, require
 from . import _plans, _weights
 from ._graph import Graph, ModelError, layer_name
 from ._weights import ACTIVATIONS, ADVICE, onnx_attributes, onnx_kind, onnx_weights
 
-__all__ = ["ModelError", "Node", "export", "export_weights", "import_weights", "initial_state", "load_weights", "nodes",
+__all__ = ["ModelError", "Node", "export", "export_weights", "import_weights", "initial_state", "nodes",
            "signature", "to_onnx", "weight_signature"]
 _OPSET = 17
 
@@ -56,8 +56,8 @@ _OPSET = 17
 def signature(target: Any, *, name: str | None = None) -> StateSignature:
     """What `target` expects: one layer per recurrent node in graph order, the batch size static state inputs fix.
 
-    >>> signature("forecaster.onnx").layers[0]  # doctest: +SKIP
-    LayerSignature(kind='lstm', units=64, directions=1, proj_units=None, name='l0')
+    >>> signature("forecaster.onnx").layers[0]
+    LayerSignature(kind='lstm', units=4, directions=1, proj_units=None, name='l0')
     """
     graph = Graph.of(target)
     dtypes = {graph.input_dtype(name) for node in graph.nodes for name in node.state_inputs}
@@ -89,8 +89,8 @@ def nodes(model: Any) -> tuple[Node, ...]:
     """The recurrent nodes of `model` in graph order, with the graph inputs feeding their initial states
     and the graph outputs carrying their final ones.
 
-    >>> [(n.kind, n.initial_h, n.Y_h) for n in nodes(torch_exported_lstm)]  # doctest: +SKIP
-    [('lstm', ('h0',), ('hn',)), ('lstm', ('h0',), ('hn',))]
+    >>> [(n.kind, n.initial_h, n.Y_h) for n in nodes("forecaster.onnx")]
+    [('lstm', ('l0.h0',), ('l0.hn',))]
     """
     graph = Graph.of(model)
     result = []
@@ -107,8 +107,8 @@ def nodes(model: Any) -> tuple[Node, ...]:
 def export(source: Any, state: Any = None, *, name: str | None = None) -> StateSet:
     """The final states of a run, read from what `session.run` returned (`state`, as in every adapter).
 
-    >>> outputs = session.run(None, {"x": x, **feeds})  # doctest: +SKIP
-    >>> statefmt.save(export(session, outputs), "today.statefmt")  # doctest: +SKIP
+    >>> outputs = session.run(None, {"x": x, **feeds})
+    >>> statefmt.save(export(session, outputs), "today.statefmt")
 
     `state` is the list of outputs in the graph's order, or a dict by output name (then only
     the outputs that carry state are needed). Each node's `Y_h`/`Y_c` is gathered from wherever
@@ -127,8 +127,8 @@ def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadc
                   batch_size: int | None = None, device: Any = None) -> dict[str, np.ndarray]:
     """The feeds that start `target` from `states`: a dict by graph input name, in those inputs' dtype and layout.
 
-    >>> feeds = initial_state(statefmt.load("today.statefmt"), session)  # doctest: +SKIP
-    >>> outputs = session.run(None, {"x": x2, **feeds})  # doctest: +SKIP
+    >>> feeds = initial_state(statefmt.load("today.statefmt"), session)
+    >>> outputs = session.run(None, {"x": x2, **feeds})
 
     Checked first against `signature(target)` (every mismatch at once; `strict=True` also
     refuses a dtype other than the inputs'). `broadcast=True` starts every stream from a
@@ -147,7 +147,7 @@ def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadc
 def export_weights(source: Any, *, name: str | None = None) -> WeightSet:
     """The weights of every recurrent node, in the neutral layout (statefmt.weights).
 
-    >>> statefmt.save(export_weights("forecaster.onnx"), "weights.statefmt")  # doctest: +SKIP
+    >>> statefmt.save(export_weights("forecaster.onnx"), "weights.statefmt")
 
     `W`, `R` and `B` must be stored in the model (initializers or Constant nodes). Refused,
     all at once, with the reason: non-zero peepholes (ONNX's input `P`, which is not statefmt's
@@ -165,7 +165,7 @@ def export_weights(source: Any, *, name: str | None = None) -> WeightSet:
 def weight_signature(target: Any) -> WeightSignature:
     """What `target` can take as weights: per recurrent node its sizes, and every activation ONNX computes.
 
-    >>> weight_signature("forecaster.onnx").check(statefmt.load_weights("weights.statefmt"))  # doctest: +SKIP
+    >>> weight_signature("forecaster.onnx").check(statefmt.load_weights("weights.statefmt"))
     []
     """
     graph = Graph.of(target)
@@ -175,8 +175,8 @@ def weight_signature(target: Any) -> WeightSignature:
 def import_weights(weights: WeightSet, target: Any) -> Any:
     """A copy of `target` (an `onnx.ModelProto`) whose recurrent nodes hold `weights`; `target` is left as it was.
 
-    >>> served = import_weights(statefmt.load_weights("weights.statefmt"), "forecaster.onnx")  # doctest: +SKIP
-    >>> session = onnxruntime.InferenceSession(served.SerializeToString())  # doctest: +SKIP
+    >>> served = import_weights(statefmt.load_weights("weights.statefmt"), "forecaster.onnx")
+    >>> session = onnxruntime.InferenceSession(served.SerializeToString())
 
     Layer count, kind, hidden size, input size and direction must match (all mismatches are
     reported at once), and ONNX has no projection. The attributes that only choose the math
@@ -194,14 +194,11 @@ def import_weights(weights: WeightSet, target: Any) -> Any:
     return _weights.with_weights(graph, weights)
 
 
-load_weights = deprecated("load_weights", import_weights)
-
-
 def to_onnx(weights: WeightSet, *, batch_size: int | None = None, opset: int = _OPSET) -> Any:
     """A model running `weights` as one recurrent node per layer, with a named state input and output per layer.
 
-    >>> model = to_onnx(keras_adapter.export_weights(model))  # doctest: +SKIP
-    >>> [i.name for i in model.graph.input]  # doctest: +SKIP
+    >>> model = to_onnx(statefmt.load_weights("weights.statefmt"))  # from any adapter's export_weights
+    >>> [i.name for i in model.graph.input]
     ['x', 'l0.h0', 'l0.c0']
 
     Input `x` is `[batch, time, features]`; each layer takes `<layer>.h0` (and `<layer>.c0`)
