@@ -78,7 +78,7 @@ def test_a_pickle_named_safetensors_is_refused_and_runs_nothing(tmp_path, case):
     path = tmp_path / "model.safetensors"
     path.write_bytes(data)
     for read in (statefmt.load, statefmt.validate, statefmt.load_weights):
-        with pytest.raises(StateFormatError, match="not a (safetensors|statefmt) file"):
+        with pytest.raises(StateFormatError, match=r"not a (safetensors|statefmt) file"):
             read(path)
     result = CliRunner().invoke(cli, ["inspect", str(path)])
     assert result.exit_code == 1 and "Traceback" not in result.output
