@@ -31,6 +31,7 @@ import numpy as np
 import statefmt
 from benchmarks._timing import best
 from statefmt import LayerSignature, LayerState, StateSet, StateSignature, store
+from statefmt.store._durable import make_durable
 
 LAYERS, UNITS = 2, 64
 COLUMNS = [f"layer{i}_{s}" for i in range(LAYERS) for s in ("h", "c")]
@@ -124,7 +125,7 @@ def fleet_vs_raw(report: Report, work: Path, n: int, repeat: int) -> dict:
     ids, arrays = ids_for(n), arrays_for(n, seed=0)
     states = state_set(ids, arrays)
     url, raw = str(work / "fleet.lance"), str(work / "raw.lance")
-    schema = store._arrow_schema(store.create(str(work / "probe"), SIGNATURE)._layers)  # the same table, by design
+    schema = lance.dataset(store.create(str(work / "probe"), SIGNATURE).url).schema  # the same table, by design
     table = raw_table(ids, arrays, schema)
 
     report.section(f"write the whole fleet: {n:,} streams x 1 KiB, best of {repeat + 2}, taking turns")
@@ -136,7 +137,7 @@ def fleet_vs_raw(report: Report, work: Path, n: int, repeat: int) -> dict:
 
     def theirs() -> None:
         lance.write_dataset(table, raw, schema=schema).create_scalar_index("stream_id", "BTREE", name="stream_id_idx")
-        store._make_durable(raw, 0)  # Lance never fsyncs; statefmt does: the same fsyncs on both sides
+        make_durable(raw, 0)  # Lance never fsyncs; statefmt does: the same fsyncs on both sides
 
     def clear(path: str):
         def clear() -> None:  # and flush the last run's gigabyte, so that no run pays for the one before
@@ -153,7 +154,7 @@ def fleet_vs_raw(report: Report, work: Path, n: int, repeat: int) -> dict:
                note=f"throughput {raw_indexed / write:.2f}x raw (target >= 0.8x)")
     report.row("write_put", "statefmt create + put (an upsert: a join)", write_put, peer=raw_indexed,
                peer_name="raw", note="once")
-    own = best(lambda: store._table(store.open(url)._layers, states, url), repeat=repeat)
+    own = best(lambda: store.open(url).check(states), repeat=repeat)
     report.row("write_own", "  of which statefmt's checks + Arrow conversion", own,
                note=f"{own / write:.0%} of the write; the rest is Lance's, and the disk's noise")
 
@@ -195,7 +196,7 @@ def fleet_vs_raw(report: Report, work: Path, n: int, repeat: int) -> dict:
         dataset.merge_insert("stream_id").when_matched_update_all().when_not_matched_insert_all().execute(
             next(peer_turn)[1])
         if durable:
-            store._make_durable(raw, started)
+            make_durable(raw, started)
 
     versions: list[tuple[int, int]] = []
     put, raw_put = duel(lambda: versions.append((fleet.version, fleet.put(next(mine_turn)[0]))), raw_upsert, repeat)

@@ -6,7 +6,15 @@ their framework when first used.
 """
 
 from .api import FORMAT_VERSION, load, load_weights, read, save, upgrade, validate
-from .errors import StateError, StateFormatError, StateMismatchError
+from .errors import (
+    StateError,
+    StateFormatError,
+    StateMismatchError,
+    StoreConflictError,
+    StoreError,
+    StoreMemoryError,
+    StoreNotFoundError,
+)
 from .signature import LayerSignature, LayerWeightSignature, StateSignature, WeightSignature
 from .states import LayerState, StateSet
 from .weights import LayerWeights, WeightSet
@@ -24,6 +32,10 @@ __all__ = [
     "StateMismatchError",
     "StateSet",
     "StateSignature",
+    "StoreConflictError",
+    "StoreError",
+    "StoreMemoryError",
+    "StoreNotFoundError",
     "WeightSet",
     "WeightSignature",
     "load",

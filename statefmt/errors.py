@@ -55,3 +55,20 @@ class StateMismatchError(StateError):
     >>> torch_adapter.initial_state(statefmt.load("today.statefmt"), lstm)  # doctest: +SKIP
     StateMismatchError: today.statefmt: layer 0 'lstm': units: expected 64, found 32
     """
+
+
+class StoreError(StateError):
+    """A store could not do what was asked, for a reason other than its data: each subclass names the cause
+    and the fix."""
+
+
+class StoreNotFoundError(StoreError):
+    """No store at the URL (or not the version asked): create it, or check the URL and its storage options."""
+
+
+class StoreConflictError(StoreError):
+    """Other writers' commits kept preempting this one, past every retry."""
+
+
+class StoreMemoryError(StoreError):
+    """Lance ran out of the memory it may use for an operation."""

@@ -122,8 +122,8 @@ def versions(ctx: click.Context, url: str, storage_option: tuple[str, ...], as_j
     with reporting(ctx):
         kept = _open(url, storage_option).versions()
         if as_json:
-            _emit(True, {"url": url, "versions": [{"version": v, "timestamp": t.isoformat(), "streams": n}
-                                                   for v, t, n in kept]}, "")
+            _emit(True, {"url": url, "versions": [{"version": v.version, "timestamp": v.timestamp.isoformat(),
+                                                    "streams": v.streams} for v in kept]}, "")
             return
         for version, timestamp, streams in kept:
             click.echo(f"{version:>8}  {timestamp.isoformat(sep=' ', timespec='seconds')}  {streams} stream(s)")
@@ -198,14 +198,12 @@ def import_(ctx: click.Context, url: str, storage_option: tuple[str, ...], file:
         ids = list(states.stream_ids)
         try:
             target = store_api.open(url, storage_options=options)
-        except statefmt.StateFormatError as error:
-            if not any("no store here" in problem for problem in error.problems):
-                raise
+        except statefmt.StoreNotFoundError:
             signature = statefmt.StateSignature.of(states, batch_size=None, dtype=states.layers[0].dtype)
             target = store_api.create(url, signature, storage_options=options, states=states)
             created = True
         if not created:
-            store_api._table(target._layers, states, url)  # every stream checked before the first commit
+            target.check(states)  # every stream checked before the first commit
             with _progress(len(ids), "import") as advance:
                 for start in range(0, len(ids), chunk):
                     target.put(states.rows(ids[start:start + chunk]))
@@ -229,7 +227,7 @@ def export(ctx: click.Context, url: str, storage_option: tuple[str, ...], output
 
         opened = _open(url, storage_option, version)
         with _progress(len(opened), "export") as advance:
-            states = opened._snapshot(progress=advance)
+            states = opened.snapshot(progress=advance)
         statefmt.save(states, output, metadata={"source": {"model": f"{url} (store version {opened.version})"}})
         _emit(as_json, {"url": url, "version": opened.version, "output": output, "streams": states.batch_size},
               f"{output}: {states.batch_size} stream(s) from {url} version {opened.version}")

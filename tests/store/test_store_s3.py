@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from statefmt import StateFormatError, StateMismatchError
+from statefmt import StateFormatError, StateMismatchError, StoreNotFoundError
 
 pytest.importorskip("lance")
 pytest.importorskip("moto")
@@ -39,7 +39,7 @@ def test_the_same_code_on_s3(s3_bucket):
 def test_what_is_not_a_store_on_s3_names_the_url(s3_bucket):
     server, bucket = s3_bucket
     url = f"s3://{bucket}/nothing-here"
-    with pytest.raises(StateFormatError, match=f"^{url}: no store here"):
+    with pytest.raises(StoreNotFoundError, match=f"^{url}: no store here"):
         store.open(url, storage_options=server.lance_options)
     import boto3
 
