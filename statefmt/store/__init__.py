@@ -16,7 +16,9 @@ stays cheap.
 >>> st.initial_state(s.get(["pump-7", "pump-2"], missing="zeros"), lstm)               # doctest: +SKIP
 """
 
+from ._arrow import check_ids
 from ._schema import ID_COLUMN, INDEX_NAME, METADATA_KEY, STORE_FORMAT_VERSION
 from ._store import Store, Version, create, open
 
-__all__ = ["ID_COLUMN", "INDEX_NAME", "METADATA_KEY", "STORE_FORMAT_VERSION", "Store", "Version", "create", "open"]
+__all__ = ["ID_COLUMN", "INDEX_NAME", "METADATA_KEY", "STORE_FORMAT_VERSION", "Store", "Version", "check_ids", "create",
+           "open"]

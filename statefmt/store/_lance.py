@@ -32,6 +32,10 @@ def lance_errors(url: str, action: str) -> Iterator[None]:
         raise StoreMemoryError(f"{action}: out of memory; put fewer streams at a time", source=url) from None
     except (OSError, ValueError, RuntimeError, TypeError, KeyError, IndexError, AttributeError) as error:
         reason = _reason(error)
+        if "Too many concurrent writers" in reason:  # Lance's own retries ran out: it raises a plain OSError
+            raise StoreConflictError(f"{action}: other writers' commits kept preempting this one ({reason}): write "
+                                     "less often, or split the fleet so that fewer writers touch the same rows",
+                                     source=url) from None
         if "Resources exhausted" in reason:  # Lance's only sign of its memory pool running dry: an OSError's text
             raise StoreMemoryError(f"{action}: Lance ran out of memory ({reason}); put fewer streams at a time, "
                                    "or give Lance a larger pool (the LANCE_MEM_POOL_SIZE environment variable, "

@@ -21,6 +21,7 @@ STORE_FORMAT_VERSION = FORMAT_VERSION  # a store shares the file format's versio
 METADATA_KEY = "statefmt"
 ID_COLUMN = "stream_id"
 INDEX_NAME = "stream_id_idx"
+CHECKSUM_COLUMN = "row_checksum"  # uint64 per row, written by put, checked by get (spec/store.md)
 PRIMARY_KEY = {"lance-schema:unenforced-primary-key": "true"}  # a second insert of a new id conflicts, then retries
 MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_LAYERS = 1024
@@ -91,6 +92,7 @@ def arrow_schema(layers: Sequence[Layer]) -> Any:
         for state in layer.states:
             fields.append(pa.field(layer.column(index, state), pa.list_(value_type(layer.dtype), layer.width(state)),
                                    nullable=False))
+    fields.append(pa.field(CHECKSUM_COLUMN, pa.uint64(), nullable=False))
     return pa.schema(fields, metadata={METADATA_KEY: document_json(layers)})
 
 
@@ -141,6 +143,8 @@ def check_schema(schema: Any, url: str) -> tuple[Layer, ...]:
             if found != expected:
                 problems.append(f"layer {index} {layer.name!r}: {state}: column {name!r} should be {expected}, "
                                 f"found {found or 'no such column'}")
+    if CHECKSUM_COLUMN in schema.names and schema.field(CHECKSUM_COLUMN).type != pa.uint64():
+        problems.append(f"column {CHECKSUM_COLUMN!r}: expected uint64, found {schema.field(CHECKSUM_COLUMN).type}")
     if problems:
         raise StateFormatError(problems, source=url)
     return layers

@@ -11,13 +11,24 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from ..errors import StateError, StateFormatError, StateMismatchError, StoreConflictError, StoreNotFoundError
+from ..errors import StateError, StateFormatError, StateMismatchError, StoreNotFoundError
 from ..signature import StateSignature
 from ..states import LayerState, StateSet
-from ._arrow import array, check_ids, column, fit_problems, id_filter, nonfinite_rows, put_table, shown
+from ._arrow import (
+    array,
+    check_ids,
+    column,
+    fit_problems,
+    id_filter,
+    nonfinite_rows,
+    put_table,
+    row_checksums,
+    shown,
+)
 from ._durable import make_durable
 from ._lance import lance_errors, local_store_path, refuse_special_files, store_url
 from ._schema import (
+    CHECKSUM_COLUMN,
     ID_COLUMN,
     INDEX_NAME,
     Layer,
@@ -30,16 +41,27 @@ from ._schema import (
 )
 
 COMMIT_ATTEMPTS = 20
+MERGE_ROWS = 20_000  # a put of up to this many streams is Lance's upsert; a larger one, a delete and an append
+BATCH_ROWS = 8_192  # rows per Arrow batch handed to Lance
+INDEX_FOLD_ROWS = 8_192  # rows outside the id index that make a put fold them in
+WHAT = "statefmt"  # the transaction property that says what a version did, for versions()
 _NO_STORE = ("no store here (no Lance dataset at this URL): create one (store.create, `statefmt store create`), "
              "or check the URL and its storage options")
 
 
 class Version(NamedTuple):
-    """A version kept: its number, its commit time (UTC) and how many streams it holds."""
+    """A version kept: its number, its commit time (UTC), how many streams it holds, and what made it."""
 
     version: int
     timestamp: datetime
     streams: int
+    what: str
+
+
+# What a version made by Lance itself (not by a statefmt put) did, by the name of its Lance operation.
+_OPERATIONS = {"CreateIndex": "the id index built or updated (no row changed)", "Delete": "delete",
+               "Rewrite": "compaction (no row changed)", "Overwrite": "created", "Append": "append (by another writer)",
+               "Update": "put"}
 
 
 def create(url: str, signature: StateSignature, *, storage_options: dict[str, str] | None = None,
@@ -48,7 +70,8 @@ def create(url: str, signature: StateSignature, *, storage_options: dict[str, st
 
     >>> s = create("fleet.lance", StateSignature([LayerSignature("lstm", 64)], dtype="float32"))  # doctest: +SKIP
 
-    The signature's batch size is ignored; its dtype (float32 if unset) applies to every layer.
+    The signature's batch size is ignored; its dtype applies to every layer. Without one, each layer
+    takes the dtype of that layer of `states` (a file may hold per-layer dtypes), or float32.
     Layers without a name are called `layer0`, `layer1`, …. Refuses a URL that already holds a dataset.
     `states` (checked as a put) fills the new store in its first commit: a bulk load that writes the
     rows as they are, without the upsert's join (`put` into an empty store is about 2x slower).
@@ -57,9 +80,11 @@ def create(url: str, signature: StateSignature, *, storage_options: dict[str, st
         raise TypeError(f"create() takes a StateSignature, not {type(signature).__name__}")
     if not signature.layers:
         raise StateFormatError("the signature has no layers", source=str(url))
-    dtype = signature.dtype or "float32"
+    given = [layer.dtype for layer in states.layers] if isinstance(states, StateSet) else []
+    dtypes = [signature.dtype or (given[index] if index < len(given) else "float32")
+              for index in range(len(signature.layers))]
     layers = tuple(Layer(layer.name or f"layer{index}", layer.kind, layer.units, layer.directions, layer.proj_units,
-                          dtype) for index, layer in enumerate(signature.layers))
+                         dtypes[index]) for index, layer in enumerate(signature.layers))
     url = store_url(url)
     parse_document(document_json(layers), url)  # refuses what a reader would refuse: duplicate names, bad projections
     import lance
@@ -69,19 +94,19 @@ def create(url: str, signature: StateSignature, *, storage_options: dict[str, st
     table = None if states is None else put_table(layers, states, url)
     if table is None:
         empty = [pa.array([], pa.string())] + [
-            column(np.empty((layer.directions, 0, layer.width(s) // layer.directions), numpy_dtype(dtype)),
-                    layer, s) for layer in layers for s in layer.states]
+            column(np.empty((layer.directions, 0, layer.width(s) // layer.directions), numpy_dtype(layer.dtype)),
+                   layer, s) for layer in layers for s in layer.states] + [pa.array([], pa.uint64())]
         table = pa.Table.from_arrays(empty, schema=schema)
     with lance_errors(url, "cannot create the store"):
         try:
-            dataset = lance.write_dataset(table, url, schema=schema, mode="create",
-                                          storage_options=storage_options)
+            dataset = lance.write_dataset(table, url, schema=schema, mode="create", storage_options=storage_options,
+                                          transaction_properties={WHAT: f"created, {table.num_rows} stream(s)"})
         except OSError as error:
             if "already exists" in str(error):
                 raise StateFormatError("a dataset already exists here; open it, or choose another URL",
                                        source=url) from None
             raise
-        dataset.create_scalar_index(ID_COLUMN, "BTREE", name=INDEX_NAME)
+        dataset.create_scalar_index(ID_COLUMN, "BTREE", name=INDEX_NAME)  # Lance commits an index as its own version
     make_durable(url, 0)
     with lance_errors(url, "cannot open the store just created"):
         dataset = lance.dataset(url, storage_options=storage_options)
@@ -141,6 +166,7 @@ class Store:
         self._layers = layers
         self._options = storage_options
         self._read_only = read_only
+        self._verified = CHECKSUM_COLUMN in dataset.schema.names  # stores made before statefmt 0.3 have none
 
     # -- reading --
 
@@ -176,10 +202,14 @@ class Store:
         return f"Store({self.url!r}, version={self.version}, layers={len(self._layers)})"
 
     def versions(self) -> list[Version]:
-        """Every version kept, oldest first, as `Version(version, timestamp, streams)` (the time in UTC).
+        """Every version kept, oldest first, as `Version(version, timestamp, streams, what)` (the time in UTC).
 
         >>> s.versions()[-1]  # doctest: +SKIP
-        Version(version=12, timestamp=datetime.datetime(2026, 11, 25, 10, 22, tzinfo=...utc), streams=1000000)
+        Version(version=12, timestamp=datetime.datetime(2026, 11, 25, 10, 22, tzinfo=...utc), streams=1000000,
+                what='put, 10000 stream(s)')
+
+        A new store shows two versions: the rows' commit, then the id index's (Lance commits an index as a
+        version of its own); a put may be followed by an index update in the same way.
         """
         with lance_errors(self.url, "cannot list the versions"):
             found = []
@@ -188,8 +218,17 @@ class Store:
                 if rows is None:  # older manifests do not carry the count
                     rows = self._dataset.checkout_version(entry["version"]).count_rows()
                 stamp = entry["timestamp"]  # Lance's is naive local time
-                found.append(Version(int(entry["version"]), stamp.astimezone(timezone.utc), int(rows)))
+                found.append(Version(int(entry["version"]), stamp.astimezone(timezone.utc), int(rows),
+                                     self._what(int(entry["version"]))))
         return found
+
+    def _what(self, version: int) -> str:
+        transaction = self._dataset.read_transaction(version)
+        if transaction is None:
+            return "?"
+        tagged = (transaction.transaction_properties or {}).get(WHAT)
+        kind = type(transaction.operation).__name__
+        return tagged or _OPERATIONS.get(kind, kind)
 
     def refresh(self) -> int:
         """Move a handle opened at the latest version to the newest one; returns it.
@@ -268,6 +307,7 @@ class Store:
         """The stored rows of `ids` (all rows for None) in the order Lance returns them, each checked finite,
         and their ids as an Arrow array."""
         columns = [ID_COLUMN] + [layer.column(i, s) for i, layer in enumerate(self._layers) for s in layer.states]
+        columns += [CHECKSUM_COLUMN] if self._verified else []
         if ids is not None and not ids:
             table = None
         else:
@@ -287,10 +327,12 @@ class Store:
         import pyarrow.compute as pc
 
         stored = pa.array([], pa.string()) if table is None else table.column(ID_COLUMN).combine_chunks()
-        if len(stored) > 1 and pc.count_distinct(stored).as_py() != len(stored):
+        if len(stored) > 1 and pc.count_distinct(stored).as_py() != len(stored):  # a foreign writer, a race
             counts = Counter(stored.to_pylist())
-            raise StateFormatError(f"stream ids stored more than once at version {self.version}: "
-                                   f"{shown(sorted(i for i, n in counts.items() if n > 1))}", source=self.url)
+            twice = sorted(i for i, n in counts.items() if n > 1)
+            raise StateFormatError(f"stream ids stored more than once at version {self.version}: {shown(twice)}; "
+                                   "the other streams read as usual. To repair: read the rows you want to keep "
+                                   "from an older version, delete these ids, then put them again", source=self.url)
         rows, problems = {}, []
         for index, layer in enumerate(self._layers):
             for state in layer.states:
@@ -308,6 +350,14 @@ class Store:
                 if bad.size:
                     problems.append(f"layer {index} {layer.name!r}: {state}: NaN or Inf in streams "
                                     f"{shown(stored.take(bad).to_pylist())}")
+        if table is not None and self._verified and not problems:
+            expected = table.column(CHECKSUM_COLUMN).to_numpy()
+            found = row_checksums([rows[name] for name in columns[1:-1]])
+            damaged = np.flatnonzero(found != expected)
+            if damaged.size:
+                problems.append(f"the values of streams {shown(stored.take(damaged).to_pylist())} do not match their "
+                                "row checksum: a damaged data file; read them from an older version, or put them "
+                                "again")
         if problems:
             raise StateFormatError(problems, source=self.url)
         return rows, stored
@@ -317,6 +367,9 @@ class Store:
             problems = fit_problems(self._layers, missing)
             if missing.batch_size != 1:
                 problems.append(f"missing=: a start state has batch size 1, found {missing.batch_size}")
+            problems += [f"missing=: layer {index} {layer.name!r}: {state}: NaN or Inf"
+                         for index, layer in enumerate(missing.layers) for state in layer.state_names
+                         if nonfinite_rows(layer[state].reshape(1, -1)).size]
             if problems:
                 raise StateMismatchError(["missing= does not fit the store: " + p for p in problems], source=self.url)
             return missing
@@ -345,9 +398,14 @@ class Store:
 
         >>> version = s.put(states)  # doctest: +SKIP
 
-        Everything is checked first (kinds, units, directions, proj_units, dtype, NaN/Inf, ids), and every
-        problem comes in one `StateMismatchError` (or `StateFormatError`) naming the ids: nothing is written
-        then. Concurrent puts from other processes lose nothing; per stream, the last commit wins.
+        Everything is checked first (kinds, units, directions, proj_units, dtype, NaN/Inf, ids, repeats), and
+        every problem comes in one `StateMismatchError` (or `StateFormatError`) naming the ids: nothing is
+        written then. Any size, in memory that grows with the put, not the store: up to `MERGE_ROWS` streams
+        Lance's upsert (its join holds them all), above it a delete of those ids and an append of their rows,
+        in one transaction. Concurrent puts from other processes lose nothing; per stream, the last commit
+        wins. Two concurrent puts larger than `MERGE_ROWS` that both insert the same new id store it twice
+        (Lance checks new ids only in its upsert); a read of it then names it and says how to repair.
+        Once `INDEX_FOLD_ROWS` rows are outside the id index, a second commit folds them in.
         """
         self._writable("put")
         if not isinstance(states, StateSet):
@@ -358,8 +416,30 @@ class Store:
         table = put_table(self._layers, states, self.url)
         if table is None:
             return self.version
-        return self._commit("put", lambda dataset: dataset.merge_insert(ID_COLUMN).when_matched_update_all()
-                            .when_not_matched_insert_all().execute_uncommitted(table)[0])
+        import pyarrow as pa
+
+        def upsert(dataset: Any) -> None:  # Lance's own commit: it alone checks two inserts of one new id
+            reader = pa.RecordBatchReader.from_batches(table.schema, table.to_batches(BATCH_ROWS))  # a stream:
+            (dataset.merge_insert(ID_COLUMN).when_matched_update_all()  # Lance's join then stays in bounds
+             .when_not_matched_insert_all().conflict_retries(COMMIT_ATTEMPTS).execute(reader))
+
+        version = self._commit("put", upsert if table.num_rows <= MERGE_ROWS else
+                               lambda dataset: _replace(dataset, table), f"put, {table.num_rows} stream(s)")
+        self._keep_index_up()
+        return version
+
+    def _keep_index_up(self) -> None:
+        """Fold the rows outside the id index into it (Lance's incremental `optimize_indices`, a commit that changes
+        no row) once there are `INDEX_FOLD_ROWS` of them: a get scans those rows, so it would slow down."""
+        covered = {fragment for index in self._dataset.describe_indices() if index.name == INDEX_NAME
+                   for segment in index.segments for fragment in segment.fragment_ids}
+        outside = sum(fragment.physical_rows for fragment in self._dataset.get_fragments()
+                      if fragment.fragment_id not in covered)
+        if outside >= INDEX_FOLD_ROWS:
+            def fold(dataset: Any) -> None:
+                dataset.optimize.optimize_indices(index_names=[INDEX_NAME])
+
+            self._commit("update the id index", fold)
 
     def delete(self, ids: Sequence[str]) -> int:
         """Remove the streams `ids` (unknown ones are ignored) in one commit; returns its version.
@@ -406,29 +486,65 @@ class Store:
             stats = self._dataset.cleanup_old_versions(older_than=older_than)
         return {"old_versions": int(stats.old_versions), "bytes_removed": int(stats.bytes_removed)}
 
-    def _commit(self, action: str, operation: Callable[[Any], Any]) -> int:
-        """Run `operation` on the latest version and commit the transaction it returns (an operation that
-        commits itself returns None). The one retry layer: a commit that another writer's commit
-        preempted (Lance's `CommitConflictError`) is made again on the newer version."""
+    def _commit(self, action: str, operation: Callable[[Any], Any], what: str | None = None) -> int:
+        """Run `operation` on the latest version and commit the Lance operation it returns, tagged with `what` it
+        did for `versions()`; an operation that commits itself (with Lance's own retries) returns None.
+
+        One retry layer per operation: Lance's own, or this loop, which makes a commit that another writer's
+        commit preempted (Lance's `CommitConflictError`) again on the newer version."""
         import lance
+        from lance.commit import CommitConflictError
 
         delay = 0.01
         for attempt in range(COMMIT_ATTEMPTS):
-            try:
-                started = time.time_ns()
-                with lance_errors(self.url, f"cannot {action}"):
-                    dataset = self._dataset.checkout_version(self._dataset.latest_version)
-                    transaction = operation(dataset)
-                    if transaction is not None:
+            started = time.time_ns()
+            with lance_errors(self.url, f"cannot {action}"):
+                dataset = self._dataset.checkout_version(self._dataset.latest_version)
+                made = operation(dataset)
+                if made is None:
+                    dataset = dataset.checkout_version(dataset.latest_version)
+                else:
+                    transaction = lance.Transaction(dataset.version, made,
+                                                    transaction_properties={WHAT: what or action})
+                    try:
                         dataset = lance.LanceDataset.commit(dataset, transaction)
-                    else:
-                        dataset = dataset.checkout_version(dataset.latest_version)
-                self._dataset = dataset
-                make_durable(self.url, started)
-                return self.version
-            except StoreConflictError:
-                if attempt == COMMIT_ATTEMPTS - 1:
-                    raise
-                time.sleep(delay * (1 + np.random.random()))
-                delay = min(delay * 2, 1.0)
+                    except CommitConflictError:
+                        if attempt == COMMIT_ATTEMPTS - 1:
+                            raise
+                        time.sleep(delay * (1 + np.random.random()))
+                        delay = min(delay * 2, 1.0)
+                        continue
+            self._dataset = dataset
+            make_durable(self.url, started)
+            return self.version
         raise AssertionError("unreachable")
+
+
+def _replace(dataset: Any, table: Any) -> Any:
+    """The Lance operation of a large put: delete the rows of its ids wherever they are, and append its rows, as
+    one `Update` (one version). Memory: the put's rows and ids, and one batch of the store's id column at a time
+    (the scan that finds the rows), never the store."""
+    import lance
+    import pyarrow.compute as pc
+
+    ids = table.column(ID_COLUMN).combine_chunks()
+    doomed: dict[int, list[np.ndarray]] = {}
+    for batch in dataset.to_batches(columns=[ID_COLUMN], with_row_address=True, batch_size=65_536):
+        hit = pc.is_in(batch.column(ID_COLUMN), value_set=ids)
+        if pc.any(hit).as_py():
+            addresses = pc.filter(batch.column("_rowaddr"), hit).to_numpy()
+            for fragment in np.unique(addresses >> 32):
+                doomed.setdefault(int(fragment), []).append(addresses[addresses >> 32 == fragment] & 0xFFFFFFFF)
+    removed, updated = [], []
+    for fragment in dataset.get_fragments():
+        if fragment.fragment_id in doomed:
+            metadata = fragment.delete_rows(np.concatenate(doomed[fragment.fragment_id]))
+            if metadata is None:
+                removed.append(fragment.fragment_id)
+            else:
+                updated.append(metadata)
+    import pyarrow as pa
+
+    reader = pa.RecordBatchReader.from_batches(table.schema, table.to_batches(BATCH_ROWS))
+    new = lance.fragment.write_fragments(reader, dataset, schema=table.schema)
+    return lance.LanceOperation.Update(removed_fragment_ids=removed, updated_fragments=updated, new_fragments=new)

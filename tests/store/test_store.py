@@ -217,8 +217,11 @@ def test_versions_time_travel_delete_snapshot_compact_cleanup(tmp_path):
     v1, v2 = fleet.put(first), fleet.put(second)
     v3 = fleet.delete(["a", "never-there"])
     assert v1 < v2 < v3 == fleet.version
-    counts = {version: count for version, _, count in fleet.versions()}
+    counts = {v.version: v.streams for v in fleet.versions()}
     assert (counts[v1], counts[v2], counts[v3]) == (3, 4, 3)
+    what = [v.what for v in fleet.versions()]  # a new store is two versions: its rows, then its id index
+    assert what == ["created, 0 stream(s)", "the id index built or updated (no row changed)", "put", "put",
+                    "delete"]
     old = store.open(url, version=v1)
     assert old.version == v1 and len(old) == 3
     assert_stream(old.snapshot(), first, "b")
@@ -545,7 +548,7 @@ def test_cli_import_creates_a_store_or_upserts_in_chunks(tmp_path):
     result = cli("store", "import", tmp_path / "fleet", tmp_path / "newer.statefmt", "--chunk", 3)
     assert result.exit_code == 0, result.output
     fleet = store.open(str(tmp_path / "fleet"))
-    counts = [count for version, _, count in fleet.versions() if version > before]
+    counts = [v.streams for v in fleet.versions() if v.version > before]
     assert len(fleet) == 10 and counts[:3] == [7, 9, 10]  # s3-s5 were there; then s6-s8; then s9
     assert_stream(fleet.get(["s2"]), states, "s2")
     assert_stream(fleet.get(["s9"]), newer, "s9")
