@@ -11,7 +11,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from ..errors import StateError, StateFormatError, StateMismatchError, StoreNotFoundError
+from ..errors import StateError, StateFormatError, StateMismatchError, StoreConflictError, StoreNotFoundError
 from ..signature import StateSignature
 from ..states import LayerState, StateSet
 from ._arrow import (
@@ -44,6 +44,7 @@ COMMIT_ATTEMPTS = 20
 MERGE_ROWS = 20_000  # a put of up to this many streams is Lance's upsert; a larger one, a delete and an append
 BATCH_ROWS = 8_192  # rows per Arrow batch handed to Lance
 INDEX_FOLD_ROWS = 8_192  # rows outside the id index that make a put fold them in
+SMALL_FRAGMENTS, SMALL_FRAGMENT_ROWS = 8, 131_072  # so many fragments of fewer rows make a put merge them
 WHAT = "statefmt"  # the transaction property that says what a version did, for versions()
 _NO_STORE = ("no store here (no Lance dataset at this URL): create one (store.create, `statefmt store create`), "
              "or check the URL and its storage options")
@@ -405,7 +406,7 @@ class Store:
         in one transaction. Concurrent puts from other processes lose nothing; per stream, the last commit
         wins. Two concurrent puts larger than `MERGE_ROWS` that both insert the same new id store it twice
         (Lance checks new ids only in its upsert); a read of it then names it and says how to repair.
-        Once `INDEX_FOLD_ROWS` rows are outside the id index, a second commit folds them in.
+        Then `_upkeep` may merge small fragments and fold new rows into the id index: commits that change no row.
         """
         self._writable("put")
         if not isinstance(states, StateSet):
@@ -425,21 +426,36 @@ class Store:
 
         version = self._commit("put", upsert if table.num_rows <= MERGE_ROWS else
                                lambda dataset: _replace(dataset, table), f"put, {table.num_rows} stream(s)")
-        self._keep_index_up()
+        self._upkeep()
         return version
 
-    def _keep_index_up(self) -> None:
-        """Fold the rows outside the id index into it (Lance's incremental `optimize_indices`, a commit that changes
-        no row) once there are `INDEX_FOLD_ROWS` of them: a get scans those rows, so it would slow down."""
+    def _upkeep(self) -> None:
+        """Keep gets fast under a stream of puts, without a manual `compact`: a get scans the rows outside the id
+        index, and opens every fragment, so once `SMALL_FRAGMENTS` small fragments have piled up they are
+        merged (Lance's `compact_files`, leaving large fragments and deletions alone: it rewrites only the
+        puts' recent rows), and once `INDEX_FOLD_ROWS` rows are outside the index they are folded in (Lance's
+        incremental `optimize_indices`). Each is a commit that changes no row. Best effort: a conflict with
+        another writer leaves the work to the next put."""
+        fragments = self._dataset.get_fragments()
         covered = {fragment for index in self._dataset.describe_indices() if index.name == INDEX_NAME
                    for segment in index.segments for fragment in segment.fragment_ids}
-        outside = sum(fragment.physical_rows for fragment in self._dataset.get_fragments()
-                      if fragment.fragment_id not in covered)
-        if outside >= INDEX_FOLD_ROWS:
-            def fold(dataset: Any) -> None:
-                dataset.optimize.optimize_indices(index_names=[INDEX_NAME])
+        outside = sum(fragment.physical_rows for fragment in fragments if fragment.fragment_id not in covered)
+        small = sum(fragment.physical_rows < SMALL_FRAGMENT_ROWS for fragment in fragments)
 
-            self._commit("update the id index", fold)
+        def merge(dataset: Any) -> None:
+            dataset.optimize.compact_files(materialize_deletions=False)
+
+        def fold(dataset: Any) -> None:
+            dataset.optimize.optimize_indices(index_names=[INDEX_NAME])
+
+        try:
+            if small >= SMALL_FRAGMENTS:
+                self._commit("merge small fragments", merge)
+                outside = INDEX_FOLD_ROWS
+            if outside >= INDEX_FOLD_ROWS:
+                self._commit("update the id index", fold)
+        except StoreConflictError:
+            return
 
     def delete(self, ids: Sequence[str]) -> int:
         """Remove the streams `ids` (unknown ones are ignored) in one commit; returns its version.

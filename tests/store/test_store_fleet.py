@@ -156,6 +156,17 @@ def test_puts_fold_their_rows_into_the_id_index_without_a_compact(tmp_path):
     assert fleet.get(["s29999", "s0"]).stream_ids == ("s29999", "s0")
 
 
+def test_puts_merge_their_small_fragments_without_a_compact(tmp_path):
+    """A get opens every fragment: small ones from many puts are merged, each a version that changes no row."""
+    fleet = store.create(str(tmp_path / "fleet"), SIGNATURE)
+    expected = states_for([f"s{i}" for i in range(120)], seed=1)
+    for start in range(0, 120, 10):
+        fleet.put(expected.rows([f"s{i}" for i in range(start, start + 10)]))
+    assert len(lance.dataset(fleet.url).get_fragments()) < _store.SMALL_FRAGMENTS
+    assert "compaction (no row changed)" in [v.what for v in fleet.versions()]
+    assert_stream(fleet.snapshot(), expected, "s119")
+
+
 # ---- verified rows ------------------------------------------------------------------------------------------------
 
 def flip_a_byte(data: bytes, value: float) -> bytes:
