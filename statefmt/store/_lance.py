@@ -32,7 +32,8 @@ def lance_errors(url: str, action: str) -> Iterator[None]:
         raise StoreMemoryError(f"{action}: out of memory; put fewer streams at a time", source=url) from None
     except (OSError, ValueError, RuntimeError, TypeError, KeyError, IndexError, AttributeError) as error:
         reason = _reason(error)
-        if "Too many concurrent writers" in reason:  # Lance's own retries ran out: it raises a plain OSError
+        if "Too many concurrent writers" in reason or "Retryable commit conflict" in reason:  # Lance's own
+            # retries ran out, or an operation that commits itself was preempted: a plain OSError, its text alone
             raise StoreConflictError(f"{action}: other writers' commits kept preempting this one ({reason}): write "
                                      "less often, or split the fleet so that fewer writers touch the same rows",
                                      source=url) from None
