@@ -430,12 +430,13 @@ class Store:
         return version
 
     def _upkeep(self) -> None:
-        """Keep gets fast under a stream of puts, without a manual `compact`: a get scans the rows outside the id
-        index, and opens every fragment, so once `SMALL_FRAGMENTS` small fragments have piled up they are
-        merged (Lance's `compact_files`, leaving large fragments and deletions alone: it rewrites only the
-        puts' recent rows), and once `INDEX_FOLD_ROWS` rows are outside the index they are folded in (Lance's
-        incremental `optimize_indices`). Each is a commit that changes no row. Best effort: a conflict with
-        another writer leaves the work to the next put."""
+        """Keep gets fast under a stream of puts, without a manual `compact`: a get opens every fragment and
+        scans the rows outside the id index. So once `SMALL_FRAGMENTS` small fragments have piled up, they
+        are merged (Lance's `compact_files` into fragments of at most 2 x `SMALL_FRAGMENT_ROWS` rows, large
+        fragments and deletions left alone: it rewrites recent rows only, whatever the store's size); and
+        once `INDEX_FOLD_ROWS` rows are outside the id index, they are folded in (Lance's incremental
+        `optimize_indices`). Each is a commit that changes no row. Best effort: one that another writer's
+        commit preempted is left to the next put."""
         fragments = self._dataset.get_fragments()
         covered = {fragment for index in self._dataset.describe_indices() if index.name == INDEX_NAME
                    for segment in index.segments for fragment in segment.fragment_ids}
@@ -443,7 +444,8 @@ class Store:
         small = sum(fragment.physical_rows < SMALL_FRAGMENT_ROWS for fragment in fragments)
 
         def merge(dataset: Any) -> None:
-            dataset.optimize.compact_files(materialize_deletions=False)
+            dataset.optimize.compact_files(target_rows_per_fragment=2 * SMALL_FRAGMENT_ROWS,
+                                           materialize_deletions=False)
 
         def fold(dataset: Any) -> None:
             dataset.optimize.optimize_indices(index_names=[INDEX_NAME])
