@@ -204,8 +204,9 @@ def main() -> None:
     parser.add_argument("--stream-puts", type=int, default=100, help="puts of 10,000 in the stream (0: none)")
     parser.add_argument("--no-raw", action="store_true", help="skip the raw Lance peer")
     parser.add_argument("--writers", action="store_true", help="also the concurrent writers' commit throughput")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON file the figures are added to")
     args = parser.parse_args()
-    rows = Rows(RESULTS)
+    rows = Rows(args.results)
     print(f"statefmt store at fleet scale, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(rows.document["machine"])
     with tempfile.TemporaryDirectory(prefix="statefmt-store-scale-", dir=os.environ.get("BENCH_DIR")) as work:
@@ -214,7 +215,7 @@ def main() -> None:
             one_size(rows, Path(work), n, args.stream_puts, not args.no_raw)
         if args.writers:
             writers(rows, Path(work))
-    print(f"results: {RESULTS}")
+    print(f"results: {args.results}")
 
 
 if __name__ == "__main__":
