@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt recurrentgemma keras-hub  # why: constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -26,6 +27,8 @@ bench: $(STAMP)
 	$(PY) -m benchmarks
 	$(PY) -m benchmarks.files
 	$(PY) -m benchmarks.store
+	$(PY) -m benchmarks.onnx_adapter
+	$(PY) -m benchmarks.sessions
 	$(PY) -m benchmarks.plots
 
 docs: $(STAMP)

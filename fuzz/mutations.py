@@ -43,6 +43,7 @@ from statefmt import (
     StateSet,
     WeightSet,
 )
+from statefmt.cells import MODERN
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS = ROOT / "spec" / "vectors"
@@ -85,7 +86,10 @@ class Expected:
 
     @property
     def batch(self) -> int:
-        return self.layers[0][2]["h"].shape[1] if self.content == "state" else 0
+        if self.content != "state":
+            return 0
+        _, kind, tensors = self.layers[0]
+        return int(next(iter(tensors.values())).shape[_axis(kind)])
 
     @classmethod
     def of(cls, data: StateSet | WeightSet) -> Expected:
@@ -95,6 +99,11 @@ class Expected:
             return cls("state", layers, None if data.stream_ids is None else tuple(data.stream_ids))
         return cls("weights", tuple((layer.name, layer.kind, {n: np.asarray(layer[n]) for n in layer.weight_names})
                                     for layer in data.layers))
+
+
+def _axis(kind: str) -> int:
+    """The stream axis of a kind's tensors: modern kinds (format 2.1) put the batch first."""
+    return 0 if kind in MODERN else 1
 
 
 def same_data(got: StateSet | WeightSet, want: Expected, *, names: bool, rows: list[int] | None = None) -> str | None:
@@ -111,7 +120,7 @@ def same_data(got: StateSet | WeightSet, want: Expected, *, names: bool, rows: l
             return f"layer {index}: tensors {sorted(found)}, expected {sorted(tensors)}"
         for key, array in tensors.items():
             value = np.asarray(layer[key])
-            expected = array if rows is None else array[:, rows]
+            expected = array if rows is None else np.take(array, rows, axis=_axis(kind))
             if value.dtype != expected.dtype or value.shape != expected.shape:
                 return f"layer {index} {key}: {value.dtype} {value.shape}, expected {expected.dtype} {expected.shape}"
             if value.tobytes() != expected.tobytes():
@@ -936,7 +945,9 @@ def _row_equal(got: StateSet, position: int, want: Expected, row: int, *, names:
             return False
         for key, array in tensors.items():
             value = np.asarray(layer[key])
-            if value.dtype != array.dtype or value[:, position].tobytes() != array[:, row].tobytes():
+            axis = _axis(kind)
+            if value.dtype != array.dtype or \
+                    np.take(value, position, axis).tobytes() != np.take(array, row, axis).tobytes():
                 return False
     return True
 

@@ -22,20 +22,20 @@ from typing import Any
 import xxhash
 
 from . import cells
-from ._dtypes import SAFETENSORS_CODES
 from .errors import StateFormatError
+from .kinds import BATCH
+from .limits import MAX_FILE_DOCUMENT_BYTES, MAX_FILE_LAYERS, MAX_JSON_DEPTH, MAX_PROBLEMS, VERSION_PATTERN
 
-FORMAT_VERSION = "2.0"
+FORMAT_VERSION = "2.1"  # the newest a writer writes; it writes "2.0" for a file 2.0 can hold (see `version_for`)
 READABLE_MAJORS = ("1", "2")
 METADATA_KEY = "statefmt"
 CHECKSUM_KEY = "statefmt_checksum"  # beside the document: a checksum cannot sit inside what it covers
 CHECKSUM_PREFIX = "xxh3_64:"
-MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
-MAX_LAYERS = 65_536
-MAX_DEPTH = 64  # JSON nesting, the same for every caller: not the interpreter's recursion limit
-MAX_PROBLEMS = 100
 BLOCK_BYTES = 65_536
 DESCRIPTIVE_FIELDS = ("source", "created_by", "user")
+# 2.1, states only: what the state was computed with and has seen. A signature checks `model`.
+SESSION_FIELDS = ("compute_dtype", "tokens", "token_fingerprint", "model")
+FIELDS = DESCRIPTIVE_FIELDS + SESSION_FIELDS  # the document's optional fields, which a set carries as `metadata`
 STREAM_TENSORS = ("stream_ids.bytes", "stream_ids.offsets", "stream_ids.buckets", "stream_ids.index")
 CHECKSUMS_TENSOR = "checksums"
 
@@ -65,7 +65,10 @@ def text_checksum(text: str) -> str:
 
 @dataclass(frozen=True)
 class LayerEntry:
-    """One layer as the document describes it. `checksums` exists in 1.x files only (whole tensors)."""
+    """One layer as the document describes it. `checksums` exists in 1.x files only (whole tensors).
+
+    A modern kind (format 2.1) has `dims` instead of units, directions and proj_units (0, 1, None).
+    """
 
     name: str
     kind: str
@@ -78,6 +81,7 @@ class LayerEntry:
     recurrent_activation: str | None = None
     linear_before_reset: bool | None = None
     checksums: Mapping[str, str] | None = None
+    dims: Mapping[str, int | None] | None = None
 
     @property
     def h_units(self) -> int:
@@ -87,6 +91,11 @@ class LayerEntry:
         """Each tensor of the layer, in the spec's order, with its shape."""
         d, units, h_units = self.directions, self.units, self.h_units
         shapes: dict[str, tuple[int, ...]]
+        if self.kind in cells.MODERN:
+            assert batch_size is not None and self.dims is not None  # a modern kind is a state, with dims
+            sizes = {**self.dims, BATCH: batch_size}
+            return {name: tuple(int(sizes[axis] or 0) for axis in axes)
+                    for name, axes in cells.MODERN[self.kind].tensors}
         if batch_size is not None:  # h may be projected; c (an LSTM's) never is
             return {name: (d, batch_size, h_units if name == "h" else units) for name in cells.STATE_NAMES[self.kind]}
         rows = cells.GATES[self.kind] * units
@@ -112,6 +121,10 @@ class Document:
     source: Mapping[str, Any] | None = None
     created_by: str | None = None
     user: Mapping[str, Any] | None = None
+    compute_dtype: str | None = None
+    tokens: int | None = None
+    token_fingerprint: str | None = None
+    model: Mapping[str, str] | None = None
 
     @property
     def major(self) -> str:
@@ -123,8 +136,8 @@ class Document:
 
     @property
     def fields(self) -> dict[str, Any]:
-        """The descriptive fields a set carries as its `metadata`."""
-        return {key: getattr(self, key) for key in DESCRIPTIVE_FIELDS if getattr(self, key) is not None}
+        """The optional fields a set carries as its `metadata`: descriptive ones, and 2.1's session fields."""
+        return {key: getattr(self, key) for key in FIELDS if getattr(self, key) is not None}
 
     def tensors(self) -> Iterator[tuple[str, str, tuple[int, ...]]]:
         """(name, dtype, shape) of every layer tensor the document calls for, in checksum order (a 2.x
@@ -143,9 +156,14 @@ class Document:
         document["checksum_blocks"] = list(self.checksum_blocks)
         layers = []
         for layer in self.layers:
-            entry = {f.name: getattr(layer, f.name) for f in dataclasses.fields(layer) if f.name != "checksums"}
+            entry = {f.name: getattr(layer, f.name) for f in dataclasses.fields(layer)
+                     if f.name not in ("checksums", "dims")}
             if not self.is_state:
                 layers.append(entry)
+                continue
+            if layer.kind in cells.MODERN:
+                layers.append({"name": layer.name, "kind": layer.kind, "dtype": layer.dtype,
+                               "dims": dict(layer.dims or {})})
                 continue
             layers.append({key: value for key, value in entry.items() if key in _STATE_LAYER_KEYS})
         document["layers"] = layers
@@ -165,8 +183,9 @@ class Document:
             raise fail(2, f"no '{METADATA_KEY}' entry in the safetensors metadata: a plain safetensors file, "
                           "not a statefmt file", source)
         text = metadata[METADATA_KEY]
-        if len(text) > MAX_DOCUMENT_BYTES:
-            raise fail(2, f"statefmt metadata of {len(text)} bytes exceeds the {MAX_DOCUMENT_BYTES}-byte cap", source)
+        if len(text) > MAX_FILE_DOCUMENT_BYTES:
+            raise fail(2, f"statefmt metadata of {len(text)} bytes exceeds the {MAX_FILE_DOCUMENT_BYTES}-byte cap",
+                       source)
         try:
             document = strict_json(text)
         except StateFormatError as error:
@@ -174,7 +193,7 @@ class Document:
         if not isinstance(document, dict):
             raise fail(2, f"statefmt metadata must be a JSON object, found {type(document).__name__}", source)
         version = document.get("format_version")
-        if not (isinstance(version, str) and re.fullmatch(r"(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})", version)):
+        if not (isinstance(version, str) and VERSION_PATTERN.fullmatch(version)):
             raise fail(3, f"format_version: expected a version such as {FORMAT_VERSION!r}, found {_short(version)}",
                        source)
         if version.split(".")[0] not in READABLE_MAJORS:
@@ -199,6 +218,10 @@ class Document:
         is_state = document["content"] == "state"
         layers = []
         for entry in document["layers"]:
+            if entry["kind"] in cells.MODERN:
+                layers.append(LayerEntry(entry["name"], entry["kind"], 0, 1, None, entry["dtype"],
+                                         dims={key: entry["dims"][key] for key in _dim_names(entry["kind"])}))
+                continue
             weights = {} if is_state else {
                 "input_size": entry["input_size"], "activation": entry.get("activation", "tanh"),
                 "recurrent_activation": entry.get("recurrent_activation", "sigmoid"),
@@ -215,11 +238,35 @@ class Document:
             block_bytes=document["block_bytes"] if v2 else BLOCK_BYTES,
             checksum_blocks=tuple(document["checksum_blocks"]) if v2 else (),
             ids_v1=tuple(ids) if not v2 and isinstance(ids, list) else None,
-            **{key: document[key] for key in DESCRIPTIVE_FIELDS if key in document},
+            **{key: document[key] for key in (FIELDS if v2 else DESCRIPTIVE_FIELDS) if key in document},
         )
 
 
 _STATE_LAYER_KEYS = ("name", "kind", "units", "directions", "proj_units", "dtype")
+
+
+def _dim_names(kind: str) -> tuple[str, ...]:
+    """The keys of a modern layer's `dims`: its sizes, then its settings."""
+    return cells.MODERN[kind].dims + cells.MODERN[kind].settings
+
+
+def version_for(layers: tuple[LayerEntry, ...], fields: Mapping[str, Any]) -> str:
+    """The version a writer writes: 2.0 when the file needs nothing of 2.1, so 2.0 readers read it."""
+    modern = any(layer.kind in cells.MODERN for layer in layers) or any(key in fields for key in SESSION_FIELDS)
+    return FORMAT_VERSION if modern else "2.0"
+
+
+def known_kind_problems(document: dict[str, Any]) -> list[str]:
+    """A layer of a kind this reader does not know, refused by name (before the schema's longer message)."""
+    layers = document.get("layers")
+    problems = []
+    for index, layer in enumerate(layers if isinstance(layers, list) else []):
+        kind = layer.get("kind") if isinstance(layer, dict) else None
+        known = cells.STATE_KINDS if document.get("content") == "state" else cells.KINDS
+        if isinstance(kind, str) and kind not in known:
+            problems.append(f"layer {index} {_short(layer.get('name'))}: kind {_short(kind)} is not one this reader "
+                            f"knows ({', '.join(known)}); a later statefmt may read it")
+    return problems[:MAX_PROBLEMS]
 
 
 def metadata_entries(text: str) -> dict[str, str]:
@@ -229,14 +276,14 @@ def metadata_entries(text: str) -> dict[str, str]:
 
 def strict_json(text: str | bytes) -> Any:
     """Parse JSON as RFC 8259 says and RFC 7493 (I-JSON) asks: no duplicate keys, no NaN or
-    Infinity, nesting at most MAX_DEPTH deep. `StateFormatError` says what is wrong."""
+    Infinity, nesting at most MAX_JSON_DEPTH deep. `StateFormatError` says what is wrong."""
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")  # strictly: json.loads(bytes) would let surrogate bytes through
         value = json.loads(text, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_constant,
                            parse_float=_finite_float)
     except RecursionError:
-        raise StateFormatError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+        raise StateFormatError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as error:
         message = str(error) if isinstance(error, StateFormatError) else f"not valid JSON ({error})"
         raise StateFormatError(message[:300]) from None
@@ -273,9 +320,9 @@ def _refuse_constant(name: str) -> Any:
 
 
 def check_depth(value: Any) -> None:
-    """Refuse JSON values nested deeper than MAX_DEPTH: the same limit when writing and reading."""
+    """Refuse JSON values nested deeper than MAX_JSON_DEPTH: the same limit when writing and reading."""
     level: list[Any] = [value]
-    for _ in range(MAX_DEPTH + 1):
+    for _ in range(MAX_JSON_DEPTH + 1):
         below: list[Any] = []
         for item in level:
             if isinstance(item, dict):
@@ -285,7 +332,7 @@ def check_depth(value: Any) -> None:
         if not below:
             return
         level = below
-    raise StateFormatError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    raise StateFormatError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
 
 
 def _short(value: Any) -> str:
@@ -312,13 +359,16 @@ def _validator(major: str) -> Any:
 
 def _schema_problems(document: dict[str, Any], major: str) -> list[str]:
     layers = document.get("layers")
-    if isinstance(layers, list) and len(layers) > MAX_LAYERS:  # before the schema: a bounded error, fast
-        return [f"layers: expected at most {MAX_LAYERS}, found {len(layers)}"]
+    if isinstance(layers, list) and len(layers) > MAX_FILE_LAYERS:  # before the schema: a bounded error, fast
+        return [f"layers: expected at most {MAX_FILE_LAYERS}, found {len(layers)}"]
     ids = document.get("stream_ids")
     if isinstance(ids, list) and not set(map(type, ids)) <= {str}:  # at C speed: 65,536 ids
         # jsonschema's uniqueItems compares mixed-type items pairwise: a crafted list would take hours
         index = next(i for i, item in enumerate(ids) if not isinstance(item, str))
         return [f"stream_ids.{index}: every stream id must be a string, found {type(ids[index]).__name__}"]
+    unknown = known_kind_problems(document) if major == "2" else []
+    if unknown:
+        return unknown
     floats = [f"{where}: expected an integer, found {value!r}" for where, value in _integer_fields(document)
               if isinstance(value, float)]
     if floats:  # 2.0 is an integer to JSON Schema, not to the code that sizes arrays with it
@@ -353,6 +403,10 @@ def _integer_fields(document: dict[str, Any]) -> Iterator[tuple[str, Any]]:
         if isinstance(layer, dict):
             for key in ("units", "directions", "proj_units", "input_size"):
                 yield f"layer {index}: {key}", layer.get(key)
+            dims = layer.get("dims")
+            for key, value in (dims.items() if isinstance(dims, dict) else ()):
+                yield f"layer {index}: dims.{key}", value
+    yield "tokens", document.get("tokens")
 
 
 class _Undecided(Exception):
@@ -393,6 +447,8 @@ def _keyword_holds(value: Any, keyword: str, rule: Any, rules: dict[str, Any], r
         return _conforms(value, rules.get("then" if _conforms(value, rule, root) else "else", True), root)
     if keyword == "not":
         return not _conforms(value, rule, root)
+    if keyword == "allOf":
+        return all(_conforms(value, option, root) for option in rule)
     if keyword in ("anyOf", "oneOf"):
         matches = sum(_conforms(value, option, root) for option in rule)
         return matches >= 1 if keyword == "anyOf" else matches == 1
@@ -451,9 +507,13 @@ def _semantic_problems(document: dict[str, Any], major: str) -> list[str]:
     ids = document.get("stream_ids")
     if isinstance(ids, list) and len(ids) != document["batch_size"]:
         problems.append(f"stream_ids: expected {document['batch_size']} (batch_size), found {len(ids)}")
+    minor = int(str(document["format_version"]).split(".")[1])
     for index, layer in enumerate(document["layers"]):
-        proj = layer["proj_units"]
         where = f"layer {index} {_short(layer['name'])}"
+        if layer["kind"] in cells.MODERN:
+            problems += _modern_problems(where, layer, minor, document.get("tokens"))
+            continue
+        proj = layer["proj_units"]
         if proj is not None and (layer["kind"] != "lstm" or proj >= layer["units"]):
             problems.append(f"{where}: proj_units: only an LSTM may project, to fewer than its {layer['units']} "
                             f"units; found {proj} on a {layer['kind']}")
@@ -467,6 +527,15 @@ def _semantic_problems(document: dict[str, Any], major: str) -> list[str]:
     return problems
 
 
-def dtype_code(name: str) -> str:
-    """The safetensors dtype code of a tensor dtype name (the four floats, and the index's integers)."""
-    return {**SAFETENSORS_CODES, "uint8": "U8", "uint64": "U64"}[name]
+def _modern_problems(where: str, layer: dict[str, Any], minor: int, tokens: Any) -> list[str]:
+    problems = []
+    if minor < 1:
+        problems.append(f"{where}: kind: {layer['kind']} needs format 2.1 or later, the file says 2.{minor}")
+    dims = layer["dims"]
+    window, length = dims.get("window"), dims.get("length")
+    if window is not None and length is not None and length > window:
+        problems.append(f"{where}: dims.length: a sliding window of {window} keeps at most {window} positions, "
+                        f"found {length}")
+    if isinstance(tokens, int) and length is not None and length > tokens:
+        problems.append(f"{where}: dims.length: the state has seen {tokens} tokens, found {length} positions")
+    return problems

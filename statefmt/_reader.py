@@ -21,9 +21,9 @@ from ._document import (
     STREAM_TENSORS,
     Document,
     LayerEntry,
-    dtype_code,
     fail,
 )
+from ._dtypes import CODES, NAMES
 from ._source import open_source
 from .errors import StateError, StateMismatchError
 from .states import LayerState, StateSet, resolve_rows, stream_keys
@@ -34,18 +34,22 @@ StreamKeys = str | int | Iterable[str | int]
 
 
 class Shape:
-    """What a signature checks of a state (layers, batch size), from a document, without the data."""
+    """What a signature checks of a state (layers, batch size, model), from a document, without the data."""
 
     def __init__(self, document: Document):
         self.is_state = document.is_state
         self.batch_size = document.batch_size
         self.layers = [ShapeLayer(entry) for entry in document.layers]
+        self.metadata = document.fields
 
 
 class ShapeLayer:
     def __init__(self, entry: LayerEntry):
         self.name, self.kind, self.units, self.directions = entry.name, entry.kind, entry.units, entry.directions
         self.proj_units, self.dtype = entry.proj_units, entry.dtype
+        self.modern = entry.dims is not None
+        self.dims = dict(entry.dims) if entry.dims is not None else {
+            "units": entry.units, "directions": entry.directions, "proj_units": entry.proj_units}
 
 
 
@@ -76,7 +80,7 @@ def _tensor_problems(document: Document, tensors: Mapping[str, _container.Tensor
     expected: dict[str, tuple[str, tuple[int, ...] | None, str]] = {}
     for index, layer in enumerate(document.layers):
         for name, shape in layer.shapes(document.batch_size if document.is_state else None).items():
-            expected[f"layers.{index}.{name}"] = (dtype_code(layer.dtype), shape, f"layer {index} {layer.name!r}: "
+            expected[f"layers.{index}.{name}"] = (CODES[layer.dtype], shape, f"layer {index} {layer.name!r}: "
                                                                                   f"{name}")
     if document.major == "2":
         expected[CHECKSUMS_TENSOR] = ("U64", None, "checksums")
@@ -93,9 +97,9 @@ def _tensor_problems(document: Document, tensors: Mapping[str, _container.Tensor
         info = tensors[key]
         ndim_ok = wanted is not None or len(info.shape) == 1
         if info.code != code or (wanted is not None and info.shape != wanted) or not ndim_ok:
-            want = f"{list(wanted) if wanted is not None else '[n]'} {_container._CODES.get(code, code)}"
+            want = f"{list(wanted) if wanted is not None else '[n]'} {NAMES.get(code, code)}"
             problems.append(f"{where}: expected {want}, tensor `{key}` is {list(info.shape)} "
-                            f"{_container._CODES.get(info.code, info.code)}")
+                            f"{NAMES.get(info.code, info.code)}")
     extra = sorted(set(tensors) - set(expected))
     if extra:
         problems.append(f"tensors not described by the metadata: {', '.join(extra[:20])}"
@@ -179,7 +183,7 @@ def _read_v2(reader: _container.BlockReader, document: Document,
             arrays[key] = np.empty(info.shape, info.dtype)
             reader.container.source.read_into(info.start, arrays[key])
         else:
-            arrays[key] = _whole(reader, key, checksums)
+            arrays[key] = reader.read_tensor(key, checksums)
     ids = None
     if document.stream_ids:
         try:
@@ -187,12 +191,6 @@ def _read_v2(reader: _container.BlockReader, document: Document,
         except StateError as error:
             raise fail(10, error.problems, reader.container.source.name) from None
     return arrays, ids
-
-
-def _whole(reader: _container.BlockReader, key: str, checksums: np.ndarray) -> np.ndarray:
-    array, _ = reader.read_tensor(key, checksums)
-    assert array is not None  # kept: read_tensor returns None only with keep=False
-    return array
 
 
 def check_all(container: _container.Container, reader: _container.BlockReader | None, document: Document) -> None:
@@ -206,11 +204,11 @@ def check_all(container: _container.Container, reader: _container.BlockReader | 
         counts = []
         for index, layer in enumerate(document.layers):
             for tensor in layer.shapes(document.batch_size if document.is_state else None):
-                _, count = reader.read_tensor(f"layers.{index}.{tensor}", checksums, keep=False)
+                count = reader.verify_tensor(f"layers.{index}.{tensor}", checksums)
                 if count:
                     counts.append((f"layer {index} {layer.name!r}: {tensor}", count))
         if document.stream_ids:
-            index_tensors = {key: _whole(reader, key, checksums) for key in STREAM_TENSORS}
+            index_tensors = {key: reader.read_tensor(key, checksums) for key in STREAM_TENSORS}
             try:
                 _streams.checked_ids(index_tensors, document.batch_size or 0)
             except StateError as error:
@@ -245,23 +243,25 @@ def _read_rows_v2(reader: _container.BlockReader, document: Document,
         by_row.update(zip(missing, _ids_of_rows(reader, missing)))
         ids = [by_row[row] for row in rows]
     requests, places = [], []
-    for key, _, shape in document.tensors():
-        directions, _, units = shape
-        itemsize = reader.container.tensors[key].dtype.itemsize
-        for d in range(directions):
-            for row in rows:
-                start = ((d * batch) + row) * units * itemsize
-                requests.append((key, start, start + units * itemsize))
-        places.append((key, shape))
+    for index, layer in enumerate(document.layers):
+        axis = 0 if layer.dims is not None else 1  # the stream axis: modern kinds batch first
+        for name, shape in layer.shapes(batch).items():
+            key = f"layers.{index}.{name}"
+            outer, inner = int(np.prod(shape[:axis])), int(np.prod(shape[axis + 1:]))
+            size = inner * reader.container.tensors[key].dtype.itemsize
+            requests += [(key, (o * batch + row) * size, (o * batch + row + 1) * size) for o in range(outer)
+                         for row in rows]
+            places.append((key, shape, axis))
     data = iter(reader.read(requests))
     arrays = {}
-    for key, (directions, _, units) in places:
+    for key, shape, axis in places:
         dtype = reader.container.tensors[key].dtype
-        array = np.empty((directions, len(rows), units), dtype)
-        for d in range(directions):
+        picked = (*shape[:axis], len(rows), *shape[axis + 1:])
+        flat = np.empty((int(np.prod(shape[:axis])), len(rows), int(np.prod(shape[axis + 1:]))), dtype)
+        for o in range(flat.shape[0]):
             for i in range(len(rows)):
-                array[d, i] = np.frombuffer(next(data), dtype)
-        arrays[key] = array
+                flat[o, i] = np.frombuffer(next(data), dtype)
+        arrays[key] = flat.reshape(picked)
     return arrays, ids
 
 
@@ -315,7 +315,8 @@ def _build(document: Document, arrays: Mapping[str, np.ndarray], ids: Sequence[s
         names = entry.shapes(document.batch_size if document.is_state else None)
         tensors = {name: arrays[f"layers.{index}.{name}"] for name in names}
         if document.is_state:
-            layers.append(LayerState(entry.name, entry.kind, **tensors))
+            window = entry.dims.get("window") if entry.dims is not None else None
+            layers.append(LayerState(entry.name, entry.kind, window=window, **tensors))
         else:
             layers.append(LayerWeights(entry.name, entry.kind, **tensors, activation=entry.activation or "tanh",
                                        recurrent_activation=entry.recurrent_activation or "sigmoid",
@@ -330,6 +331,8 @@ def tensor_names(layer: LayerState | LayerWeights) -> tuple[str, ...]:
 
 
 def layer_entry(layer: LayerState | LayerWeights) -> LayerEntry:
+    if isinstance(layer, LayerState) and layer.modern:
+        return LayerEntry(layer.name, layer.kind, 0, 1, None, layer.dtype, dims=layer.dims)
     if isinstance(layer, LayerState):
         return LayerEntry(layer.name, layer.kind, layer.units, layer.directions, layer.proj_units, layer.dtype)
     return LayerEntry(layer.name, layer.kind, layer.units, layer.directions, layer.proj_units, layer.dtype,

@@ -12,12 +12,14 @@ from . import _container, _reader, _streams
 from ._document import (
     BLOCK_BYTES,
     CHECKSUM_PREFIX,
-    DESCRIPTIVE_FIELDS,
+    FIELDS,
     FORMAT_VERSION,
+    SESSION_FIELDS,
     STREAM_TENSORS,
     Document,
     cap,
     metadata_entries,
+    version_for,
 )
 from ._reader import StreamKeys, Target
 from ._source import display, is_url
@@ -33,7 +35,7 @@ def save(data: StateSet | WeightSet, target: Target, *, metadata: Mapping[str, A
          durable: bool = True, storage_options: Mapping[str, Any] | None = None) -> None:
     """Write a StateSet (or a WeightSet) to a path or URL, atomically, as format 2.0.
 
-    >>> save(states, "today.statefmt", metadata={"user": {"series": "sensor-7"}})  # doctest: +SKIP
+    >>> save(states, "today.statefmt", metadata={"user": {"series": "sensor-7"}})
 
     `metadata` sets descriptive fields (`source`, `created_by`, `user`) over `data.metadata`.
     A local save goes to a temporary file beside the target, is fsynced (unless `durable=False`)
@@ -50,10 +52,13 @@ def save(data: StateSet | WeightSet, target: Target, *, metadata: Mapping[str, A
     if storage_options and not is_url(target):
         raise StateFormatError("storage_options apply to URLs only", source=source)
     fields = {**data.metadata, "created_by": f"statefmt {__version__}", **(metadata or {})}
-    unknown = sorted(set(fields) - set(DESCRIPTIVE_FIELDS))
+    unknown = sorted(set(fields) - set(FIELDS))
     if unknown:
         raise StateFormatError(f"unknown metadata fields {unknown}; free-form data belongs under 'user'", source=source)
     is_state = isinstance(data, StateSet)
+    if not is_state and set(fields) & set(SESSION_FIELDS):
+        raise StateFormatError(f"{', '.join(sorted(set(fields) & set(SESSION_FIELDS)))}: describe a state, not "
+                               "weights", source=source)
     layers: Sequence[LayerState | LayerWeights] = data.layers
     entries = tuple(_reader.layer_entry(layer) for layer in layers)
     tensors: list[tuple[str, np.ndarray]] = []
@@ -67,7 +72,7 @@ def save(data: StateSet | WeightSet, target: Target, *, metadata: Mapping[str, A
         except StateError as error:
             raise StateFormatError(error.problems, source=source) from None
         tensors += [(name, index_tensors[name]) for name in STREAM_TENSORS]
-    base = Document(FORMAT_VERSION, "state" if is_state else "weights", entries,
+    base = Document(version_for(entries, fields), "state" if is_state else "weights", entries,
                     batch_size=data.batch_size if isinstance(data, StateSet) else None, stream_ids=stream_ids,
                     block_bytes=BLOCK_BYTES, **fields)
     _check_written_document(base, source)  # refuse before writing a byte what a reader would refuse
@@ -99,7 +104,8 @@ def read(target: Target, *, streams: StreamKeys | None = None, verify: bool = Tr
          storage_options: Mapping[str, Any] | None = None) -> StateSet | WeightSet:
     """Whatever a file holds: a StateSet or a WeightSet, checked; `StateFormatError` names what is wrong.
 
-    >>> data = read("s3://bucket/today.statefmt", streams=["pump-2"])  # doctest: +SKIP
+    >>> read("today.statefmt", streams=["pump-2"]).batch_size  # a path, or a URL: s3://bucket/today.statefmt
+    1
 
     `streams` picks batch rows by stream id or index and reads only their bytes (and, in a 2.x
     file, a few index entries): a constant number of range reads however large the file. Every
@@ -114,7 +120,8 @@ def load(target: Target, *, streams: StreamKeys | None = None, verify: bool = Tr
          storage_options: Mapping[str, Any] | None = None) -> StateSet:
     """Read a state file (a path or a URL), checking it; see `read`.
 
-    >>> states = load("today.statefmt", streams=["sensor-7"])  # doctest: +SKIP
+    >>> load("today.statefmt", streams=["sensor-7"]).stream_ids
+    ('sensor-7',)
     """
     data = _reader.read_file(target, streams=streams, verify=verify, storage_options=storage_options)
     if not isinstance(data, StateSet):
@@ -126,7 +133,10 @@ def load(target: Target, *, streams: StreamKeys | None = None, verify: bool = Tr
 def load_weights(target: Target, *, verify: bool = True, storage_options: Mapping[str, Any] | None = None) -> WeightSet:
     """Read a weights file written by `save(weight_set, path)`; `read` reads either kind.
 
-    >>> torch_adapter.import_weights(load_weights("weights.statefmt"), lstm)  # doctest: +SKIP
+    >>> load_weights("weights.statefmt")[0]
+    LayerWeights('l0', gru, units=4, input_size=5, directions=1, dtype=float32)
+
+    An adapter's `import_weights(weights, model)` puts them into a model.
     """
     data = _reader.read_file(target, streams=None, verify=verify, storage_options=storage_options)
     if not isinstance(data, WeightSet):
@@ -138,7 +148,7 @@ def validate(target: Target | StateSet | WeightSet, *, against: StateSignature |
              storage_options: Mapping[str, Any] | None = None) -> None:
     """Check a file (or an in-memory set) completely and, with `against`, that it fits a model.
 
-    >>> validate("today.statefmt", against=StateSignature.from_json(text))  # doctest: +SKIP
+    >>> validate("today.statefmt", against=StateSignature.from_json(open("model.sig.json").read()))
 
     Raises `StateFormatError` for a malformed file or NaN/Inf values, `StateMismatchError`
     listing every layer and field that does not fit `against`. It streams through the data
@@ -171,7 +181,7 @@ def validate(target: Target | StateSet | WeightSet, *, against: StateSignature |
 def upgrade(source: Target, out: Target | None = None, *, storage_options: Mapping[str, Any] | None = None) -> None:
     """Rewrite a file (1.x) as the current format, in place unless `out` is given; atomically.
 
-    >>> upgrade("old.statefmt")  # doctest: +SKIP
+    >>> upgrade("old.statefmt")
     """
     with _reader.opened(source, _options_for(source, storage_options)) as (_, _, document):
         if document.major != "1":

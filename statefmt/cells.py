@@ -5,8 +5,11 @@ which gates keep their input and recurrent biases apart. Also the closed list of
 names a weights file may hold, and the gate orders of the frameworks that differ from the
 neutral one. No framework is imported: these are names and numbers only.
 
->>> CELLS["gru"].gates, STATE_NAMES["lstm"], GATES["lstm"]
-(('r', 'z', 'n'), ('h', 'c'), 4)
+The state kinds of modern recurrent models (format 2.1) are tabled in `statefmt.kinds`, and
+joined here: `STATE_KINDS` lists every kind a state layer may have, `STATE_NAMES` its tensors.
+
+>>> CELLS["gru"].gates, STATE_NAMES["lstm"], GATES["lstm"], STATE_NAMES["mamba2"]
+(('r', 'z', 'n'), ('h', 'c'), 4, ('conv', 'ssm'))
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import StateMismatchError
+from .kinds import KINDS_2_1, StateKind
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,11 @@ CELLS: dict[str, Cell] = {cell.kind: cell for cell in (
     Cell("rnn", ("h",), ("h",), ("activation",), ()),
 )}
 
-KINDS: tuple[str, ...] = tuple(CELLS)
-STATE_NAMES: dict[str, tuple[str, ...]] = {kind: cell.states for kind, cell in CELLS.items()}
+KINDS: tuple[str, ...] = tuple(CELLS)  # the classic cells: what a weights file holds
+MODERN: dict[str, StateKind] = KINDS_2_1
+STATE_KINDS: tuple[str, ...] = KINDS + tuple(MODERN)  # what a state layer may be
+STATE_NAMES: dict[str, tuple[str, ...]] = {**{kind: cell.states for kind, cell in CELLS.items()},
+                                           **{kind: entry.names for kind, entry in MODERN.items()}}
 GATES: dict[str, int] = {kind: len(cell.gates) for kind, cell in CELLS.items()}
 GATE_ORDER: dict[str, tuple[str, ...]] = {kind: cell.gates for kind, cell in CELLS.items()}
 DIRECTIONS: tuple[int, ...] = (1, 2)  # forward; forward and backward

@@ -44,7 +44,7 @@ class StateFormatError(StateError):
     >>> try:
     ...     statefmt.load("damaged.statefmt")
     ... except StateFormatError as error:
-    ...     print(error.step, error.code)  # doctest: +SKIP
+    ...     print(error.step, error.code)
     8 checksum
     """
 
@@ -52,8 +52,12 @@ class StateFormatError(StateError):
 class StateMismatchError(StateError):
     """The state is well formed but does not fit the target model or signature.
 
-    >>> torch_adapter.initial_state(statefmt.load("today.statefmt"), lstm)  # doctest: +SKIP
-    StateMismatchError: today.statefmt: layer 0 'lstm': units: expected 64, found 32
+    >>> signature = statefmt.StateSignature([statefmt.LayerSignature("lstm", 64), statefmt.LayerSignature("gru", 4)])
+    >>> try:
+    ...     statefmt.validate("today.statefmt", against=signature)
+    ... except StateMismatchError as error:
+    ...     print(error)
+    today.statefmt: layer 0 'encoder': units: expected 64, found 8
     """
 
 

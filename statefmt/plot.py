@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import StateError
-from .states import StateSet
+from .states import LayerState, StateSet
 from .weights import WeightSet
 
 __all__ = ["findings", "plot_state"]
@@ -75,17 +75,23 @@ def _summarize(tensor: np.ndarray, max_rows: int, max_columns: int) -> _Summary:
     return _Summary(nonfinite, peak, unit_peak, grid, counts, step > 1 or column_step > 1)
 
 
-def _state_names(kind: str) -> tuple[str, ...]:
-    return ("h", "c") if kind == "lstm" else ("h",)
+def _tensors(layer: LayerState) -> dict[str, np.ndarray]:
+    """The tensors drawn, each as [directions, batch, units]: a modern kind's (batch first) flattened per stream
+    into one direction; empty ones (an xLSTM block without conv) left out."""
+    if not layer.modern:
+        return {name: layer[name] for name in layer.state_names}
+    return {name: layer[name].reshape(layer.batch_size, -1)[None] for name in layer.state_names
+            if layer[name].size or not layer.batch_size}
 
 
 def findings(states: StateSet) -> list[str]:
     """What stands out in `states`: diverging streams, dead units, non-finite values (one line each).
 
-    >>> findings(statefmt.load("today.statefmt"))  # doctest: +SKIP
-    ["layer 0 'l0': c: stream 'pump-7' reaches |c| = 812, 64x the median stream's 12.7"]
+    >>> findings(statefmt.load("today.statefmt"))
+    ["layer 0 'encoder': c: stream 'sensor-7' reaches |c| = 190, 142x the median stream's 1.34"]
     """
-    summaries = [{name: _summarize(layer[name], 1, 1) for name in _state_names(layer.kind)} for layer in states.layers]
+    summaries = [{name: _summarize(tensor, 1, 1) for name, tensor in _tensors(layer).items()}
+                 for layer in states.layers]
     return _findings(states, summaries)
 
 
@@ -126,7 +132,7 @@ def plot_state(data: StateSet | WeightSet, out: str | os.PathLike[str], *, title
                max_rows: int = 400, max_columns: int = 400) -> list[str]:
     """Draw `data` (a state) to the image `out` (PNG, SVG or PDF, by its extension); returns `findings(data)`.
 
-    >>> notes = plot_state(statefmt.load("today.statefmt"), "today.png")  # doctest: +SKIP
+    >>> notes = plot_state(statefmt.load("today.statefmt"), "today.png")
 
     The same picture as `statefmt inspect FILE --plot OUT.png`.
     """
@@ -139,7 +145,7 @@ def plot_state(data: StateSet | WeightSet, out: str | os.PathLike[str], *, title
         raise StateError('plotting needs matplotlib: pip install "statefmt[plot]"') from None
 
     layers = data.layers
-    summaries = [{name: _summarize(layer[name], max_rows, max_columns) for name in _state_names(layer.kind)}
+    summaries = [{name: _summarize(tensor, max_rows, max_columns) for name, tensor in _tensors(layer).items()}
                  for layer in layers]
     notes = _findings(data, summaries)
     rows = max(1, len(layers))
@@ -152,7 +158,7 @@ def plot_state(data: StateSet | WeightSet, out: str | os.PathLike[str], *, title
             if column >= len(names):
                 axis.axis("off")
                 continue
-            _heatmap(figure, axis, tensors[names[column]], layer.directions, LogNorm)
+            _heatmap(figure, axis, tensors[names[column]], 1 if layer.modern else layer.directions, LogNorm)
             axis.set_title(f"layer {index} {layer.name!r} ({layer.kind}): |{names[column]}|", fontsize=10)
         _per_stream(axes[index][2], tensors)
         _histograms(axes[index][3], tensors)
@@ -188,18 +194,23 @@ def _heatmap(figure: Any, axis: Any, summary: _Summary, directions: int, log_nor
 
 
 _COLORS = {"h": "#1f77b4", "c": "#d62728"}
+_OTHER_COLORS = ("#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")  # a modern kind's tensors, in order
+
+
+def _color(name: str, position: int) -> str:
+    return _COLORS.get(name, _OTHER_COLORS[position % len(_OTHER_COLORS)])
 
 
 def _per_stream(axis: Any, tensors: dict[str, _Summary]) -> None:
     positive = True
-    for name, summary in tensors.items():
+    for position, (name, summary) in enumerate(tensors.items()):
         if summary.peak.size == 0:
             continue
         positive = positive and bool(summary.peak.min() > 0)
         peak = _pooled(summary.peak[:, None], 4000, 1)[:, 0]  # at most 4,000 points, each the largest of its streams
         finite = peak[np.isfinite(peak)]
         top = float(finite.max()) * 2 if finite.size else 1.0
-        axis.plot(np.arange(peak.size), np.where(np.isfinite(peak), peak, top), color=_COLORS[name],
+        axis.plot(np.arange(peak.size), np.where(np.isfinite(peak), peak, top), color=_color(name, position),
                   linewidth=0.8, label=f"max |{name}|")
     axis.set_yscale("log") if positive else axis.set_yscale("symlog", linthresh=1e-3)  # zeros: an all-zero stream
     axis.set_title("largest |value| per stream", fontsize=10)
@@ -210,12 +221,12 @@ def _per_stream(axis: Any, tensors: dict[str, _Summary]) -> None:
 
 def _histograms(axis: Any, tensors: dict[str, _Summary]) -> None:
     drawn = False
-    for name, summary in tensors.items():
+    for position, (name, summary) in enumerate(tensors.items()):
         used = np.flatnonzero(summary.counts)
         if used.size == 0:
             continue
         lo, hi = used[0], used[-1] + 1
-        axis.stairs(summary.counts[lo:hi], EDGES[lo:hi + 1], color=_COLORS[name], label=f"|{name}|")
+        axis.stairs(summary.counts[lo:hi], EDGES[lo:hi + 1], color=_color(name, position), label=f"|{name}|")
         drawn = True
     if drawn:
         axis.set_xscale("log")

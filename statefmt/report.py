@@ -29,6 +29,11 @@ def describe(data: StateSet | WeightSet) -> dict[str, Any]:
                     value = float(getattr(finite, stat)()) if finite.size else None
                 stats[stat] = value if value is not None and math.isfinite(value) else None  # 1e308s overflow std
             tensors[name] = stats
+        entry: dict[str, Any]
+        if isinstance(layer, LayerState) and layer.modern:
+            layers.append({"name": layer.name, "kind": layer.kind, "dims": layer.dims, "dtype": layer.dtype,
+                           "tensors": tensors})
+            continue
         entry = {"name": layer.name, "kind": layer.kind, "units": layer.units, "directions": layer.directions,
                  "proj_units": layer.proj_units, "dtype": layer.dtype, "tensors": tensors}
         if isinstance(layer, LayerWeights):
@@ -54,11 +59,15 @@ def compare(a: StateSet | WeightSet, b: StateSet | WeightSet, *, atol: float = 0
             differences.append("stream_ids differ")
     if len(a.layers) != len(b.layers):
         differences.append(f"layer count: {len(a.layers)} vs {len(b.layers)}")
-    fields = ("name", "kind", "units", "directions", "proj_units", "dtype")
     left_layers: Sequence[LayerState | LayerWeights] = a.layers
     right_layers: Sequence[LayerState | LayerWeights] = b.layers
     for index, (x, y) in enumerate(zip(left_layers, right_layers)):
         where = f"layer {index} {x.name!r}"
+        modern = any(isinstance(layer, LayerState) and layer.modern for layer in (x, y))
+        fields: tuple[str, ...] = ("name", "kind", "dims", "dtype") if modern else (
+            "name", "kind", "units", "directions", "proj_units", "dtype")
+        if modern and x.kind != y.kind:
+            fields = ("name", "kind", "dtype")  # the sizes of different kinds do not compare
         structural = [f"{where}: {f}: {getattr(x, f)} vs {getattr(y, f)}" for f in fields
                       if getattr(x, f) != getattr(y, f)]
         differences += structural

@@ -1,7 +1,8 @@
 """In-memory recurrent state: `LayerState` per layer, `StateSet` per model.
 
-Arrays follow ONNX's layout, `[directions, batch, units]`, whatever framework they came from;
-they are kept by reference, never copied.
+Classic cells' arrays follow ONNX's layout, `[directions, batch, units]`, whatever framework
+they came from; modern kinds' (`statefmt.kinds`) put the batch first. Arrays are kept by
+reference, never copied.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ._dtypes import dtype_name, little_endian
-from .cells import KINDS, STATE_NAMES
+from ._dtypes import dtype_name, little_endian, numpy_dtype
+from .cells import KINDS, MODERN, STATE_KINDS, STATE_NAMES
 from .errors import StateFormatError, StateMismatchError
+from .kinds import BATCH, StateKind
 
 __all__ = ["KINDS", "STATE_NAMES", "LayerState", "StateSet"]  # KINDS, STATE_NAMES: from statefmt.cells
 
@@ -26,29 +28,48 @@ class LayerState:
     >>> layer.units, layer.directions, layer.batch_size, layer.state_names
     (8, 1, 4, ('h', 'c'))
 
-    An LSTM whose h is projected (PyTorch `proj_size`) has an `h` narrower than `c`.
+    An LSTM whose h is projected (PyTorch `proj_size`) has an `h` narrower than `c`. A layer of a
+    modern kind (`statefmt.kinds`) takes its tensors by name, batch first, and has `dims` instead:
+
+    >>> ssm = LayerState("l0", "mamba2", conv=np.zeros((2, 24, 3), "float32"),
+    ...                  ssm=np.zeros((2, 4, 4, 8), "float32"))
+    >>> ssm.dims["heads"], ssm.batch_size
+    (4, 2)
     """
 
-    __slots__ = ("_arrays", "kind", "name")
+    __slots__ = ("_arrays", "kind", "name", "window")
 
-    def __init__(self, name: str, kind: str, h: Any, c: Any = None) -> None:
+    def __init__(self, name: str, kind: str, h: Any = None, c: Any = None, *, window: Any = None,
+                 **arrays: Any) -> None:
         where = f"layer {name!r}"
         if not isinstance(name, str) or not name:
             raise StateFormatError(f"layer name must be a non-empty string, found {name!r}")
         if kind not in STATE_NAMES:
-            raise StateFormatError(f"{where}: kind: expected one of {', '.join(KINDS)}, found {kind!r}")
+            raise StateFormatError(f"{where}: kind: expected one of {', '.join(STATE_KINDS)}, found {kind!r}")
+        self.name = name
+        self.kind = kind
+        self.window = window
+        if kind in MODERN:
+            given = {key: value for key, value in (("h", h), ("c", c)) if value is not None}
+            self._arrays = _modern_arrays(where, MODERN[kind], {**given, **arrays}, window)
+            return
+        if arrays or window is not None:
+            raise StateFormatError(f"{where}: a {kind.upper()} has h{' and c' if kind == 'lstm' else ''} only, "
+                                   f"found {', '.join(sorted([*arrays] + (['window'] if window else [])))}")
+        if h is None:
+            raise StateFormatError(f"{where}: a {kind.upper()} needs h")
         if (kind == "lstm") != (c is not None):
             expected = "an LSTM needs both h and c" if kind == "lstm" else f"a {kind.upper()} has h only, no c"
             raise StateFormatError(f"{where}: {expected}")
-        arrays = {"h": little_endian(h)} if c is None else {"h": little_endian(h), "c": little_endian(c)}
-        for state, array in arrays.items():
+        checked = {"h": little_endian(h)} if c is None else {"h": little_endian(h), "c": little_endian(c)}
+        for state, array in checked.items():
             if array.ndim != 3 or array.shape[0] not in (1, 2):
                 raise StateFormatError(
                     f"{where}: {state}: expected shape [directions (1 or 2), batch, units], found {list(array.shape)}"
                 )
             dtype_name(array.dtype)  # refuses anything but the four float dtypes
         if c is not None:
-            h_, c_ = arrays["h"], arrays["c"]
+            h_, c_ = checked["h"], checked["c"]
             if h_.shape[:2] != c_.shape[:2] or h_.dtype != c_.dtype:
                 raise StateFormatError(
                     f"{where}: h and c disagree: h {list(h_.shape)} {h_.dtype}, c {list(c_.shape)} {c_.dtype}"
@@ -57,34 +78,60 @@ class LayerState:
                 raise StateFormatError(
                     f"{where}: h is wider than c ({h_.shape[2]} > {c_.shape[2]}); only a projection narrows h"
                 )
-        self.name = name
-        self.kind = kind
-        self._arrays = arrays
+        self._arrays = checked
 
     @property
     def state_names(self) -> tuple[str, ...]:
         return STATE_NAMES[self.kind]
 
     @property
+    def modern(self) -> bool:
+        """A kind of format 2.1 (`statefmt.kinds`): batch first, sized by `dims`."""
+        return self.kind in MODERN
+
+    @property
+    def batch_axis(self) -> int:
+        """The stream axis of every tensor: 1 for the classic `[directions, batch, units]`, else 0."""
+        return 0 if self.modern else 1
+
+    @property
+    def dims(self) -> dict[str, int | None]:
+        """A modern layer's named sizes (and its settings: attention's `window`), read from its tensors."""
+        if not self.modern:
+            return {"units": self.units, "directions": self.directions, "proj_units": self.proj_units}
+        kind = MODERN[self.kind]
+        sizes: dict[str, int | None] = {}
+        for name, axes in kind.tensors:
+            sizes.update({axis: int(size) for axis, size in zip(axes[1:], self._arrays[name].shape[1:])})
+        sizes.update({setting: getattr(self, setting) for setting in kind.settings})
+        return sizes
+
+    @property
     def units(self) -> int:
-        return int(self._arrays["c" if self.kind == "lstm" else "h"].shape[2])
+        return int(self._classic()["c" if self.kind == "lstm" else "h"].shape[2])
 
     @property
     def proj_units(self) -> int | None:
-        width = int(self._arrays["h"].shape[2])
+        width = int(self._classic()["h"].shape[2])
         return width if width != self.units else None
 
     @property
     def directions(self) -> int:
-        return int(self._arrays["h"].shape[0])
+        return int(self._classic()["h"].shape[0])
+
+    def _classic(self) -> dict[str, np.ndarray]:
+        if self.modern:
+            raise StateMismatchError(f"layer {self.name!r} is a {self.kind} layer: it has dims "
+                                     f"({', '.join(MODERN[self.kind].dims)}), not units, directions or proj_units")
+        return self._arrays
 
     @property
     def batch_size(self) -> int:
-        return int(self._arrays["h"].shape[1])
+        return int(next(iter(self._arrays.values())).shape[self.batch_axis])
 
     @property
     def dtype(self) -> str:
-        return dtype_name(self._arrays["h"].dtype)
+        return dtype_name(next(iter(self._arrays.values())).dtype)
 
     def __getitem__(self, state: str) -> np.ndarray:
         try:
@@ -96,16 +143,65 @@ class LayerState:
     def with_arrays(self, **arrays: np.ndarray) -> LayerState:
         """The same layer with other arrays, e.g. a batch slice or a cast.
 
-        >>> half = layer.with_arrays(h=layer["h"].astype("float16"), c=layer["c"].astype("float16"))  # doctest: +SKIP
+        >>> half = layer.with_arrays(h=layer["h"].astype("float16"), c=layer["c"].astype("float16"))
         """
-        return LayerState(self.name, self.kind, **arrays)
+        return LayerState(self.name, self.kind, window=self.window, **arrays)
+
+    def astype(self, dtype: str) -> LayerState:
+        """The same layer with every tensor cast to `dtype` (a name: "bfloat16", "float32", ...): an explicit
+        cast, never done behind the caller's back.
+
+        >>> layer.astype("bfloat16").dtype  # doctest: +SKIP
+        'bfloat16'
+        """
+        target = numpy_dtype(dtype)
+        return self.with_arrays(**{name: array.astype(target) for name, array in self._arrays.items()})
 
     def __repr__(self) -> str:
+        if self.modern:
+            sizes = ", ".join(f"{key}={value}" for key, value in self.dims.items())
+            return f"LayerState({self.name!r}, {self.kind}, {sizes}, batch={self.batch_size}, dtype={self.dtype})"
         proj = f", proj_units={self.proj_units}" if self.proj_units else ""
         return (
             f"LayerState({self.name!r}, {self.kind}, units={self.units}{proj}, directions={self.directions}, "
             f"batch={self.batch_size}, dtype={self.dtype})"
         )
+
+
+def _modern_arrays(where: str, kind: StateKind, arrays: dict[str, Any], window: Any) -> dict[str, np.ndarray]:
+    """The tensors of a modern layer, checked against its kind: names, axes, sizes that agree, one dtype."""
+    missing, extra = [n for n in kind.names if n not in arrays], sorted(set(arrays) - set(kind.names))
+    if missing or extra:
+        raise StateFormatError(f"{where}: a {kind.kind} layer has tensors {', '.join(kind.names)}; "
+                               + "; ".join(([f"missing {', '.join(missing)}"] if missing else [])
+                                           + ([f"unknown {', '.join(extra)}"] if extra else [])))
+    checked = {name: little_endian(arrays[name]) for name in kind.names}
+    sizes: dict[str, int] = {}
+    for name, axes in kind.tensors:
+        array = checked[name]
+        dtype_name(array.dtype)
+        if array.ndim != len(axes):
+            raise StateFormatError(f"{where}: {name}: expected shape [{', '.join(axes)}], found {list(array.shape)}")
+        for axis, size in zip(axes, array.shape):
+            if sizes.setdefault(axis, int(size)) != size:
+                raise StateFormatError(f"{where}: {name}: {axis}: expected {sizes[axis]} (as in the layer's other "
+                                       f"tensors), found {size}")
+            if size == 0 and axis != BATCH and axis not in kind.zero:
+                raise StateFormatError(f"{where}: {name}: {axis} must be at least 1, found 0")
+    dtypes = {str(array.dtype) for array in checked.values()}
+    if len(dtypes) > 1:
+        raise StateFormatError(f"{where}: tensors of one layer share one dtype, found {', '.join(sorted(dtypes))}")
+    if "window" in kind.settings:
+        if window is not None and (isinstance(window, bool) or not isinstance(window, (int, np.integer))
+                                   or window < 1):
+            raise StateFormatError(f"{where}: window: expected a whole number >= 1, or None for full attention, "
+                                   f"found {window!r}")
+        if window is not None and sizes["length"] > window:
+            raise StateFormatError(f"{where}: length: a sliding window of {window} keeps at most {window} "
+                                   f"positions, found {sizes['length']}")
+    elif window is not None:
+        raise StateFormatError(f"{where}: window applies to attention layers only, found {window!r} on a {kind.kind}")
+    return checked
 
 
 class StateSet:
@@ -169,7 +265,7 @@ class StateSet:
 
         Use it when a target model holds fewer recurrent layers than the file.
 
-        >>> encoder_only = states.select(["encoder"])  # doctest: +SKIP
+        >>> encoder_only = states.select(["encoder"])
         """
         keys = [names_or_indices] if isinstance(names_or_indices, (str, int)) else list(names_or_indices)
         return StateSet([self.layers[layer_index(self.layers, key)] for key in keys], stream_ids=self.stream_ids,
@@ -178,19 +274,34 @@ class StateSet:
     def rows(self, ids_or_indices: str | int | Iterable[str | int]) -> StateSet:
         """The batch rows given by stream id or by index, in the order given.
 
-        >>> states.rows(["pump-2", 0]).batch_size  # doctest: +SKIP
+        >>> states.rows(["pump-2", 0]).batch_size
         2
         """
         rows = resolve_rows(ids_or_indices, self.batch_size, self.stream_ids)
         stream_ids = None if self.stream_ids is None else [self.stream_ids[row] for row in rows]
-        layers = [layer.with_arrays(**{s: layer[s][:, rows] for s in layer.state_names}) for layer in self.layers]
-        return StateSet(layers, stream_ids=stream_ids, metadata=self.metadata, file=self.file)
+        layers = [layer.with_arrays(**{s: np.take(layer[s], rows, axis=layer.batch_axis) for s in layer.state_names})
+                  for layer in self.layers]
+        metadata = self.metadata  # the token fingerprint hashes every stream's tokens: only all of them keep it
+        if rows != list(range(self.batch_size)):
+            metadata = {key: value for key, value in metadata.items() if key != "token_fingerprint"}
+        return StateSet(layers, stream_ids=stream_ids, metadata=metadata, file=self.file)
+
+    def astype(self, dtype: str) -> StateSet:
+        """Every layer cast to `dtype`, explicitly: e.g. a smaller stored dtype, whose cost in precision
+        the caller measures (statefmt never downcasts a state on its own).
+
+        >>> statefmt.save(states.astype("bfloat16"), "small.statefmt")  # doctest: +SKIP
+        """
+        return StateSet([layer.astype(dtype) for layer in self.layers], stream_ids=self.stream_ids,
+                        metadata=self.metadata, file=self.file)
 
     def with_stream_ids(self, stream_ids: Sequence[str] | None) -> StateSet:
         """The same state with one id per batch row, so a later `load(path, streams=[id])` or
         `rows([id])` can pick a stream by name (adapters export rows by position only).
 
-        >>> save(export(lstm, state).with_stream_ids(["pump-1", "pump-2"]), "today.statefmt")  # doctest: +SKIP
+        >>> statefmt.save(states.with_stream_ids(["pump-7", "pump-8", "pump-9"]), "tomorrow.statefmt")
+        >>> statefmt.load("tomorrow.statefmt", streams=["pump-8"]).stream_ids
+        ('pump-8',)
         """
         return StateSet(self.layers, stream_ids=stream_ids, metadata=self.metadata, file=self.file)
 

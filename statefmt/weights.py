@@ -150,9 +150,9 @@ class LayerWeights:
 class WeightSet:
     """The recurrent weights of a model, layers in order from input to output.
 
-    >>> weights = statefmt.load_weights("weights.statefmt")  # doctest: +SKIP
-    >>> weights[0].kind, len(weights)  # doctest: +SKIP
-    ('lstm', 2)
+    >>> weights = statefmt.load_weights("weights.statefmt")
+    >>> weights[0].kind, len(weights)
+    ('gru', 1)
     """
 
     def __init__(self, layers: Iterable[LayerWeights], *, metadata: Mapping[str, Any] | None = None,

@@ -1,4 +1,4 @@
-"""`statefmt validate FILE --against SIG.json`, as the adapters' tests run it on what a model expects."""
+"""The CLI as tests drive it: `statefmt validate FILE --against SIG.json` on what a model expects, and a clean exit."""
 
 from click.testing import CliRunner
 
@@ -18,3 +18,8 @@ def assert_cli_reports(states, signature, problems, folder):
         assert result.stderr.splitlines() == [f"{path}: {problem}" for problem in problems], result.stderr
     else:
         assert (result.exit_code, result.stdout) == (0, f"{path}: valid\n"), result.output
+
+
+def assert_no_traceback(result):
+    """A CliRunner run that ended by a clean exit (a one-line error and a code), not by an uncaught exception."""
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)

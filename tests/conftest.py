@@ -4,7 +4,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests import the numpy yardstick as `reference`
+# tests import the conformance vectors' writer as `generate` (spec/vectors), the fuzzers as `fuzz` (beside
+# `tests/`), and their shared helpers (builders, reference, ...) by name
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "spec" / "vectors"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).parent))
 
 from s3server import S3Server
 

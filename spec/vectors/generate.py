@@ -77,8 +77,43 @@ def _weights() -> tuple[Document, Tensors, list[str] | None]:
     return {"format_version": "2.0", "content": "weights", "layers": layers, "created_by": CREATED_BY}, tensors, None
 
 
-def _state(layers: list[dict[str, Any]], batch: int, **fields: Any) -> Document:
-    return {"format_version": "2.0", "content": "state", "batch_size": batch, "stream_ids": False, "layers": layers,
+# Format 2.1's kinds as the spec's tables give them: tensors in checksum order, each by its axes (batch first).
+MODERN = {
+    "mamba": {"conv": ("channels", "conv_window"), "ssm": ("channels", "state_size")},
+    "mamba2": {"conv": ("conv_channels", "conv_window"), "ssm": ("heads", "head_dim", "state_size")},
+    "gated_deltanet": {"conv": ("conv_channels", "conv_window"), "recurrent": ("heads", "key_dim", "value_dim")},
+    "rwkv4": {name: ("channels",) for name in ("att_x", "att_num", "att_den", "att_max", "ffn_x")},
+    "rwkv7": {"att_x": ("channels",), "wkv": ("heads", "key_dim", "value_dim"), "ffn_x": ("channels",)},
+    "rglru": {"conv": ("channels", "conv_window"), "rg_lru": ("channels",)},
+    "mlstm": {"C": ("heads", "key_dim", "value_dim"), "n": ("heads", "key_dim"), "m": ("heads",),
+              "conv": ("conv_channels", "conv_window")},
+    "slstm": {"h": ("units",), "c": ("units",), "n": ("units",), "m": ("units",),
+              "conv": ("conv_channels", "conv_window")},
+    "attention": {"keys": ("kv_heads", "length", "head_dim"), "values": ("kv_heads", "length", "value_dim")},
+}
+SIZES = {"channels": 6, "conv_channels": 10, "conv_window": 3, "state_size": 4, "heads": 2, "head_dim": 3,
+         "key_dim": 3, "value_dim": 2, "units": 5, "kv_heads": 1, "length": 3}
+
+
+def _kind(kind: str, batch: int = 2, **override: Any) -> Callable[[], tuple[Document, Tensors, list[str] | None]]:
+    """One layer of a 2.1 kind, with the session fields; `override` changes sizes (a window, no conv)."""
+    def make() -> tuple[Document, Tensors, list[str] | None]:
+        rng = _rng()
+        sizes = {**SIZES, **override}
+        tensors = {f"layers.0.{name}": rng.standard_normal((batch, *(sizes[a] for a in axes)), "float32")
+                   for name, axes in MODERN[kind].items()}
+        dims = {axis: sizes[axis] for axes in MODERN[kind].values() for axis in axes}
+        if kind == "attention":
+            dims["window"] = sizes.get("window")
+        layers = [{"name": f"{kind} 0", "kind": kind, "dtype": "float32", "dims": dims}]
+        document = _state(layers, batch, version="2.1", tokens=9, compute_dtype="float32",
+                          model={"implementation": "numpy", "config": "xxh3_64:" + "0" * 16})
+        return document, tensors, [f"session-{i}" for i in range(batch)]
+    return make
+
+
+def _state(layers: list[dict[str, Any]], batch: int, version: str = "2.0", **fields: Any) -> Document:
+    return {"format_version": version, "content": "state", "batch_size": batch, "stream_ids": False, "layers": layers,
             "created_by": CREATED_BY, **fields}
 
 
@@ -100,8 +135,10 @@ def stream_tensors(ids: list[str]) -> Tensors:
 
 def order(document: Document, tensors: Tensors) -> list[str]:
     """Checksum order: layers in order, each's tensors in the spec's order, then the stream index."""
-    names = ["h", "c", "W", "R", "Wb", "Rb", "P"]
-    keys = [f"layers.{i}.{n}" for i in range(len(document["layers"])) for n in names if f"layers.{i}.{n}" in tensors]
+    keys = []
+    for i, layer in enumerate(document["layers"]):
+        names = list(MODERN.get(layer["kind"], ())) or ["h", "c", "W", "R", "Wb", "Rb", "P"]
+        keys += [f"layers.{i}.{n}" for n in names if f"layers.{i}.{n}" in tensors]
     return keys + [k for k in ("stream_ids.bytes", "stream_ids.offsets", "stream_ids.buckets", "stream_ids.index")
                    if k in tensors]
 
@@ -211,6 +248,15 @@ def generate(out: Path) -> list[dict[str, Any]]:
            build(_lstm, lambda d, t: d.update(format_version="2.7", future_field={"x": 1})),
            expected=expected_values(_lstm))
 
+    for kind in MODERN:
+        vector(f"kind_{kind}.statefmt", f"format 2.1: one {kind} layer, two named streams, the session fields",
+               build(_kind(kind)), expected=expected_values(_kind(kind)))
+    for name, make, text in (
+            ("kind_attention_window", _kind("attention", window=4), "a sliding-window attention layer"),
+            ("kind_attention_empty", _kind("attention", length=0), "an attention layer that has seen no token"),
+            ("kind_mlstm_no_conv", _kind("mlstm", conv_channels=0, conv_window=0), "an mLSTM layer without conv")):
+        vector(f"{name}.statefmt", f"format 2.1: {text}", build(make), expected=expected_values(make))
+
     good = build(_lstm)
     vector("empty.statefmt", "an empty file", b"", 1, "container")
     vector("random.statefmt", "random bytes", _rng().bytes(256), 1, "container")
@@ -249,6 +295,18 @@ def generate(out: Path) -> list[dict[str, Any]]:
            safetensors_bytes(tensors, metadata={"statefmt": text}), 4, "metadata-checksum")
     vector("unknown_kind.statefmt", "kind 'transformer'",
            build(_lstm, lambda d, t: d["layers"][0].update(kind="transformer")), 5, "schema")
+    vector("kind_unknown.statefmt", "format 2.1, kind 'mamba3', which no 2.1 reader knows: refused by name",
+           build(_kind("mamba"), lambda d, t: d["layers"][0].update(kind="mamba3")), 5, "schema")
+    vector("kind_dims_missing.statefmt", "a mamba2 layer without its state_size",
+           build(_kind("mamba2"), lambda d, t: d["layers"][0]["dims"].pop("state_size")), 5, "schema")
+    vector("kind_in_2_0.statefmt", "a mamba2 layer in a file that says format 2.0",
+           build(_kind("mamba2"), lambda d, t: d.update(format_version="2.0")), 6, "semantics")
+    vector("kind_window_lie.statefmt", "an attention layer keeping 3 positions in a window of 2",
+           build(_kind("attention", window=2)), 6, "semantics")
+    vector("kind_dims_lie.statefmt", "dims say 3 heads, the ssm tensor has 2",
+           build(_kind("mamba2"), lambda d, t: d["layers"][0]["dims"].update(heads=3)), 7, "tensors")
+    vector("kind_nan.statefmt", "NaN in a mamba2 ssm state",
+           build(_kind("mamba2"), lambda d, t: t["layers.0.ssm"].__setitem__((1, 0, 0, 0), np.nan)), 9, "nonfinite")
     vector("batch_float.statefmt", "batch_size 2.0, a float",
            build(_lstm, lambda d, t: d.update(batch_size=2.0)), 5, "schema")
     vector("activation_unknown.statefmt", "weights with activation 'gelu', outside the spec's list",

@@ -12,6 +12,9 @@ Every module offers the same verbs, with the same arguments in the same order an
 
 `name=` prefixes every layer name with "name/". `broadcast=True` starts every stream from a
 batch-1 state, at the target's batch size or at `batch_size=N`. Flax linen, whose modules hold
-no params, also takes `variables=` by keyword in the weight verbs. `load_weights` is the old
-name of `import_weights`, kept one release with a DeprecationWarning.
+no params, also takes `variables=` by keyword in the weight verbs.
+
+The implementations of modern recurrent language models (transformers, recurrentgemma, rwkv,
+keras_hub) offer the state verbs (signature, export, initial_state): a state saved by one
+continues in another with the same weights (docs/handoffs.md); their weights stay their own.
 """

@@ -17,18 +17,18 @@ or at `batch_size=N` where it fixes none; `batch_size=N` alone expects N streams
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
-import warnings
-from collections.abc import Callable, Iterable
+import importlib.metadata
+import json
+from collections.abc import Iterable
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
+import xxhash
 
 from statefmt import StateMismatchError, StateSet, StateSignature, WeightSet, WeightSignature, validate
-
-F = TypeVar("F", bound=Callable[..., Any])
+from statefmt._document import CHECKSUM_PREFIX
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -43,7 +43,26 @@ def require(module: str, extra: str) -> ModuleType:
 
 def source_metadata(framework: str, extra: str, model: str) -> dict[str, str]:
     """The `source` metadata of an export: which framework, at which version, produced it from what model."""
-    return {"framework": framework, "version": require(framework, extra).__version__, "model": model}
+    version = getattr(require(framework, extra), "__version__", None)  # BlinkDL's rwkv has none
+    return {"framework": framework, "version": version or importlib.metadata.version(framework), "model": model}
+
+
+def model_fingerprints(implementation: str, config: Any, weights: Iterable[tuple[str, np.ndarray]]) -> dict[str, str]:
+    """The `model` field of a 2.1 state: XXH3-64 of the configuration (canonical JSON) and of the weights
+    (each name, dtype, shape and bytes, in name order), so a state refuses another model of the same
+    implementation by name. `implementation` says whose layout was hashed: others' are not comparable.
+
+    >>> model_fingerprints("rwkv", {"n_layer": 2}, [("emb", np.zeros(2, "float32"))])["config"][:8]
+    'xxh3_64:'
+    """
+    digest = xxhash.xxh3_64()
+    for key, array in sorted(weights, key=lambda item: item[0]):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{key}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.view(np.uint8).reshape(-1).data)
+    text = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    return {"implementation": implementation, "config": CHECKSUM_PREFIX + xxhash.xxh3_64_hexdigest(text.encode()),
+            "weights": CHECKSUM_PREFIX + digest.hexdigest()}
 
 
 def prefixed(prefix: str | None, name: str) -> str:
@@ -52,12 +71,14 @@ def prefixed(prefix: str | None, name: str) -> str:
 
 
 def fit(states: StateSet, signature: StateSignature, *, strict: bool = False, broadcast: bool = False,
-        batch_size: int | None = None) -> StateSet:
+        batch_size: int | None = None, downcast: bool = True) -> StateSet:
     """Check `states` against what the target expects, then broadcast its batch if asked.
 
-    Every mismatch (layer count, kind, units, directions, proj_units, batch size, and dtype
-    when `strict`) is reported at once in one `StateMismatchError`. Broadcasting is a view,
-    not a copy.
+    Every mismatch (layer count, kind, units, directions, proj_units or dims, the model's
+    fingerprints, batch size, and dtype when `strict`) is reported at once in one
+    `StateMismatchError`. `downcast=False` (modern kinds) accepts a state narrower than the
+    target's dtype, never a wider one: the adapter would have to cast it down. Broadcasting is
+    a view, not a copy.
     """
     if not isinstance(states, StateSet):
         raise StateMismatchError(signature.check(states))
@@ -73,9 +94,9 @@ def fit(states: StateSet, signature: StateSignature, *, strict: bool = False, br
                                      f"found batch_size={batch_size}; leave batch_size out")
         signature = dataclasses.replace(signature, batch_size=int(batch_size))
     validate(states)  # NaN/Inf in memory are refused like NaN/Inf in a file
-    if not strict:
+    if not strict and downcast:
         signature = dataclasses.replace(signature, dtype=None)
-    problems = signature.check(states, broadcast=bool(broadcast))
+    problems = signature.check(states, broadcast=bool(broadcast), upcast=not strict)
     if broadcast and signature.batch_size is None:
         problems.append("broadcast=True needs a batch size, and the target fixes none: "
                         "pass batch_size=N to start N streams")
@@ -85,9 +106,13 @@ def fit(states: StateSet, signature: StateSignature, *, strict: bool = False, br
         return states
     size = signature.batch_size
     assert size is not None  # broadcast without a batch size was refused above
-    layers = [layer.with_arrays(**{s: np.broadcast_to(layer[s], (layer.directions, size, layer[s].shape[2]))
+    layers = [layer.with_arrays(**{s: np.broadcast_to(layer[s], _with_batch(layer[s].shape, layer.batch_axis, size))
                                    for s in layer.state_names}) for layer in states.layers]
     return StateSet(layers, metadata=states.metadata, file=states.file)
+
+
+def _with_batch(shape: tuple[int, ...], axis: int, size: int) -> tuple[int, ...]:
+    return (*shape[:axis], size, *shape[axis + 1:])
 
 
 def fit_weights(weights: WeightSet, signature: WeightSignature, problems: Iterable[str] = ()) -> WeightSet:
@@ -111,18 +136,3 @@ def fit_weights(weights: WeightSet, signature: WeightSignature, problems: Iterab
     if problems:
         raise StateMismatchError(problems, source=weights.file)
     return weights
-
-
-def deprecated(old: str, new: F) -> F:
-    """`old`, kept one release as an alias of `new` that warns."""
-
-    @functools.wraps(new)
-    def alias(*args: Any, **kwargs: Any) -> Any:
-        warnings.warn(f"{old} is deprecated and will be removed in the next release: use {new.__name__}, which "
-                      "takes the same arguments and returns the target holding the weights",
-                      DeprecationWarning, stacklevel=2)
-        return new(*args, **kwargs)
-
-    alias.__name__ = alias.__qualname__ = old
-    alias.__doc__ = f"Deprecated alias of `{new.__name__}` (one release)."
-    return alias  # type: ignore[return-value]

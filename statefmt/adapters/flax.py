@@ -12,7 +12,6 @@ Flax itself is imported on first use, never when this module is imported.
 
 from __future__ import annotations
 
-import warnings
 from functools import lru_cache
 from typing import Any
 
@@ -40,7 +39,7 @@ _SUPPORTED = "LSTMCell, OptimizedLSTMCell, GRUCell or SimpleCell in an RNN, a Bi
 def signature(target: Any, *, name: str | None = None) -> StateSignature:
     """What `target` expects: its layers in order; no batch size (Flax fixes none); its param dtype.
 
-    >>> signature(nn.RNN(nn.LSTMCell(64))).layers  # doctest: +SKIP
+    >>> signature(nn.RNN(nn.LSTMCell(64))).layers
     (LayerSignature(kind='lstm', units=64, directions=1, proj_units=None, name='lstm_0'),)
     """
     layers = _layers(target)
@@ -52,8 +51,8 @@ def signature(target: Any, *, name: str | None = None) -> StateSignature:
 def export(source: Any, state: Any = None, *, name: str | None = None) -> StateSet:
     """The carry of `source` (a carry, or a list of carries for a stack) as a StateSet.
 
-    >>> carry, y = rnn(x, return_carry=True)  # doctest: +SKIP
-    >>> statefmt.save(export(rnn, carry), "today.statefmt")  # doctest: +SKIP
+    >>> carry, y = rnn(x, return_carry=True)
+    >>> statefmt.save(export(rnn, carry), "today.statefmt")
 
     Flax modules hold no state, so `state` is required. Flax's `(c, h)` goes to statefmt's
     "c" and "h"; each array is copied to the host once.
@@ -73,8 +72,8 @@ def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadc
                   batch_size: int | None = None, device: Any = None) -> Any:
     """The carry `target` takes as `initial_carry=` (a list of carries for a stack), from `states`.
 
-    >>> carry = initial_state(statefmt.load("today.statefmt"), rnn)  # doctest: +SKIP
-    >>> carry, y = rnn(x2, initial_carry=carry, return_carry=True)  # doctest: +SKIP
+    >>> carry = initial_state(statefmt.load("today.statefmt"), rnn)
+    >>> carry, y = rnn(x2, initial_carry=carry, return_carry=True)
 
     Arrays are cast to the target's `param_dtype` (`strict=True` refuses any other dtype) and
     placed with `jax.device_put(x, device)`. Flax fixes no batch size: `broadcast=True,
@@ -91,16 +90,15 @@ def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadc
     return carries if isinstance(target, (list, tuple)) else carries[0]
 
 
-def export_weights(source: Any, *legacy_variables: Any, variables: Any = None, name: str | None = None) -> WeightSet:
+def export_weights(source: Any, *, variables: Any = None, name: str | None = None) -> WeightSet:
     """The recurrent weights of `source` in the neutral layout (statefmt.weights).
 
-    >>> weights = export_weights(rnn, variables=variables)  # linen: modules hold no params  # doctest: +SKIP
-    >>> weights = export_weights(rnn)                       # NNX: modules hold their params  # doctest: +SKIP
+    >>> weights = export_weights(linen_rnn, variables=variables)  # linen: modules hold no params
+    >>> weights = export_weights(rnn)                             # NNX: modules hold their params
 
     `variables` is what linen's `module.init` returns (a list of them for a stack). Flax's
     one bias per gate goes to Wb (Rb zero); a GRU candidate keeps `in` in Wb_n and `hn` in Rb_n.
     """
-    variables = _legacy_variables("export_weights(source, variables)", legacy_variables, variables)
     layers = _layers(source)
     trees = _param_trees(layers, source, variables)
     problems = [problem for layer in layers for problem in layer.check_exportable()]
@@ -113,7 +111,7 @@ def export_weights(source: Any, *legacy_variables: Any, variables: Any = None, n
 def weight_signature(target: Any, *, variables: Any = None) -> WeightSignature:
     """What `target` can take as weights: per layer its sizes, what it computes, and how to rebuild it.
 
-    >>> weight_signature(rnn, variables=variables).check(weights)  # linen  # doctest: +SKIP
+    >>> weight_signature(linen_rnn, variables=variables).check(weights)  # linen
     []
     """
     layers = _layers(target)
@@ -124,8 +122,8 @@ def weight_signature(target: Any, *, variables: Any = None) -> WeightSignature:
 def import_weights(weights: WeightSet, target: Any, *, variables: Any = None) -> Any:
     """Load neutral weights into `target` and return what holds them, refusing (all at once) what does not map.
 
-    >>> variables = import_weights(weights, rnn, variables=variables)  # linen: new variables  # doctest: +SKIP
-    >>> rnn = import_weights(weights, rnn)                              # NNX: the module  # doctest: +SKIP
+    >>> variables = import_weights(weights, linen_rnn, variables=variables)  # linen: new variables
+    >>> rnn = import_weights(weights, rnn)                                    # NNX: the module
 
     What fits is `weight_signature(target)`'s to say: layer count, kind, units, input size,
     directions, activations, and every weight Flax cannot hold (a projection P; a GRU without
@@ -142,26 +140,6 @@ def import_weights(weights: WeightSet, target: Any, *, variables: Any = None) ->
     if layers[0].api == "nnx":
         return target
     return trees if isinstance(target, (list, tuple)) else trees[0]
-
-
-def load_weights(weights: WeightSet, target: Any, *legacy_variables: Any, variables: Any = None) -> Any:
-    """Deprecated alias of `import_weights` (one release); it returned None for NNX, it now returns the target."""
-    warnings.warn("load_weights is deprecated and will be removed in the next release: use import_weights, which "
-                  "takes `variables=` by keyword and returns the target holding the weights",
-                  DeprecationWarning, stacklevel=2)
-    variables = _legacy_variables("load_weights(weights, target, variables)", legacy_variables, variables)
-    return import_weights(weights, target, variables=variables)
-
-
-def _legacy_variables(call: str, legacy: tuple[Any, ...], variables: Any) -> Any:
-    """`variables` given by position, as before (one release, with a warning)."""
-    if not legacy:
-        return variables
-    if variables is not None or len(legacy) > 1:
-        raise StateError(f"{call}: variables given more than once: pass variables= only")
-    warnings.warn(f"{call} with positional variables is deprecated and will be removed in the next release: "
-                  "pass variables=variables", DeprecationWarning, stacklevel=3)
-    return legacy[0]
 
 
 # --- the layers of a target -------------------------------------------------------------------

@@ -34,7 +34,7 @@ from statefmt import (
 )
 from statefmt.cells import ACTIVATIONS, FRAMEWORK_GATE_ORDER, STATE_NAMES, gate_rows
 
-from ._common import deprecated, fit, fit_weights, prefixed, require, source_metadata
+from ._common import fit, fit_weights, prefixed, require, source_metadata
 
 _SUPPORTED = ("LSTM, GRU or SimpleRNN (or RNN of an LSTMCell, GRUCell or SimpleRNNCell, or of StackedRNNCells of "
               "them), or a Bidirectional of one")
@@ -43,7 +43,9 @@ _SUPPORTED = ("LSTM, GRU or SimpleRNN (or RNN of an LSTMCell, GRUCell or SimpleR
 def signature(target: Any, *, name: str | None = None) -> StateSignature:
     """What `target` expects: its recurrent layers in order, the batch size its stateful layers fix, its dtype.
 
-    >>> signature(model).to_json()  # doctest: +SKIP
+    >>> signature(model)
+    StateSignature(layers=(LayerSignature(kind='lstm', units=4, directions=1, proj_units=None, name='lstm'),),
+                   batch_size=3, dtype='float32')
     """
     layers = _layers(target)
     batches = {layer.batch_size for layer in layers if layer.batch_size is not None}
@@ -57,9 +59,9 @@ def signature(target: Any, *, name: str | None = None) -> StateSignature:
 def export(source: Any, state: Any = None, *, name: str | None = None) -> StateSet:
     """The state of `source` (a recurrent layer or a model) as a StateSet of numpy arrays.
 
-    >>> statefmt.save(export(model), "today.statefmt")          # stateful layers: read layer.states  # doctest: +SKIP
-    >>> out, h, c = lstm(x)  # lstm = keras.layers.LSTM(64, return_state=True)  # doctest: +SKIP
-    >>> statefmt.save(export(lstm, [h, c]), "today.statefmt")    # doctest: +SKIP
+    >>> statefmt.save(export(model), "today.statefmt")          # stateful layers: read layer.states
+    >>> out, h, c = lstm(x)  # lstm = keras.layers.LSTM(4, return_state=True)
+    >>> statefmt.save(export(lstm, [h, c]), "today.statefmt")
 
     `state` is what `return_state=True` returns after the output (h, or h, c; forward states
     then backward for a Bidirectional); for a model, a list with one such entry per recurrent
@@ -95,8 +97,7 @@ def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadc
                   batch_size: int | None = None, device: Any = None) -> list[Any]:
     """What `target` takes as `initial_state=`: the list of tensors its recurrent layer takes.
 
-    >>> y = lstm(x2, initial_state=initial_state(statefmt.load("today.statefmt"), lstm))  # doctest: +SKIP
-    >>> y = my_model(x2, initial_state=initial_state(states, my_model))  # one LSTM inside  # doctest: +SKIP
+    >>> out, h, c = lstm(x2, initial_state=initial_state(statefmt.load("today.statefmt"), lstm))
 
     For a layer, or a model with one recurrent layer (a subclassed model whose `call` hands
     `initial_state` on to its LSTM), that layer's list: `[h, c]`, `[h]`, or forward then backward
@@ -118,8 +119,8 @@ def load_into(states: StateSet, target: Any, *, strict: bool = False, broadcast:
               batch_size: int | None = None) -> Any:
     """Assign `states` to the states of a stateful model (or layer), and return it: resume where it stopped.
 
-    >>> load_into(statefmt.load("today.statefmt"), model)  # doctest: +SKIP
-    >>> model(chunk2)  # continues from the saved state  # doctest: +SKIP
+    >>> model = load_into(statefmt.load("today.statefmt"), model)
+    >>> y = model(x2)  # continues from the saved state
 
     Every recurrent layer must be stateful and built (`keras.Input(batch_shape=...)`). Nothing
     is assigned unless the whole state fits; values are cast to each state variable's dtype.
@@ -142,7 +143,7 @@ def load_into(states: StateSet, target: Any, *, strict: bool = False, broadcast:
 def export_weights(source: Any, *, name: str | None = None) -> WeightSet:
     """The recurrent weights of `source` (a layer or a model) in the neutral layout (statefmt.weights).
 
-    >>> statefmt.save(export_weights(model), "weights.statefmt")  # doctest: +SKIP
+    >>> statefmt.save(export_weights(model), "weights.statefmt")
 
     Kernels are transposed, GRU gates reordered z, r, h -> r, z, n; an LSTM's or simple RNN's
     one bias goes to Wb (Rb zero); a GRU `reset_after=True` bias `[input; recurrent]` to Wb and
@@ -159,7 +160,7 @@ def export_weights(source: Any, *, name: str | None = None) -> WeightSet:
 def weight_signature(target: Any) -> WeightSignature:
     """What `target` can take as weights: per recurrent layer its sizes, what it computes, how to rebuild it.
 
-    >>> weight_signature(model).check(statefmt.load_weights("weights.statefmt"))  # doctest: +SKIP
+    >>> weight_signature(model).check(statefmt.load_weights("weights.statefmt"))
     []
     """
     layers = _layers(target)
@@ -172,7 +173,7 @@ def weight_signature(target: Any) -> WeightSignature:
 def import_weights(weights: WeightSet, target: Any) -> Any:
     """Assign neutral weights to `target`'s recurrent layers and return it, refusing (all at once) what does not map.
 
-    >>> model = import_weights(statefmt.load_weights("weights.statefmt"), model)  # doctest: +SKIP
+    >>> model = import_weights(statefmt.load_weights("weights.statefmt"), model)
 
     What fits is `weight_signature(target)`'s to say: layer count, kind, units, input size,
     directions, activations, a projection P (Keras has none), biases into `use_bias=False`,
@@ -185,9 +186,6 @@ def import_weights(weights: WeightSet, target: Any) -> Any:
     for layer, source in zip(layers, weights.layers):
         layer.import_weights(source)
     return target
-
-
-load_weights = deprecated("load_weights", import_weights)
 
 
 # --- the recurrent layers of a target ------------------------------------------------------------

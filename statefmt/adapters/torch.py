@@ -13,7 +13,6 @@ PyTorch itself is imported on first use, never when this module is imported.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any
 
 import numpy as np
@@ -32,7 +31,7 @@ from statefmt import (
 )
 from statefmt.cells import ACTIVATIONS, CELLS
 
-from ._common import deprecated, fit, fit_weights, prefixed, require, source_metadata
+from ._common import fit, fit_weights, prefixed, require, source_metadata
 
 _SUPPORTED = "nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell or nn.RNNCell"
 
@@ -40,7 +39,7 @@ _SUPPORTED = "nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell or nn.RNNCell"
 def signature(target: Any, *, name: str | None = None) -> StateSignature:
     """What `target` expects: one layer per PyTorch layer; no batch size (PyTorch fixes none); its param dtype.
 
-    >>> signature(nn.LSTM(5, 4, num_layers=2)).layers[1]  # doctest: +SKIP
+    >>> signature(nn.LSTM(5, 4, num_layers=2)).layers[1]
     LayerSignature(kind='lstm', units=4, directions=1, proj_units=None, name='l1')
     """
     t = _Target.of(target)
@@ -51,8 +50,8 @@ def signature(target: Any, *, name: str | None = None) -> StateSignature:
 def export(source: Any, state: Any = None, *, name: str | None = None) -> StateSet:
     """The state a run of `source` returned, as a StateSet.
 
-    >>> y, (h_n, c_n) = lstm(x)  # doctest: +SKIP
-    >>> statefmt.save(export(lstm, (h_n, c_n)), "today.statefmt")  # doctest: +SKIP
+    >>> y, (h_n, c_n) = lstm(x)
+    >>> statefmt.save(export(lstm, (h_n, c_n)), "today.statefmt")
 
     Tensors are detached and moved to the host once; on the CPU the arrays share memory
     with them. Unbatched states (2-D, or 1-D for a cell) are detected and export as batch 1.
@@ -74,11 +73,11 @@ def export(source: Any, state: Any = None, *, name: str | None = None) -> StateS
 
 
 def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadcast: bool = False,
-                  batch_size: int | None = None, device: Any = None, **deprecated_options: Any) -> Any:
+                  batch_size: int | None = None, device: Any = None) -> Any:
     """What `target` takes as initial state: `(h0, c0)` for an LSTM, `h0` otherwise.
 
-    >>> h0, c0 = initial_state(statefmt.load("today.statefmt"), lstm)  # doctest: +SKIP
-    >>> y, (h_n, c_n) = lstm(x2, (h0, c0))  # doctest: +SKIP
+    >>> h0, c0 = initial_state(statefmt.load("today.statefmt"), lstm)
+    >>> y, (h_n, c_n) = lstm(x2, (h0, c0))
 
     Stacked `[layers*directions, batch, hidden]` (cells: `(batch, hidden)`), cast to the
     module's param dtype (`strict=True` refuses any other dtype) on the module's device (or
@@ -87,14 +86,6 @@ def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadc
     batch size: `broadcast=True, batch_size=N` starts N streams from a batch-1 state (an
     expanded view). For unbatched input take the batch-1 row: `h0[:, 0]` (a cell's `h0[0]`).
     """
-    unbatched = deprecated_options.pop("unbatched", False)
-    if deprecated_options:
-        raise TypeError(f"initial_state() got unexpected keyword arguments {sorted(deprecated_options)}")
-    if unbatched:
-        warnings.warn("initial_state(..., unbatched=True) is deprecated and will be removed in the next release: "
-                      "take the batch-1 row of the result, h0[:, 0] (a cell's h0[0])", DeprecationWarning,
-                      stacklevel=2)
-        batch_size = 1
     torch = require("torch", "torch")
     t = _Target.of(target)
     batch = fit(states, signature(target), strict=strict, broadcast=broadcast, batch_size=batch_size).batch_size
@@ -106,14 +97,14 @@ def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadc
         tensor = tensor.to(device=device, dtype=t.dtype).expand(-1, batch, -1)
         if t.cell:
             tensor = tensor[0]
-        result.append(tensor[..., 0, :] if unbatched else tensor)
+        result.append(tensor)
     return tuple(result) if t.kind == "lstm" else result[0]
 
 
 def export_weights(source: Any, *, name: str | None = None) -> WeightSet:
     """The recurrent weights of `source` in the neutral layout (statefmt.weights).
 
-    >>> statefmt.save(export_weights(lstm), "weights.statefmt")  # doctest: +SKIP
+    >>> statefmt.save(export_weights(lstm), "weights.statefmt")
 
     PyTorch's layout is the neutral one: `bias_ih` goes to Wb, `bias_hh` to Rb (zeros when
     `bias=False`), `weight_hr` to P. Every PyTorch recurrent module maps exactly.
@@ -132,7 +123,7 @@ def export_weights(source: Any, *, name: str | None = None) -> WeightSet:
 def weight_signature(target: Any) -> WeightSignature:
     """What `target` can take as weights: per PyTorch layer its sizes, what it computes, and how to rebuild it.
 
-    >>> weight_signature(nn.GRU(5, 4)).check(statefmt.load_weights("weights.statefmt"))  # doctest: +SKIP
+    >>> weight_signature(nn.LSTM(5, 4)).check(statefmt.load_weights("weights.statefmt"))
     []
     """
     t = _Target.of(target)
@@ -142,7 +133,7 @@ def weight_signature(target: Any) -> WeightSignature:
 def import_weights(weights: WeightSet, target: Any) -> Any:
     """Copy neutral weights into `target`'s parameters and return it, refusing (all at once) what does not map.
 
-    >>> lstm = import_weights(statefmt.load_weights("weights.statefmt"), nn.LSTM(5, 4))  # doctest: +SKIP
+    >>> lstm = import_weights(statefmt.load_weights("weights.statefmt"), nn.LSTM(5, 4))
 
     What fits is `weight_signature(target)`'s to say: layer count, kind, units, input size,
     directions and projection, the activations (PyTorch LSTM and GRU use tanh and sigmoid;
@@ -158,9 +149,6 @@ def import_weights(weights: WeightSet, target: Any) -> Any:
                 for key, param in t.params(k, d, zeros=False).items():
                     param.copy_(_tensor(layer[key][d]))
     return target
-
-
-load_weights = deprecated("load_weights", import_weights)
 
 
 # --- the module ----------------------------------------------------------------------------------

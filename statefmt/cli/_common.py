@@ -9,9 +9,8 @@ import click
 
 from .. import _files
 from ..errors import StateError, printable
+from ..limits import MAX_SIGNATURE_BYTES
 from ..signature import StateSignature
-
-MAX_SIGNATURE_BYTES = 16 * 1024 * 1024
 
 
 def echo(line: str, *, err: bool = False) -> None:

@@ -81,10 +81,14 @@ def _print_summary(file: str, summary: dict[str, Any]) -> None:
     for key, value in summary["metadata"].items():
         echo(f"{key}: {value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)}")
     for index, layer in enumerate(summary["layers"]):
-        proj = f" proj_units={layer['proj_units']}" if layer["proj_units"] else ""
-        inputs = f" input_size={layer['input_size']}" if "input_size" in layer else ""
-        echo(f"  [{index}] {layer['name']!r} {layer['kind']} units={layer['units']}{proj}{inputs} "
-              f"directions={layer['directions']} {layer['dtype']}")
+        if "dims" in layer:  # a modern kind (format 2.1): its sizes by name
+            sizes = " ".join(f"{key}={value}" for key, value in layer["dims"].items())
+            echo(f"  [{index}] {layer['name']!r} {layer['kind']} {sizes} {layer['dtype']}")
+        else:
+            proj = f" proj_units={layer['proj_units']}" if layer["proj_units"] else ""
+            inputs = f" input_size={layer['input_size']}" if "input_size" in layer else ""
+            echo(f"  [{index}] {layer['name']!r} {layer['kind']} units={layer['units']}{proj}{inputs} "
+                 f"directions={layer['directions']} {layer['dtype']}")
         for name, stats in layer["tensors"].items():
             values = "  ".join(f"{key} {stats[key]:.4g}" if stats[key] is not None else f"{key} -"
                                for key in ("min", "max", "mean", "std"))
@@ -119,5 +123,5 @@ def upgrade(ctx: click.Context, file: str, output: str | None) -> None:
     """Rewrite FILE (format 1.x) as the current format, checked first; atomically."""
     with reporting(ctx):
         api.upgrade(file, output)
-        echo(f"{output or file}: written as format {api.FORMAT_VERSION}")
+        echo(f"{output or file}: written as format 2.0")
 

@@ -99,7 +99,8 @@ def info(ctx: click.Context, url: str, storage_option: tuple[str, ...], version:
     with reporting(ctx):
         opened = _open(url, storage_option, version)
         signature = opened.signature
-        layers = [{"name": layer.name, "kind": layer.kind, "units": layer.units, "directions": layer.directions,
+        layers = [{"name": layer.name, "kind": layer.kind, "dims": layer.dims} if layer.dims is not None else
+                  {"name": layer.name, "kind": layer.kind, "units": layer.units, "directions": layer.directions,
                    "proj_units": layer.proj_units} for layer in signature.layers]
         summary = {"url": url, "version": opened.version, "streams": len(opened), "dtype": signature.dtype,
                    "layers": layers}
@@ -108,6 +109,10 @@ def info(ctx: click.Context, url: str, storage_option: tuple[str, ...], version:
             return
         click.echo(f"{url}: store, version {summary['version']}, {summary['streams']} stream(s), {signature.dtype}")
         for index, layer in enumerate(layers):
+            if "dims" in layer:
+                sizes = " ".join(f"{key}={value}" for key, value in layer["dims"].items())
+                click.echo(f"  [{index}] {layer['name']!r} {layer['kind']} {sizes}")
+                continue
             proj = f" proj_units={layer['proj_units']}" if layer["proj_units"] else ""
             click.echo(f"  [{index}] {layer['name']!r} {layer['kind']} units={layer['units']}{proj} "
                        f"directions={layer['directions']}")

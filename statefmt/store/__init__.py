@@ -16,8 +16,9 @@ stays cheap.
 >>> st.initial_state(s.get(["pump-7", "pump-2"], missing="zeros"), lstm)               # doctest: +SKIP
 """
 
+from .._document import METADATA_KEY
 from ._arrow import check_ids
-from ._schema import ID_COLUMN, INDEX_NAME, METADATA_KEY, STORE_FORMAT_VERSION
+from ._schema import ID_COLUMN, INDEX_NAME, STORE_FORMAT_VERSION
 from ._store import Store, Version, create, open
 
 __all__ = ["ID_COLUMN", "INDEX_NAME", "METADATA_KEY", "STORE_FORMAT_VERSION", "Store", "Version", "check_ids", "create",

@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from .._dtypes import numpy_dtype
 from ..errors import StateFormatError, StateMismatchError
+from ..limits import MAX_STREAM_ID_BYTES
 from ..signature import StateSignature
 from ..states import StateSet
-from ._schema import ID_COLUMN, Layer, arrow_schema, numpy_dtype, signature_of
+from ._schema import ID_COLUMN, Layer, arrow_schema, signature_of
 
-MAX_ID_BYTES = 1024
 _SHOWN_IDS = 10
 
 
@@ -21,7 +22,7 @@ def column(values: np.ndarray, layer: Layer, state: str) -> Any:
     """Arrow fixed-size lists from an array [directions, batch, units]: one list per stream."""
     import pyarrow as pa
 
-    rows = np.ascontiguousarray(np.swapaxes(values, 0, 1)).reshape(-1)  # [batch, directions, units]
+    rows = np.ascontiguousarray(layer.rows(values)).reshape(-1)  # [batch, directions, units]
     if layer.dtype == "bfloat16":
         from lance.arrow import BFloat16Type
 
@@ -68,15 +69,17 @@ def check_ids(given: Any, what: str = "stream ids") -> list[str]:
     """Stream ids as a list; `StateMismatchError` for a non-string, an empty or an over-long id, or a repeat."""
     ids: list[str] = [given] if isinstance(given, str) else list(given)
     if not ids or (set(map(type, ids)) == {str} and min(map(len, ids)) > 0
-                   and max(map(len, ids)) * 4 <= MAX_ID_BYTES and len(set(ids)) == len(ids) and unicode(ids)):
+                   and max(map(len, ids)) * 4 <= MAX_STREAM_ID_BYTES and len(set(ids)) == len(ids) and unicode(ids)):
         return ids  # the common case, at C speed: a million ids in ~0.1 s
     text = [i for i in ids if isinstance(i, str) and not unicode([i])]
     if text:
         raise StateMismatchError(f"{what}: a stream id must be Unicode text; found {shown([ascii(t) for t in text])}"
                                  " (a lone surrogate?)")
-    bad = [i for i in ids if not isinstance(i, str) or not i or len(i.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES]
+    bad = [i for i in ids
+           if not isinstance(i, str) or not i or len(i.encode("utf-8", "surrogatepass")) > MAX_STREAM_ID_BYTES]
     if bad:
-        raise StateMismatchError(f"{what}: every stream id must be a non-empty string of at most {MAX_ID_BYTES} "
+        raise StateMismatchError(f"{what}: every stream id must be a non-empty string of at most "
+                                 f"{MAX_STREAM_ID_BYTES} "
                                  f"bytes; found {shown([repr(b)[:40] for b in bad])}")
     if len(set(ids)) != len(ids):
         repeats = sorted(i for i, n in Counter(ids).items() if n > 1)
@@ -124,7 +127,7 @@ def put_table(layers: Sequence[Layer], states: StateSet, url: str) -> Any:
         check_ids(ids, "put")  # names the ids that are no Unicode text
     id_array = pa.array(ids, pa.string())
     if ids and (pc.min(pc.binary_length(id_array)).as_py() == 0
-                or pc.max(pc.binary_length(id_array)).as_py() > MAX_ID_BYTES):
+                or pc.max(pc.binary_length(id_array)).as_py() > MAX_STREAM_ID_BYTES):
         check_ids(ids, "put")  # names the offending ids
     if len(ids) > 1 and pc.count_distinct(id_array).as_py() != len(ids):
         check_ids(ids, "put")  # names the repeated ids
@@ -132,7 +135,7 @@ def put_table(layers: Sequence[Layer], states: StateSet, url: str) -> Any:
     poisoned = []
     for index, layer in enumerate(states.layers):
         for state in layer.state_names:
-            bad = nonfinite_rows(np.swapaxes(layer[state], 0, 1))
+            bad = nonfinite_rows(np.moveaxis(layer[state], layer.batch_axis, 0))
             if bad.size:
                 poisoned.append(f"layer {index} {layer.name!r}: {state}: NaN or Inf in streams "
                                 f"{shown([ids[r] for r in bad])}")
@@ -141,7 +144,7 @@ def put_table(layers: Sequence[Layer], states: StateSet, url: str) -> Any:
         raise error(mismatches + poisoned + [f"nothing was written for streams {shown(ids)}"], source=url)
     if not ids:
         return None
-    values = [np.swapaxes(found[state], 0, 1) for layer, found in zip(layers, states.layers) for state in layer.states]
+    values = [layer.rows(found[state]) for layer, found in zip(layers, states.layers) for state in layer.states]
     arrays = [id_array]
     arrays += [column(found[state], layer, state) for layer, found in zip(layers, states.layers)
                for state in layer.states]

@@ -11,6 +11,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from .._dtypes import numpy_dtype
 from ..errors import StateError, StateFormatError, StateMismatchError, StoreConflictError, StoreNotFoundError
 from ..signature import StateSignature
 from ..states import LayerState, StateSet
@@ -35,7 +36,7 @@ from ._schema import (
     arrow_schema,
     check_schema,
     document_json,
-    numpy_dtype,
+    fixed_size_problems,
     parse_document,
     signature_of,
 )
@@ -81,11 +82,16 @@ def create(url: str, signature: StateSignature, *, storage_options: dict[str, st
         raise TypeError(f"create() takes a StateSignature, not {type(signature).__name__}")
     if not signature.layers:
         raise StateFormatError("the signature has no layers", source=str(url))
+    problems = [f"layer {index}: {problem}" for index, layer in enumerate(signature.layers)
+                for problem in fixed_size_problems(layer)]
+    if problems:
+        raise StateFormatError(problems, source=str(url))
     given = [layer.dtype for layer in states.layers] if isinstance(states, StateSet) else []
     dtypes = [signature.dtype or (given[index] if index < len(given) else "float32")
               for index in range(len(signature.layers))]
-    layers = tuple(Layer(layer.name or f"layer{index}", layer.kind, layer.units, layer.directions, layer.proj_units,
-                         dtypes[index]) for index, layer in enumerate(signature.layers))
+    layers = tuple(Layer(layer.name or f"layer{index}", layer.kind, layer.units or 0, layer.directions,
+                         layer.proj_units, dtypes[index], dims=layer.dims)
+                   for index, layer in enumerate(signature.layers))
     url = store_url(url)
     parse_document(document_json(layers), url)  # refuses what a reader would refuse: duplicate names, bad projections
     import lance
@@ -272,13 +278,13 @@ class Store:
             for state in layer.states:
                 found = rows[layer.column(index, state)]  # [found rows, directions, units]
                 if present.all():
-                    arrays[state] = np.ascontiguousarray(np.swapaxes(found[order], 0, 1))
+                    arrays[state] = layer.tensor(state, found[order])
                     continue
-                out = np.empty((layer.directions, len(ids), found.shape[2]), found.dtype)
-                out[:, present] = np.swapaxes(found[order[present]], 0, 1)
-                out[:, ~present] = start[index][state] if isinstance(start, StateSet) else 0
-                arrays[state] = out
-            layers.append(LayerState(layer.name, layer.kind, **arrays))
+                out = np.empty((len(ids), *found.shape[1:]), found.dtype)
+                out[present] = found[order[present]]
+                out[~present] = layer.rows(start[index][state]) if isinstance(start, StateSet) else 0
+                arrays[state] = layer.tensor(state, out)
+            layers.append(LayerState(layer.name, layer.kind, **arrays, **layer.empty(len(ids))))
         return StateSet(layers, stream_ids=ids)
 
     def snapshot(self, streams: Sequence[str] | None = None, *,
@@ -298,9 +304,8 @@ class Store:
         ids = stored.take(order).to_pylist()
         layers = []
         for index, layer in enumerate(self._layers):
-            arrays = {s: np.ascontiguousarray(np.swapaxes(rows[layer.column(index, s)][order], 0, 1))
-                      for s in layer.states}
-            layers.append(LayerState(layer.name, layer.kind, **arrays))
+            arrays = {s: layer.tensor(s, rows[layer.column(index, s)][order]) for s in layer.states}
+            layers.append(LayerState(layer.name, layer.kind, **arrays, **layer.empty(len(ids))))
         return StateSet(layers, stream_ids=ids)
 
     def _read(self, ids: Sequence[str] | None, *,

@@ -1,5 +1,6 @@
-"""The Keras 3 adapter on the TensorFlow backend: states through files, stateful resume, weights against the
-numpy reference, mismatches and refusals; a smoke run on the JAX and torch backends."""
+"""The Keras 3 adapter's own cases, on the TensorFlow backend: stateful layers and load_into, nested models, mixed
+precision, GRU reset_after=False and other options, StackedRNNCells, Keras' advice in refusals; a smoke run on the
+JAX and torch backends. What every adapter keeps is in test_contract.py."""
 
 import os
 
@@ -14,11 +15,11 @@ import textwrap
 import numpy as np
 import pytest
 import reference
+from builders import largest_difference, random_states, through_file
 from cli_check import assert_cli_reports
 
 import statefmt
 from statefmt import LayerState, LayerWeights, StateError, StateMismatchError, StateSet, WeightSet
-from statefmt.cells import STATE_NAMES
 
 keras = pytest.importorskip("keras")
 ka = pytest.importorskip("statefmt.adapters.keras")
@@ -103,60 +104,16 @@ def inputs(seed=2, dtype="float32", batch=BATCH):
     return np.random.default_rng(seed).normal(size=(batch, STEPS, INPUT)).astype(dtype)
 
 
-def random_states(target, *, dtype="float32", batch=BATCH, seed=1):
-    """A non-zero state that fits `target`."""
-    rng = np.random.default_rng(seed)
-    layers = []
-    for layer in ka.signature(target).layers:
-        arrays = {name: (0.5 * rng.normal(size=(layer.directions, batch, layer.units))).astype(dtype)
-                  for name in STATE_NAMES[layer.kind]}
-        layers.append(LayerState(layer.name, layer.kind, **arrays))
-    return StateSet(layers)
-
-
-def through_file(data, tmp_path, name="state.statefmt"):
-    path = tmp_path / name
-    statefmt.save(data, path)
-    return statefmt.load(path) if isinstance(data, StateSet) else statefmt.load_weights(path)
-
-
 def per_layer(result, model):
     """A model-level `initial_state` result as one list per recurrent layer (one layer: its own list)."""
     return [result] if len(ka.signature(model).layers) == 1 else result
-
-
-def numpy(tensors):
-    return [keras.ops.convert_to_numpy(t).astype(np.float64) for t in tensors]
-
-
-def largest_difference(a, b):
-    return max(float(np.max(np.abs(x - y))) for x, y in zip(numpy(a), numpy(b)))
 
 
 def flat(states):
     return [tensor for layer in states for tensor in layer]
 
 
-# 1. export -> save -> load -> initial_state gives back the arrays exactly
-
-ROUNDTRIP = [(kind, layout, "float32") for kind in KINDS for layout in ("single", "stack", "bidir")]
-ROUNDTRIP += [(kind, "single", dtype) for kind in KINDS for dtype in ("float16", "bfloat16")]
-
-
-@pytest.mark.parametrize("kind, layout, dtype", ROUNDTRIP)
-def test_return_state_round_trips_exactly(kind, layout, dtype, tmp_path):
-    target = net(kind, layout, dtype)
-    _, finals = target.run(inputs(dtype=dtype), None)
-    states = through_file(ka.export(target.model, finals), tmp_path)
-    assert [layer.dtype for layer in states] == [dtype] * len(finals)
-    assert states.metadata["source"] == {"framework": "keras", "version": keras.__version__,
-                                         "model": target.model.name}
-    back = per_layer(ka.initial_state(states, target.model, strict=True), target.model)
-    assert len(back) == len(finals)
-    for found, expected in zip(flat(back), flat(finals)):
-        assert found.dtype == expected.dtype and tuple(found.shape) == tuple(expected.shape)
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(found), keras.ops.convert_to_numpy(expected))
-
+# 1. a stateful model's states, and a layer's own list, round trip exactly
 
 @pytest.mark.parametrize("layout", ["single", "stack", "nested", "bidir"])
 @pytest.mark.parametrize("kind", KINDS)
@@ -178,6 +135,7 @@ def test_a_layer_target_takes_and_gives_its_own_list():
     _, (finals,) = target.run(inputs())
     states = ka.export(layer, finals)
     assert (states[0].directions, states[0].units, states[0].batch_size) == (2, UNITS, BATCH)
+    assert states.metadata["source"]["model"] == layer.name
     back = ka.initial_state(states, layer)
     assert len(back) == 4  # fwd_h, fwd_c, bwd_h, bwd_c
     for found, expected in zip(back, finals):
@@ -193,27 +151,17 @@ def test_signature_names_nested_layers_by_path_and_reports_batch_and_dtype():
     assert (sig.layers[0].directions, sig.batch_size) == (2, None)
 
 
-def test_initial_state_casts_to_the_layer_dtype_unless_strict():
-    target = net("gru", "single")
-    states = random_states(target.model, dtype="float64")
-    (h,) = ka.initial_state(states, target.model)
-    assert h.dtype == "float32"
-    with pytest.raises(StateMismatchError, match=r"layer 0 'gru.*': dtype: expected float32, found float64"):
-        ka.initial_state(states, target.model, strict=True)
-
-
 def test_initial_state_places_tensors_on_the_device_given():
     target = net("rnn", "single")
-    (h,) = ka.initial_state(random_states(target.model), target.model, device="cpu:0")
+    (h,) = ka.initial_state(random_states(ka.signature(target.model)), target.model, device="cpu:0")
     assert "CPU:0" in h.device
 
 
-# 2. a sequence in two chunks, state handed over through a file, equals one run
+# 2. a sequence in two chunks, state handed over through a file, equals one run (other kinds: test_contract.py)
 
 @pytest.mark.parametrize("layout", ["single", "stack"])
-@pytest.mark.parametrize("kind", KINDS + ("gru_reset_before",))
-def test_two_chunks_through_a_file_equal_one_run(kind, layout, tmp_path):
-    target = net(kind, layout)
+def test_a_reset_before_gru_in_two_chunks_through_a_file_equals_one_run(layout, tmp_path):
+    target = net("gru_reset_before", layout)
     x = inputs()
     whole, whole_finals = target.run(x)
     _, finals = target.run(x[:, :SPLIT])
@@ -320,31 +268,16 @@ def test_load_into_refuses_a_batch_mismatch_and_broadcasts_one_stream(tmp_path):
     assert np.max(np.abs(expected[0] - expected[1])) > 1e-3  # the rows did differ
 
 
-def test_initial_state_broadcast_n_for_a_layer_without_batch():
-    target = net("gru", "single")
-    states = random_states(target.model, batch=1)
-    (h,) = ka.initial_state(states, target.model, broadcast=True, batch_size=4)
-    assert tuple(h.shape) == (4, UNITS)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(h), np.repeat(states[0]["h"][0], 4, axis=0))
-    with pytest.raises(StateMismatchError, match="broadcast=True needs a batch size, and the target fixes none: "
-                                                 "pass batch_size=N"):
-        ka.initial_state(states, target.model, broadcast=True)
-    with pytest.raises(StateMismatchError, match=r"broadcast: expected True or False, found 4; .* \(here "
-                                                 r"broadcast=True, batch_size=4\)"):
-        ka.initial_state(states, target.model, broadcast=4)
-
-
 # 3. weights: the exported neutral weights run by the numpy reference equal Keras
 
-WEIGHT_CASES = [(kind, layout) for kind in KINDS for layout in ("single", "stack", "bidir")]
-WEIGHT_CASES += [(variant, "single") for variant in VARIANTS] + [("gru_reset_before", "bidir")]
+WEIGHT_CASES = [(variant, "single") for variant in VARIANTS] + [("gru_reset_before", "bidir")]  # others: contract
 
 
 @pytest.mark.parametrize("kind, layout", WEIGHT_CASES)
 def test_exported_weights_match_the_reference(kind, layout):
     target = net(kind, layout)
     weights = ka.export_weights(target.model)
-    states = random_states(target.model)
+    states = random_states(ka.signature(target.model))
     output, finals = target.run(inputs(), ka.initial_state(states, target.model))
     expected_output, expected = reference.run(weights, inputs(), states)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(output), expected_output, rtol=0, atol=1e-5)
@@ -368,13 +301,12 @@ def test_export_weights_records_the_keras_layout():
     assert not ka.export_weights(net("gru_reset_before", "single").model)[0].linear_before_reset
 
 
-@pytest.mark.parametrize("kind, layout", [(kind, layout) for kind in KINDS for layout in ("single", "stack", "bidir")]
-                         + [("gru_reset_before", "single")])
+@pytest.mark.parametrize("kind, layout", [("gru_reset_before", "single")])
 def test_weights_through_a_file_into_a_fresh_model_give_identical_outputs(kind, layout, tmp_path):
     source = net(kind, layout)
     weights = through_file(ka.export_weights(source.model), tmp_path, "weights.statefmt")
     fresh = Net(kind, layout, seed=5)
-    x, init = inputs(), ka.initial_state(random_states(source.model), source.model)
+    x, init = inputs(), ka.initial_state(random_states(ka.signature(source.model)), source.model)
     expected = keras.ops.convert_to_numpy(source.run(x, init)[0])
     assert np.max(np.abs(keras.ops.convert_to_numpy(fresh.run(x, init)[0]) - expected)) > 1e-3
     assert ka.import_weights(weights, fresh.model) is fresh.model
@@ -390,13 +322,13 @@ def test_a_reset_after_gru_with_diagonal_candidate_loads_exactly_into_reset_befo
     weights = WeightSet([LayerWeights("gru", "gru", source["W"], R, source["Wb"], Rb)])
     target = Net("gru_reset_before", "single", seed=5)
     ka.import_weights(weights, target.model)
-    states = random_states(target.model)
+    states = random_states(ka.signature(target.model))
     output, _ = target.run(inputs(), ka.initial_state(states, target.model))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(output), reference.run(weights, inputs(), states)[0],
                                rtol=0, atol=1e-5)
 
 
-# 4. every mismatch names the layer and the field, in the library and in the CLI
+# 4. every mismatch in a stateful model names the layer and the field
 
 def mismatched(case):
     """A state that differs from stateful_model("lstm", "stack") in one field, or several."""
@@ -434,19 +366,12 @@ def mismatch_target():
     return stateful_model("lstm", "stack")
 
 
-@pytest.mark.parametrize("verb", ["initial_state", "load_into"])
 @pytest.mark.parametrize("case", MISMATCHES)
-def test_a_mismatch_names_layer_and_field(case, verb):
+def test_load_into_names_layer_and_field_of_a_mismatch(case):
+    """initial_state and the CLI say the same of every adapter's target: test_contract.py."""
     with pytest.raises(StateMismatchError) as error:
-        getattr(ka, verb)(mismatched(case), mismatch_target(), strict=True)
+        ka.load_into(mismatched(case), mismatch_target(), strict=True)
     assert error.value.problems == MISMATCHES[case]
-
-
-@pytest.mark.parametrize("case", MISMATCHES)
-def test_cli_validate_against_the_signature_prints_the_same_problems(case, tmp_path):
-    """The CLI, like initial_state, takes any dtype it can cast unless --strict: no dtype problem here."""
-    problems = [problem for problem in MISMATCHES[case] if ": dtype: " not in problem]
-    assert_cli_reports(mismatched(case), ka.signature(mismatch_target()), problems, tmp_path)
 
 
 def test_cli_accepts_a_state_exported_from_the_model(tmp_path):
@@ -492,15 +417,11 @@ LOAD_REFUSALS = {
         lambda: weights_of("lstm", recurrent_activation="hard_sigmoid"), "lstm",
         ["layer 0 'rec': recurrent_activation: the weights use hard_sigmoid, the target uses sigmoid; "
          "build the layer with recurrent_activation='hard_sigmoid'"]),
-    "shapes": (
-        lambda: WeightSet([*weights_of("rnn", "a"), *weights_of("rnn", "b")]), "gru",
-        ["layer count: expected 1, found 2 (pick the layers with WeightSet(weights.layers[i:j]))",
-         "layer 0 'a': kind: expected gru, found rnn"]),
 }
 
 
 @pytest.mark.parametrize("case", LOAD_REFUSALS)
-def test_import_weights_refuses(case):
+def test_import_weights_refuses_with_keras_advice(case):
     weights, kind, expected = LOAD_REFUSALS[case]
     target = Net(kind, "single", seed=7)
     before = [keras.ops.convert_to_numpy(v) for v in target.model.weights]
@@ -508,17 +429,6 @@ def test_import_weights_refuses(case):
         ka.import_weights(weights(), target.model)
     assert error.value.problems == expected
     assert all(np.array_equal(a, keras.ops.convert_to_numpy(v)) for a, v in zip(before, target.model.weights))
-
-
-def test_import_weights_checks_sizes_all_at_once():
-    target = Net("lstm", "bidir", seed=7)
-    weights = ka.export_weights(net("lstm", "stack").model)  # the second layer: units 6, input 4, one direction
-    with pytest.raises(StateMismatchError) as error:
-        ka.import_weights(WeightSet(weights.layers[1:]), target.model)
-    name = weights[1].name
-    assert error.value.problems == [f"layer 0 {name!r}: units: expected 4, found 6",
-                                    f"layer 0 {name!r}: input_size: expected 5, found 4",
-                                    f"layer 0 {name!r}: directions: expected 2, found 1"]
 
 
 def test_export_weights_records_activations_keras_has_and_others_may_refuse():
@@ -625,10 +535,10 @@ def test_export_needs_states_it_can_read():
 def test_load_into_needs_stateful_built_layers():
     target = net("gru", "single")
     with pytest.raises(StateMismatchError, match="not stateful, so it keeps no states; pass initial_state"):
-        ka.load_into(random_states(target.model), target.model)
+        ka.load_into(random_states(ka.signature(target.model)), target.model)
 
 
-# 6. another backend works (imports and a missing framework: tests/test_adapter_imports.py)
+# 6. another backend works (imports and a missing framework: test_adapter_imports.py)
 
 def run_python(code, **env):
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
@@ -751,32 +661,10 @@ def test_a_subclassed_model_continues_from_initial_state_of_the_model(tmp_path):
     assert np.max(np.abs(keras.ops.convert_to_numpy(cold) - expected)) > 1e-3
 
 
-# 9. one API: the same arguments as every adapter, and a clear refusal for a mix-up
+# 9. load_into, like every adapter's initial_state (test_contract.py), refuses weights clearly
 
-def test_a_weight_set_is_not_a_state_and_a_state_is_not_weights():
-    target = net("gru", "single")
-    weights = ka.export_weights(target.model)
-    for verb in (ka.initial_state, ka.load_into):
-        with pytest.raises(StateMismatchError, match="expected a StateSet .*, found a WeightSet; weights go to an "
-                                                     r"adapter's import_weights\(weights, target\)"):
-            verb(weights, target.model)
-    with pytest.raises(StateMismatchError, match="expected a WeightSet .*, found a StateSet; a state goes to an "
-                                                 r"adapter's initial_state\(states, target\)"):
-        ka.import_weights(random_states(target.model), target.model)
-
-
-def test_name_prefixes_every_layer_name():
-    target = net("lstm", "stack")
-    _, finals = target.run(inputs())
-    names = [layer.name for layer in target.layers]
-    assert [layer.name for layer in ka.signature(target.model, name="enc").layers] == [f"enc/{n}" for n in names]
-    assert [layer.name for layer in ka.export(target.model, finals, name="enc")] == [f"enc/{n}" for n in names]
-    assert [layer.name for layer in ka.export_weights(target.model, name="enc")] == [f"enc/{n}" for n in names]
-
-
-def test_load_weights_is_kept_one_release_and_returns_the_target():
-    source, fresh = net("gru", "single"), Net("gru", "single", seed=5)
-    with pytest.warns(DeprecationWarning, match="load_weights is deprecated .* use import_weights"):
-        assert ka.load_weights(ka.export_weights(source.model), fresh.model) is fresh.model
-    for a, b in zip(source.model.weights, fresh.model.weights):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+def test_load_into_refuses_weights():
+    target = stateful_model("gru", "single")
+    with pytest.raises(StateMismatchError, match="expected a StateSet .*, found a WeightSet; weights go to an "
+                                                 r"adapter's import_weights\(weights, target\)"):
+        ka.load_into(ka.export_weights(target), target)

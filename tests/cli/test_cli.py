@@ -3,18 +3,22 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
-from builders import make_states, make_weights
+from builders import make_states, make_weights, one_gru
+from cli_check import assert_no_traceback
 from click.testing import CliRunner
 
 import statefmt
-from statefmt import LayerSignature, StateSignature
+from fuzz.mutations import Parts
+from statefmt import LayerSignature, StateFormatError, StateSignature
 from statefmt.cli import main
 
 # What the core and `statefmt validate` must never load (ARCHITECTURE.md): frameworks, the store's engine, ONNX, Ray
 FRAMEWORKS = ("tensorflow", "torch", "jax", "keras", "flax", "lance", "pyarrow", "onnx", "onnxruntime", "ray", "fsspec",
-              "jsonschema")
+              "jsonschema", "safetensors", "transformers", "recurrentgemma", "rwkv", "keras_hub")
 
 
 @pytest.fixture
@@ -157,3 +161,122 @@ def test_console_script_is_installed(state_file):
     script = f"{sys.prefix}/bin/statefmt"
     result = subprocess.run([script, "validate", state_file], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# --- odd values and odd names: exact verdicts, valid JSON, no warning, escaped text -----------------------------------
+
+def test_diff_atol_nan_does_not_call_different_files_equal(tmp_path):
+    statefmt.save(one_gru(np.zeros((1, 2, 3), "f4")), tmp_path / "a.statefmt")
+    statefmt.save(one_gru(np.full((1, 2, 3), 5.0, "f4")), tmp_path / "b.statefmt")
+    result = CliRunner().invoke(main, ["diff", str(tmp_path / "a.statefmt"), str(tmp_path / "b.statefmt"),
+                                       "--atol", "nan"])
+    assert_no_traceback(result)
+    assert result.exit_code != 0, result.output
+    assert "equal" not in result.stdout
+
+
+def test_inspect_json_is_valid_json_for_a_finite_float64_state(tmp_path):
+    path = tmp_path / "big.statefmt"
+    statefmt.save(one_gru(np.full((1, 2, 3), 1e308, "f8")), path)
+    statefmt.validate(path)  # a valid, finite file
+    result = CliRunner().invoke(main, ["inspect", "--json", str(path)])
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    json.loads(result.stdout, parse_constant=refuse)  # RFC 8259 has no NaN or Infinity
+
+
+def test_upgrade_in_place_keeps_a_newer_minor_files_fields(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    vector = Path(__file__).parents[2] / "spec" / "vectors" / "future_minor.statefmt"
+    path = tmp_path / "future.statefmt"
+    shutil.copyfile(vector, path)
+    result = CliRunner().invoke(main, ["upgrade", str(path)])
+    assert_no_traceback(result)
+    with safe_open(str(path), "np") as file:
+        document = json.loads(file.metadata()["statefmt"])
+    assert document["format_version"] == "2.7" and "future_field" in document, document
+
+
+def test_the_command_line_shows_control_characters_escaped(tmp_path):
+    """A layer name and a stream id holding a newline, an OSC escape and BEL: validate and inspect stay one
+    verdict, exit 0, and print none of them raw (the fuzzer runs this check on 5% of its inputs)."""
+    from fuzz.mutations import _check_cli
+
+    vector = Path(__file__).resolve().parents[2] / "spec" / "vectors" / "lstm.statefmt"
+    parts = Parts.of(vector.read_bytes())
+    parts.document["layers"][0]["name"] = "enc\n\x1b]0;owned\x07\r"
+    parts.reseal()
+    parts.seal_document()
+    path = tmp_path / "control.statefmt"
+    path.write_bytes(parts.bytes())
+    assert statefmt.read(path).layers[0].name == "enc\n\x1b]0;owned\x07\r"
+    _check_cli(path, valid=True)
+
+
+def test_inspect_of_large_finite_values_shows_no_warning(tmp_path):
+    """Found by the seeded run: inspect's std squared a large finite float64 (1e200) and warned of overflow."""
+    import warnings
+
+    from fuzz.mutations import _check_cli
+
+    vector = Path(__file__).resolve().parents[2] / "spec" / "vectors" / "mixed.statefmt"
+    parts = Parts.of(vector.read_bytes())
+    h = parts.array("layers.3.h").copy()  # float64
+    h[0, 0, 0] = 1e200
+    parts.put("layers.3.h", h, "F64")
+    parts.reseal()
+    parts.seal_document()
+    path = tmp_path / "large.statefmt"
+    path.write_bytes(parts.bytes())
+    assert statefmt.read(path).layers[3]["h"][0, 0, 0] == np.float64(1e200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check_cli(path, valid=True)
+
+
+def test_inspect_of_a_signaling_nan_shows_no_warning(tmp_path):
+    import warnings
+
+    from fuzz.mutations import _check_cli
+
+    vector = Path(__file__).resolve().parents[2] / "spec" / "vectors" / "lstm.statefmt"
+    parts = Parts.of(vector.read_bytes())
+    h = parts.array("layers.0.h").copy()
+    h.view(np.uint32)[0, 0, 0] = 0x7FA00000  # a signaling NaN: any arithmetic or cast raises FE_INVALID
+    parts.put("layers.0.h", h, "F32")
+    parts.reseal()
+    parts.seal_document()
+    path = tmp_path / "snan.statefmt"
+    path.write_bytes(parts.bytes())
+    with pytest.raises(StateFormatError) as refused:
+        statefmt.read(path)
+    assert refused.value.step == 9
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check_cli(path, valid=False)
+
+
+MODERN_VECTORS = sorted((Path(__file__).parents[2] / "spec" / "vectors").glob("kind_*.statefmt"))
+
+
+@pytest.mark.parametrize("path", [p for p in MODERN_VECTORS if p.stem in {
+    "kind_mamba2", "kind_attention_window", "kind_mlstm_no_conv", "kind_rwkv4"}], ids=lambda p: p.stem)
+def test_inspect_diff_and_plot_show_the_modern_kinds_by_their_dims(path, tmp_path):
+    shown = run("inspect", str(path))
+    assert shown.exit_code == 0, shown.output
+    layer = next(line for line in shown.output.splitlines() if line.startswith("  [0]"))
+    assert f" {path.stem.split('_')[1]} " in layer and "units" not in layer and "=" in layer
+    assert json.loads(run("inspect", "--json", str(path)).output)["layers"][0]["dims"]
+    assert run("diff", str(path), str(path)).exit_code == 0
+    other = run("diff", str(path), str(MODERN_VECTORS[0] if path != MODERN_VECTORS[0] else MODERN_VECTORS[1]))
+    assert other.exit_code == 1 and ("kind:" in other.output or "dims:" in other.output)
+    plotted = run("inspect", "--plot", str(tmp_path / "state.png"), str(path))
+    assert plotted.exit_code == 0, plotted.output
+    assert (tmp_path / "state.png").stat().st_size > 10_000

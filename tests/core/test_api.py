@@ -44,8 +44,6 @@ VERBS = {
 # what a framework may add, keyword-only: Flax linen keeps its params outside the module
 EXTRA = {("flax", "export_weights"): {"variables"}, ("flax", "import_weights"): {"variables"},
          ("flax", "weight_signature"): {"variables"}}
-# kept one release, and not part of the API: positional variables (Flax), unbatched= (PyTorch)
-LEGACY = {P.VAR_POSITIONAL, P.VAR_KEYWORD}
 
 
 def adapter(name):
@@ -61,17 +59,11 @@ def adapter(name):
 @pytest.mark.parametrize("name", ADAPTERS)
 def test_every_adapter_has_the_verb_with_the_same_arguments(name, verb):
     module = adapter(name)
-    parameters = [p for p in inspect.signature(getattr(module, verb)).parameters.values() if p.kind not in LEGACY]
+    parameters = list(inspect.signature(getattr(module, verb)).parameters.values())
     extra = EXTRA.get((name, verb), set())
     assert all(p.kind is P.KEYWORD_ONLY for p in parameters if p.name in extra)
     found = [(p.name, p.kind, p.default) for p in parameters if p.name not in extra]
     assert found == VERBS[verb]
-
-
-@pytest.mark.parametrize("name", ADAPTERS)
-def test_load_weights_is_kept_one_release_as_an_alias(name):
-    module = adapter(name)
-    assert "Deprecated alias of `import_weights`" in module.load_weights.__doc__
 
 
 def test_the_adapters_say_the_same_verbs_in_their_docs():
@@ -92,7 +84,8 @@ def gru_weights(name="gru", units=3, input_size=2, directions=1, seed=0, **optio
                         rng.normal(size=(directions, rows)), **options)
 
 
-def states_of(batch, units=3):
+def gru_state(batch, units=3):
+    """Zeros for one GRU layer named "gru", as gru_weights() describes."""
     return StateSet([LayerState("gru", "gru", h=np.zeros((1, batch, units), "float32"))])
 
 
@@ -122,11 +115,11 @@ def test_missing_tensors_and_gates_are_state_errors():
                                                   r"\(r, z, n\) and a direction below 1"):
         layer.gate("R", "g")
     with pytest.raises(StateMismatchError, match="layer 'gru' \\(gru\\) has states h, not 'c'"):
-        states_of(2)["gru"]["c"]
+        gru_state(2)["gru"]["c"]
 
 
 def test_state_signature_of_takes_a_batch_size_value():
-    states = states_of(4)
+    states = gru_state(4)
     assert StateSignature.of(states).batch_size == 4
     assert StateSignature.of(states, batch_size=8).batch_size == 8
     assert StateSignature.of(states, batch_size=None).batch_size is None
@@ -137,7 +130,7 @@ def test_state_signature_of_takes_a_batch_size_value():
 
 def test_a_signature_takes_a_list_of_layers():
     signature = StateSignature([LayerSignature("gru", 3)], batch_size=2)
-    assert signature.layers == (LayerSignature("gru", 3),) and signature.check(states_of(2)) == []
+    assert signature.layers == (LayerSignature("gru", 3),) and signature.check(gru_state(2)) == []
 
 
 @pytest.mark.parametrize("units, found", [('"8"', "'8' (str)"), ("true", "True (bool)"),
@@ -166,7 +159,7 @@ def test_from_json_refuses_what_is_not_a_signature(text, message):
 
 
 def test_more_streams_than_the_model_takes_points_to_picking_them():
-    assert StateSignature([LayerSignature("gru", 3)], batch_size=8).check(states_of(32)) == [
+    assert StateSignature([LayerSignature("gru", 3)], batch_size=8).check(gru_state(32)) == [
         "batch size: expected 8, found 32; pick the model's 8 streams with statefmt.load(path, streams=[...]) "
         "or states.rows([...])"]
 
@@ -176,7 +169,7 @@ def test_a_signature_says_what_it_was_given_instead():
     assert StateSignature([LayerSignature("gru", 3)]).check(weights) == [
         "expected a StateSet (a state, as statefmt.load(path) returns), found a WeightSet; weights go to an "
         "adapter's import_weights(weights, target)"]
-    assert WeightSignature.of(weights).check(states_of(2)) == [
+    assert WeightSignature.of(weights).check(gru_state(2)) == [
         "expected a WeightSet (weights, as statefmt.load_weights(path) returns), found a StateSet; a state goes to "
         "an adapter's initial_state(states, target)"]
 

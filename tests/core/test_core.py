@@ -6,7 +6,7 @@ import stat
 
 import numpy as np
 import pytest
-from builders import DTYPES, _dtype, assert_same, make_states, make_weights
+from builders import DTYPES, _dtype, assert_same, make_states, make_weights, one_gru
 from safetensors.numpy import load_file
 
 import statefmt
@@ -95,7 +95,7 @@ def test_select_layers():
 @pytest.mark.parametrize("build, message", [
     (lambda h: LayerState("a", "lstm", h=h), "an LSTM needs both h and c"),
     (lambda h: LayerState("a", "gru", h=h, c=h), "a GRU has h only"),
-    (lambda h: LayerState("a", "mlp", h=h), "kind: expected one of lstm, gru, rnn, found 'mlp'"),
+    (lambda h: LayerState("a", "mlp", h=h), "kind: expected one of lstm, gru, rnn, mamba, .*, found 'mlp'"),
     (lambda h: LayerState("a", "rnn", h=h[0]),
      r"expected shape \[directions \(1 or 2\), batch, units\], found \[2, 3\]"),
     (lambda h: LayerState("a", "rnn", h=h.astype("int32")), "unsupported dtype int32"),
@@ -226,7 +226,7 @@ def test_malformed_weights(kwargs, message):
 
 
 def test_a_huge_bad_value_gives_a_short_problem_line(tmp_path):
-    from test_vectors import generate  # the conformance vectors' way of writing a file that breaks a rule
+    import generate  # the conformance vectors' way of writing a file that breaks a rule (spec/vectors)
 
     path = tmp_path / "s.statefmt"
     path.write_bytes(generate.build(generate._lstm, lambda document, tensors: document.update(user=["x" * 100_000])))
@@ -246,3 +246,21 @@ def test_nan_in_weights_is_refused_in_the_words_of_weights(tmp_path):
         (problem,) = error.value.problems
         assert problem.startswith("layer 0 'rnn': W: 6 non-finite values (NaN or Inf)")
         assert "weights" in problem and "state" not in problem
+
+
+# --- byte order and numpy strings come in as they are meant -----------------------------------------------------------
+
+def test_big_endian_state_round_trips(tmp_path):
+    expected = np.linspace(-1.5, 2.5, 24).reshape(1, 4, 6)  # float64, native: the independent truth
+    swapped = expected.astype(">f4")
+    statefmt.save(one_gru(swapped, ["a", "b", "c", "d"]), tmp_path / "be.statefmt")
+    loaded = statefmt.load(tmp_path / "be.statefmt")[0]["h"]
+    assert loaded.dtype.name == "float32"
+    np.testing.assert_array_equal(loaded.astype(np.float64), expected.astype(np.float32).astype(np.float64))
+
+
+def test_numpy_string_stream_ids_are_strings():
+    ids = np.array(["pump-7", "pump-2"])
+    states = one_gru(np.zeros((1, 2, 3), "f4"), ids)  # type: ignore[arg-type]
+    assert states.stream_ids == ("pump-7", "pump-2")
+    assert all(type(i) is str for i in states.stream_ids)

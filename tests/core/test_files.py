@@ -24,26 +24,16 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 import pytest
+from builders import same, states_of
 from forked import exit_code, fork
 
 import statefmt
-from statefmt import LayerState, StateFormatError, StateSet, _files
+from statefmt import StateFormatError, _files
 
 SUFFIX = ".statefmt-tmp"
 ROOT = Path(__file__).resolve().parents[2]
 IS_ROOT = os.geteuid() == 0
-
-
-def states_of(seed: int, batch: int = 2, units: int = 3) -> StateSet:
-    rng = np.random.default_rng(seed)
-    return StateSet([LayerState("enc", "lstm", h=rng.standard_normal((1, batch, units)).astype("float32"),
-                                c=rng.standard_normal((1, batch, units)).astype("float32"))])
-
-
-def same(a: StateSet, b: StateSet) -> bool:
-    return all(x[n].tobytes() == y[n].tobytes() for x, y in zip(a, b) for n in x.state_names)
 
 
 def writes(data: bytes):

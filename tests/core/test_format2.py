@@ -6,6 +6,7 @@ Expected values come from the arrays saved, never from the reader under test.
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import threading
@@ -15,13 +16,24 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
-from builders import DTYPES, _dtype, assert_same, make_states
+from builders import DTYPES, assert_same, fleet, flip, make_states, one_gru
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
 import statefmt
-from statefmt import LayerState, StateFormatError, StateMismatchError, StateSet, _container, _document, api
+from fuzz.mutations import Parts
+from statefmt import (
+    LayerState,
+    StateError,
+    StateFormatError,
+    StateMismatchError,
+    StateSet,
+    _container,
+    _document,
+    api,
+    limits,
+)
 
 VECTORS = Path(__file__).parents[2] / "spec" / "vectors"
 
@@ -31,17 +43,6 @@ def small_blocks(monkeypatch):
     """4 KiB blocks, one block per chunk: every tensor below spans several of each."""
     monkeypatch.setattr(api, "BLOCK_BYTES", 4096)
     monkeypatch.setattr(_container, "CHUNK_BLOCKS", 1)
-
-
-def fleet(batch: int, units: int = 300, dtype="float32", ids=True) -> StateSet:
-    """A two-layer state whose every row is distinct; row r of h starts with the value r."""
-    rng = np.random.default_rng(batch)
-    h = rng.standard_normal((2, batch, units)).astype(_dtype(dtype))
-    h[0, :, 0] = np.arange(batch)
-    c = rng.standard_normal((2, batch, units)).astype(_dtype(dtype))
-    g = rng.standard_normal((1, batch, 7)).astype(_dtype(dtype))
-    layers = [LayerState("enc", "lstm", h=h, c=c), LayerState("dec", "gru", h=g)]
-    return StateSet(layers, stream_ids=[f"pump-{i}" for i in range(batch)] if ids else None)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -106,20 +107,11 @@ def test_ids_asked_of_a_file_without_ids(tmp_path):
     assert statefmt.load(path, streams=[2]).stream_ids is None
 
 
-def _flip(path: Path, tensor: str, offset: int) -> None:
-    """Flip one bit of a tensor's data in place, leaving every checksum as it was."""
-    data = bytearray(path.read_bytes())
-    length = int.from_bytes(data[:8], "little")
-    start = json.loads(data[8:8 + length])[tensor]["data_offsets"][0]
-    data[8 + length + start + offset] ^= 0x04
-    path.write_bytes(bytes(data))
-
-
 def test_a_flipped_byte_in_a_row_is_caught_when_that_row_alone_is_read(tmp_path, small_blocks):
     path = tmp_path / "s.statefmt"
     statefmt.save(fleet(37), path)
     row_bytes = 300 * 4
-    _flip(path, "layers.0.c", 20 * row_bytes + 5)  # row 20 of direction 0; blocks of 4 KiB hold 3.4 rows
+    flip(path, "layers.0.c", 20 * row_bytes + 5)  # row 20 of direction 0; blocks of 4 KiB hold 3.4 rows
     with pytest.raises(StateFormatError, match=r"layers\.0\.c`: bytes .* do not match their checksum") as error:
         statefmt.load(path, streams=["pump-20"])
     assert error.value.code == "checksum" and error.value.step == 8
@@ -132,7 +124,7 @@ def test_a_flipped_byte_in_a_row_is_caught_when_that_row_alone_is_read(tmp_path,
 def test_a_flipped_byte_in_the_checksums_tensor_is_caught(tmp_path, small_blocks):
     path = tmp_path / "s.statefmt"
     statefmt.save(fleet(37), path)
-    _flip(path, "checksums", 3)
+    flip(path, "checksums", 3)
     with pytest.raises(StateFormatError, match="checksums: block 0 does not match"):
         statefmt.load(path, streams=[0])
 
@@ -144,7 +136,7 @@ def test_a_flipped_byte_in_the_index_never_returns_another_stream(tmp_path):
     for offset in range(0, 200 * 16, 97):
         copy = tmp_path / f"c{offset}.statefmt"
         copy.write_bytes(path.read_bytes())
-        _flip(copy, "stream_ids.index", offset)
+        flip(copy, "stream_ids.index", offset)
         with pytest.raises(StateFormatError):
             statefmt.load(copy, streams=["pump-7"])
 
@@ -178,7 +170,7 @@ def test_readers_never_fail_while_a_writer_replaces_the_file(tmp_path):
     """One descriptor for header and data: a reader sees the old file or the new one, whole."""
     path = tmp_path / "s.statefmt"
     statefmt.save(fleet(50, units=64), path, durable=False)
-    code = ("import sys, time, statefmt\nsys.path[:0] = ['tests', 'tests/core']\nfrom test_format2 import fleet\n"
+    code = ("import sys, time, statefmt\nsys.path[:0] = ['tests']\nfrom builders import fleet\n"
             "a, b = fleet(50, units=64), fleet(51, units=64)\nend = time.monotonic() + 3\n"
             f"while time.monotonic() < end:\n    statefmt.save(b, {str(path)!r}, durable=False)\n"
             f"    statefmt.save(a, {str(path)!r}, durable=False)\n")
@@ -202,12 +194,12 @@ def test_save_refuses_what_load_would_refuse_before_writing_a_byte(tmp_path):
     before = path.read_bytes()
     deep: dict = {}
     leaf = deep
-    for _ in range(_document.MAX_DEPTH):
+    for _ in range(limits.MAX_JSON_DEPTH):
         leaf["x"] = {}
         leaf = leaf["x"]
     bad = [({"user": {"x": float("nan")}}, "cannot be stored as JSON"),
-           ({"user": deep}, f"nested deeper than {_document.MAX_DEPTH} levels"),
-           ({"user": {"big": "x" * _document.MAX_DOCUMENT_BYTES}}, "exceeds the 67108864-byte cap")]
+           ({"user": deep}, f"nested deeper than {limits.MAX_JSON_DEPTH} levels"),
+           ({"user": {"big": "x" * limits.MAX_FILE_DOCUMENT_BYTES}}, "exceeds the 67108864-byte cap")]
     for metadata, message in bad:
         with pytest.raises(StateFormatError, match=message):
             statefmt.save(fleet(2, units=3), path, metadata=metadata)
@@ -221,9 +213,9 @@ def test_the_largest_document_the_limits_allow_saves_and_loads(tmp_path):
     path = tmp_path / "s.statefmt"
     states = fleet(2, units=3)
     statefmt.save(states, path, metadata={"user": {"big": ""}})
-    room = _document.MAX_DOCUMENT_BYTES - len(_metadata(path)["statefmt"])
+    room = limits.MAX_FILE_DOCUMENT_BYTES - len(_metadata(path)["statefmt"])
     statefmt.save(states, path, metadata={"user": {"big": "x" * room}})
-    assert len(_metadata(path)["statefmt"]) == _document.MAX_DOCUMENT_BYTES
+    assert len(_metadata(path)["statefmt"]) == limits.MAX_FILE_DOCUMENT_BYTES
     assert len(statefmt.load(path).metadata["user"]["big"]) == room
     with pytest.raises(StateFormatError, match="exceeds"):
         statefmt.save(states, path, metadata={"user": {"big": "x" * (room + 1)}})
@@ -239,7 +231,7 @@ def test_nesting_is_judged_the_same_at_any_call_depth(tmp_path):
     path = tmp_path / "s.statefmt"
     deep: dict = {}
     leaf = deep
-    for _ in range(_document.MAX_DEPTH - 3):
+    for _ in range(limits.MAX_JSON_DEPTH - 3):
         leaf["x"] = {}
         leaf = leaf["x"]
     statefmt.save(fleet(2, units=3), path, metadata={"user": deep})
@@ -258,8 +250,8 @@ def test_a_huge_list_of_bad_layers_is_refused_fast_with_a_bounded_message(tmp_pa
     with pytest.raises(StateFormatError) as error:
         _document.Document.from_dict(document)
     assert time.monotonic() - started < 10
-    assert len(error.value.problems) <= _document.MAX_PROBLEMS + 1 and len(str(error.value)) < 50_000
-    document["layers"] = [{}] * (_document.MAX_LAYERS + 1)
+    assert len(error.value.problems) <= limits.MAX_PROBLEMS + 1 and len(str(error.value)) < 50_000
+    document["layers"] = [{}] * (limits.MAX_FILE_LAYERS + 1)
     with pytest.raises(StateFormatError, match="layers: expected at most 65536"):
         _document.Document.from_dict(document)
 
@@ -327,7 +319,7 @@ def test_a_memory_url_round_trip_by_range_reads():
         statefmt.load("memory://statefmt-test/missing.statefmt")
 
 
-# --- the quick schema check: where it decides, jsonschema agrees ----------------------------------------------
+# --- the quick schema check: where it decides, jsonschema agrees ---------------------------------------------
 
 def _documents():
     for folder, major in ((VECTORS, "2"), (VECTORS / "1.0", "1")):
@@ -409,3 +401,201 @@ def test_ten_million_stream_ids_save_and_load(tmp_path):
     assert statefmt.load(path, streams=["sensor-09876543"])[0]["h"][0, 0, 0] == 9876543
     loaded = statefmt.load(path)
     assert loaded.stream_ids[-1] == ids[-1] and loaded.batch_size == 10_000_000
+
+
+# --- save takes the paths load takes and refuses what it refuses; stream keys -----------------------------------------
+
+def test_bytes_stream_id_is_refused_not_read_as_row_numbers(tmp_path):
+    ids = [f"s{i}" for i in range(200)]
+    statefmt.save(one_gru(np.random.default_rng(0).random((1, 200, 3)).astype("f4"), ids), tmp_path / "m.statefmt")
+    with pytest.raises(StateError):
+        statefmt.load(tmp_path / "m.statefmt", streams=b"s1")  # "s1" is bytes 115, 49: rows 115 and 49 today
+
+
+def test_a_non_iterable_streams_argument_is_a_state_error(tmp_path):
+    statefmt.save(one_gru(np.zeros((1, 3, 2), "f4"), ["a", "b", "c"]), tmp_path / "s.statefmt")
+    with pytest.raises(StateError):
+        statefmt.load(tmp_path / "s.statefmt", streams=1.5)
+
+
+def test_save_accepts_the_file_url_that_load_accepts(tmp_path):
+    url = f"file://{tmp_path}/f.statefmt"
+    states = one_gru(np.ones((1, 2, 3), "f4"), ["a", "b"])
+    statefmt.save(states, url)
+    assert statefmt.load(url).stream_ids == ("a", "b")
+    assert (tmp_path / "f.statefmt").is_file()
+
+
+def test_in_memory_validate_refuses_what_save_refuses(tmp_path):
+    states = one_gru(np.zeros((1, 1, 3), "f4"), ["\ud800"])
+    with pytest.raises(StateFormatError):
+        statefmt.save(states, tmp_path / "x.statefmt")  # save refuses it ...
+    with pytest.raises(StateFormatError):
+        statefmt.validate(states)  # ... so validate, which promises save's checks, must too
+
+
+def test_save_refuses_storage_options_on_a_local_path_as_load_does(tmp_path):
+    path = tmp_path / "so.statefmt"
+    with pytest.raises(StateFormatError):
+        statefmt.save(one_gru(np.zeros((1, 1, 3), "f4")), path, storage_options={"anon": True})
+    assert not path.exists()
+
+
+def test_save_refuses_a_path_with_a_trailing_slash_as_load_does(tmp_path):
+    path = f"{tmp_path}/x.statefmt/"
+    states = one_gru(np.zeros((1, 1, 3), "f4"))
+    with pytest.raises(StateFormatError):
+        statefmt.load(path)  # a trailing slash names a folder: load refuses it ...
+    with pytest.raises((StateError, OSError)):
+        statefmt.save(states, path)  # ... and save must not write a file that load refuses
+    assert not (tmp_path / "x.statefmt").exists()
+
+
+def test_an_empty_path_is_named_as_such(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for call in (lambda: statefmt.save(one_gru(np.zeros((1, 1, 3), "f4")), ""), lambda: statefmt.load("")):
+        with pytest.raises(StateError) as raised:
+            call()
+        assert "empty" in str(raised.value), str(raised.value)
+
+
+# --- documents at the edges of the spec: numbers, lone surrogates, 1.0 files, odd tensor names ------------------------
+
+def test_an_overflowing_number_in_the_document_is_refused(tmp_path):
+    import xxhash
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    base, hostile = tmp_path / "base.statefmt", tmp_path / "inf.statefmt"
+    statefmt.save(one_gru(np.zeros((1, 2, 3), "f4"), ["a", "b"]), base, metadata={"user": {"x": 1}})
+    with safe_open(str(base), "np") as file:
+        document = file.metadata()["statefmt"]
+    assert '"x":1}' in document
+    document = document.replace('"x":1}', '"x":1e400}')  # any safetensors writer can produce this file
+    checksum = "xxh3_64:" + xxhash.xxh3_64_hexdigest(document.encode())
+    save_file(load_file(str(base)), str(hostile), metadata={"statefmt": document, "statefmt_checksum": checksum})
+    with pytest.raises(StateFormatError):
+        statefmt.validate(hostile)
+
+
+def _document_with(text_edit, ascii_header: bool = True) -> bytes:
+    vector = Path(__file__).resolve().parents[2] / "spec" / "vectors" / "lstm.statefmt"
+    parts = Parts.of(vector.read_bytes())
+    parts.seal_document(text_edit(parts.metadata["statefmt"]))
+    return parts.bytes(ascii_header=ascii_header)
+
+
+def test_a_lone_surrogate_in_the_metadata_document_is_refused(tmp_path):
+    path = tmp_path / "surrogate.statefmt"
+    path.write_bytes(_document_with(lambda text: text[:-1] + ',"user":{"x":"\ud800"}}'))
+    for action in (statefmt.read, statefmt.validate, lambda p: statefmt.load(p, streams=[0])):
+        with pytest.raises(StateFormatError) as refused:
+            action(path)
+        assert refused.value.step in (1, 2)
+
+
+def test_the_lone_surrogate_reproducer_is_otherwise_a_valid_file(tmp_path):
+    """The test above is about the surrogate alone: the same edit with a plain string reads."""
+    path = tmp_path / "plain.statefmt"
+    path.write_bytes(_document_with(lambda text: text[:-1] + ',"user":{"x":"d800"}}'))
+    assert statefmt.read(path).metadata["user"] == {"x": "d800"}
+    length = struct.unpack("<Q", path.read_bytes()[:8])[0]
+    assert json.loads(path.read_bytes()[8:8 + length])["__metadata__"]["statefmt"].endswith('"d800"}}')
+
+
+def test_surrogate_bytes_in_the_header_are_refused(tmp_path):
+    path = tmp_path / "surrogate-bytes.statefmt"
+    path.write_bytes(_document_with(lambda text: text[:-1] + ',"user":{"x":"\ud800"}}', ascii_header=False))
+    assert b"\xed\xa0\x80" in path.read_bytes()
+    with pytest.raises(StateFormatError) as refused:
+        statefmt.read(path)
+    assert refused.value.step in (1, 2)
+
+
+def _v1_lstm_with(edit) -> bytes:
+    vector = Path(__file__).resolve().parents[2] / "spec" / "vectors" / "1.0" / "lstm.statefmt"
+    parts = Parts.of(vector.read_bytes())
+    edit(parts.document)
+    parts.seal_document()
+    return parts.bytes()
+
+
+def test_a_1_0_document_with_a_2_0_key_of_another_type_is_read_or_refused(tmp_path):
+    path = tmp_path / "v1.statefmt"
+    path.write_bytes(_v1_lstm_with(lambda document: document.update(checksum_blocks=5)))
+    try:
+        states = statefmt.read(path)
+    except StateFormatError as error:
+        assert error.step is not None
+    else:  # 1.0 readers ignore keys they do not know: then it holds the vector's data
+        assert states.stream_ids == ("sensor-a", "sensor-b")
+
+
+def test_the_1_0_reproducer_is_otherwise_a_valid_file(tmp_path):
+    path = tmp_path / "v1.statefmt"
+    path.write_bytes(_v1_lstm_with(lambda document: document.update(other_key=5)))
+    assert statefmt.read(path).stream_ids == ("sensor-a", "sensor-b")
+
+
+def _v1_weights_with_activation(activation: str) -> bytes:
+    vector = Path(__file__).resolve().parents[2] / "spec" / "vectors" / "1.0" / "gru_weights.statefmt"
+    parts = Parts.of(vector.read_bytes())
+    parts.document["layers"][0]["recurrent_activation"] = activation
+    parts.seal_document()
+    return parts.bytes()
+
+
+def test_what_read_returns_can_be_saved_again(tmp_path):
+    """Whatever read accepts, save (and `statefmt upgrade`) writes; whatever it refuses, it refuses at a step."""
+    path = tmp_path / "v1-weights.statefmt"
+    path.write_bytes(_v1_weights_with_activation("h"))
+    try:
+        weights = statefmt.read(path)
+    except StateFormatError as error:
+        assert error.step is not None, f"refused at no spec step: {error!r}"
+        return
+    statefmt.validate(weights)
+    statefmt.save(weights, tmp_path / "again.statefmt")  # the other: save (and upgrade) write what read accepts
+
+
+def test_a_1_0_weights_file_with_a_listed_activation_upgrades(tmp_path):
+    path = tmp_path / "v1-weights.statefmt"
+    path.write_bytes(_v1_weights_with_activation("relu"))
+    weights = statefmt.read(path)
+    statefmt.upgrade(path, tmp_path / "upgraded.statefmt")
+    assert statefmt.read(tmp_path / "upgraded.statefmt").layers[0].recurrent_activation == "relu"
+    assert weights.layers[0].recurrent_activation == "relu"
+
+
+def _with_tensor_named(name: str, case: str) -> bytes:
+    vector = Path(__file__).resolve().parents[2] / "spec" / "vectors" / "lstm.statefmt"
+    parts = Parts.of(vector.read_bytes())
+    if case == "extra tensor":  # step 7: a tensor no layer describes
+        parts.table[name] = {"dtype": "F32", "shape": [0]}
+        parts.data[name] = b""
+        return parts.bytes()
+    raw = parts.bytes()
+    length = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + length])
+    entry = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
+    if case == "bad dtype":  # step 1, while parsing the table
+        entry = {"dtype": "X", "shape": [0], "data_offsets": [0, 0]}
+    elif case == "overlap":  # step 1, the coverage check
+        entry["data_offsets"] = [4, 8]
+    header[name] = entry
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + raw[8 + length:]
+
+
+@pytest.mark.parametrize("case", ["bad dtype", "overlap", "extra tensor"])
+def test_a_tensor_name_with_a_newline_gives_one_line_problems(tmp_path, case):
+    """Found by atheris: a tensor name holding a newline (a `\\n` escape in the header) is quoted raw in the
+    messages (`tensor `{key}`` in _container, "tensors not described" in api), so a problem spans two lines
+    and carries terminal escapes: a log or a terminal would show a forged line."""
+    path = tmp_path / "newline.statefmt"
+    path.write_bytes(_with_tensor_named('x\n"forged": ok\x1b[2K', case))
+    with pytest.raises(StateFormatError) as refused:
+        statefmt.read(path)
+    assert refused.value.step in (1, 7)
+    assert all("\n" not in problem and "\x1b" not in problem for problem in refused.value.problems), \
+        refused.value.problems

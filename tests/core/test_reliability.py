@@ -15,19 +15,19 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import same, states_of
 from click.testing import CliRunner
 from forked import exit_code, fork
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import statefmt
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `fuzz/` sits at the root, beside `tests/`
-from fuzz.mutations import MUTATIONS, giant_length, insert_bytes, mutate, truncate, verdict
+from fuzz.mutations import MUTATIONS, Mutant, Parts, _check_rows, giant_length, insert_bytes, mutate, truncate, verdict
 from fuzz.mutations import seeds as fuzz_seeds
 from statefmt import LayerState, StateFormatError, StateSet
 from statefmt._document import metadata_entries
@@ -37,25 +37,11 @@ ROOT = Path(__file__).resolve().parents[2]
 TEMP_SUFFIX = ".statefmt-tmp"
 
 
-def states_of(seed, batch=2, units=3, ids=True):
-    rng = np.random.default_rng(seed)
-    f = lambda *shape: rng.standard_normal(shape).astype("float32")  # noqa: E731
-    layers = [LayerState("enc", "lstm", h=f(1, batch, units), c=f(1, batch, units)),
-              LayerState("dec", "gru", h=f(2, batch, units))]
-    return StateSet(layers, stream_ids=[f"s{i}" for i in range(batch)] if ids else None)
-
-
-def same(a: StateSet, b: StateSet) -> bool:
-    return (a.stream_ids == b.stream_ids and [x.name for x in a] == [y.name for y in b]
-            and all(x[n].dtype == y[n].dtype and x[n].tobytes() == y[n].tobytes()
-                    for x, y in zip(a, b) for n in x.state_names))
-
-
 def temporaries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(TEMP_SUFFIX))
 
 
-# --- safe loading ----------------------------------------------------------------------------------------------
+# --- safe loading ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("needle", ["pickle", "torch.load", "allow_pickle=True"])
 def test_no_unsafe_deserialisation_in_the_sources(needle):
@@ -105,7 +91,7 @@ def test_a_pickle_named_safetensors_is_refused_and_runs_nothing(tmp_path, case):
     assert marker.exists()
 
 
-# --- fuzzing ---------------------------------------------------------------------------------------------------
+# --- fuzzing --------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory):
@@ -113,15 +99,15 @@ def seeds(tmp_path_factory):
     return fuzz_seeds(tmp_path_factory.mktemp("seeds"))
 
 
-# derandomized: the fuzzer finds bugs that tests/test_fuzz_2.py holds as strict xfails until fixed, and a suite
-# run should not fail by chance on one of them; `python -m fuzz` is the place for fresh inputs
+# derandomized: a bug the fuzzer finds becomes a regression test in the file of the part it is in, and a suite
+# run should not fail by chance on one not yet fixed; `python -m fuzz` is the place for fresh inputs
 @settings(max_examples=150, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(choice=st.integers(0, 19), kind=st.sampled_from(sorted(MUTATIONS)), rnd=st.randoms(use_true_random=False))
+@given(choice=st.integers(0, 31), kind=st.sampled_from(sorted(MUTATIONS)), rnd=st.randoms(use_true_random=False))
 def test_mutated_files_load_exactly_or_raise_state_format_error(seeds, tmp_path, choice, kind, rnd):
     """read gives the seed's data (or what a re-sealed edit made) or a step-coded StateFormatError; validate
     agrees; load(streams=...) gives exactly the rows asked for or a StateError (fuzz.mutations.verdict)."""
-    assert len(seeds) == 20
+    assert len(seeds) == 32  # 8 saved, 2 re-blocked, 18 valid 2.x vectors (12 of the 2.1 kinds), 4 valid 1.0 ones
     path = tmp_path / "fuzzed.statefmt"
     mutant = mutate(seeds[choice], rnd, kind)
     path.unlink(missing_ok=True)  # a new file each time: ext4 flushes a truncated-and-rewritten one (ms each)
@@ -148,7 +134,7 @@ def test_coverage_guided_fuzzing_runs(tmp_path):
     assert "Done 1000 runs" in result.stderr
 
 
-# --- crash safety ----------------------------------------------------------------------------------------------
+# --- crash safety ---------------------------------------------------------------------------------------------
 
 def test_sigkill_during_save_leaves_the_old_or_the_new_state(tmp_path):
     """40 saves of a 4 MiB state over an existing file, each killed at a random moment."""
@@ -208,7 +194,7 @@ def test_a_save_that_runs_out_of_space_leaves_the_old_file_and_no_temporary(tmp_
     assert temporaries(tmp_path) == []
 
 
-# --- integrity: every flipped bit ------------------------------------------------------------------------------
+# --- integrity: every flipped bit -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def small_file(tmp_path_factory):
@@ -276,7 +262,7 @@ def test_every_header_bit_flip_fails_or_loads_the_original(small_file, header_fl
     assert changed == []
 
 
-# --- limits ----------------------------------------------------------------------------------------------------
+# --- limits ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("batch", [0, 1])
 def test_empty_and_single_row_batches(tmp_path, batch):
@@ -411,7 +397,7 @@ def test_a_file_over_4_gib(tmp_path):
     path.unlink()  # pytest keeps the last runs' folders
 
 
-# --- concurrency -----------------------------------------------------------------------------------------------
+# --- concurrency ----------------------------------------------------------------------------------------------
 
 def _run_writers(jobs) -> list[tuple[int, float]]:
     """Fork one writer per job (start delay, work); each reports its index and the time its work returned."""
@@ -468,7 +454,7 @@ def test_many_processes_saving_one_file_last_writer_wins(tmp_path, round_):
     assert len(late) < len(candidates), "every writer finished together: the round shows nothing"
 
 
-# --- the command line on bad input -----------------------------------------------------------------------------
+# --- the command line on bad input ----------------------------------------------------------------------------
 
 def _bad_files(folder: Path) -> dict[str, Path]:
     good = folder / "good.statefmt"
@@ -536,3 +522,72 @@ def test_cli_debug_shows_a_traceback(bad_files):
                            text=True)
     assert plain.returncode == 1 and "Traceback" not in plain.stderr
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "StateFormatError" in debug.stderr
+
+
+# --- the fuzzers themselves: their mutations reach the checks behind the checksums, their verdict can fail ------------
+
+def _step(path: Path) -> int | None:
+    try:
+        statefmt.read(path)
+    except StateFormatError as error:
+        return error.step
+    return None
+
+
+@pytest.mark.parametrize("kind, needed", [
+    ("flip_data", {8}),  # a tensor byte changed, checksums not: the block checksum
+    ("checksum_table", {8}),  # the checksums tensor or checksum_blocks changed
+    ("table_resealed", {7}),  # a tensor dropped, added, reshaped or retyped, every checksum re-sealed
+    ("reseal_values", {None, 9}),  # new values re-sealed: read as the new data, NaN/Inf refused
+    ("reblock", {None, 5}),  # another block size re-sealed: valid, or not a size the schema lists
+    ("stream_index", {8, 10}),  # the index corrupted: not re-sealed (checksum), re-sealed (index check)
+    ("rename_ids", {None, 10}),  # new ids, index rebuilt: valid, or refused for a duplicate
+    ("relayout", {None}),  # the tensors in another order
+    ("duplicate_keys", {1, 2}),
+    ("json_constants", {1, 2}),
+    ("deep_nesting", {None, 2}),
+    ("edit_document", {5}),  # re-sealed document edits get past the metadata checksum to the schema
+])
+def test_mutations_reach_the_checks_behind_the_checksums(seeds, tmp_path, kind, needed):
+    path = tmp_path / "mutant.statefmt"
+    seen = set()
+    for i in range(30):
+        rnd = random.Random(i)
+        mutant = MUTATIONS[kind](seeds[i % len(seeds)], rnd)
+        path.unlink(missing_ok=True)  # a new file each time: ext4 flushes a truncated-and-rewritten one
+        path.write_bytes(mutant.data)
+        verdict(path, mutant, rnd)
+        seen.add(_step(path))
+    assert needed <= seen, f"{kind} reached steps {sorted(seen, key=str)}, not all of {sorted(needed, key=str)}"
+
+
+def _swap_two_ids(seed) -> bytes:
+    """The seed with the ids of rows 1 and 2 swapped and the index rebuilt and re-sealed: valid, but row 1 is
+    now the stream the seed calls row 2's."""
+    from fuzz.mutations import vectors_writer
+
+    parts = Parts.of(seed.data)
+    ids = list(seed.expected.stream_ids)
+    ids[1], ids[2] = ids[2], ids[1]
+    for key, array in vectors_writer().stream_tensors(ids).items():
+        parts.put(key, array, "U8" if key == "stream_ids.bytes" else "U64")
+    parts.reseal()
+    parts.seal_document()
+    return parts.bytes()
+
+
+def test_the_verdict_catches_silent_changes_and_wrong_rows(seeds, tmp_path):
+    seed = next(s for s in seeds if s.name == "v2.0/many_ids.statefmt")
+    path = tmp_path / "swapped.statefmt"
+    path.write_bytes(_swap_two_ids(seed))
+    ids = seed.expected.stream_ids
+    honest = Mutant("swap", path.read_bytes(), [replace(seed.expected, stream_ids=(ids[0], ids[2], ids[1], *ids[3:]))],
+                    "valid")
+    assert verdict(path, honest) == "valid"
+    claims_the_seed = Mutant("swap", path.read_bytes(), [seed.expected])
+    with pytest.raises(AssertionError, match="read returned other data: stream ids"):
+        verdict(path, claims_the_seed)
+    rows = statefmt.load(path, streams=[ids[1]])  # by the file, the seed's row 2
+    assert rows.stream_ids == (ids[1],)
+    assert "not that stream's row" in _check_rows(rows, [ids[1]], claims_the_seed)
+    assert _check_rows(rows, [ids[1]], honest) is None

@@ -1,12 +1,14 @@
 """Files behind URLs: a real S3 server (moto's, on loopback) through s3fs, read by range requests only."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from test_format2 import fleet
+from builders import fleet, flip
 
 import statefmt
 from statefmt import StateFormatError
@@ -46,9 +48,7 @@ def test_a_flipped_byte_in_a_row_is_caught_over_s3(s3, tmp_path, monkeypatch):
     monkeypatch.setattr(statefmt.api, "BLOCK_BYTES", 4096)
     local = tmp_path / "s.statefmt"
     statefmt.save(fleet(37), local)
-    from test_format2 import _flip
-
-    _flip(local, "layers.0.h", 20 * 300 * 4 + 9)
+    flip(local, "layers.0.h", 20 * 300 * 4 + 9)
     import fsspec
 
     fsspec.filesystem("s3", **options).put_file(str(local), f"{bucket}/s.statefmt")
@@ -119,3 +119,42 @@ def test_a_server_that_never_answers_is_refused_in_bounded_time(monkeypatch):
         for connection in held:
             connection.close()
         listener.close()
+
+
+# --- writing to object storage ----------------------------------------------------------------------------------------
+
+def test_killed_upload_leaves_no_file_in_tmpdir(s3_bucket, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    server, bucket = s3_bucket
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    code = ("import json, sys, numpy as np, statefmt; from statefmt import LayerState, StateSet; "
+            "h = np.zeros((1, 1024, 16384), 'f4'); "  # 64 MiB
+            "statefmt.save(StateSet([LayerState('g', 'gru', h=h)]), sys.argv[1], "
+            "storage_options=json.loads(sys.argv[2]))")
+    for delay in (0.4, 0.8, 1.2, 1.6):  # the temporary has no name: nothing to watch for, so kill at moments
+        child = subprocess.Popen([sys.executable, "-c", code, f"s3://{bucket}/big.statefmt",
+                                  json.dumps(server.fsspec_options)], env={**os.environ, "TMPDIR": str(scratch)})
+        try:
+            time.sleep(delay)
+            child.send_signal(signal.SIGKILL)
+        finally:
+            child.kill()
+            child.wait(10)
+    leftovers = [path for path in scratch.rglob("*") if path.is_file()]
+    assert not leftovers, f"{sum(p.stat().st_size for p in leftovers)} bytes left in {leftovers}"
+
+
+def test_upgrade_a_local_file_into_object_storage(s3_bucket, tmp_path):
+    server, bucket = s3_bucket
+    local, url = tmp_path / "old.statefmt", f"s3://{bucket}/new.statefmt"
+    local.write_bytes((Path(__file__).parents[2] / "spec" / "vectors" / "1.0" / "lstm.statefmt").read_bytes())
+    expected = statefmt.load(local)[0]["h"]
+    statefmt.upgrade(local, url, storage_options=server.fsspec_options)
+    got = statefmt.load(url, storage_options=server.fsspec_options)
+    np.testing.assert_array_equal(got[0]["h"], expected)

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fleet_rows import BIG, SIGNATURE, assert_stream, constant, row_values, states_for
 
 from statefmt import (
     LayerSignature,
-    LayerState,
     StateError,
     StateFormatError,
     StateMismatchError,
-    StateSet,
     StateSignature,
     StoreNotFoundError,
 )
@@ -34,39 +33,6 @@ pa = pytest.importorskip("pyarrow")
 from statefmt import store  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-
-# an LSTM with a projection, a bidirectional GRU and a simple RNN: every column shape the layout has
-SIGNATURE = StateSignature([LayerSignature("lstm", 6, proj_units=4, name="enc"),
-                            LayerSignature("gru", 5, directions=2, name="mid"),
-                            LayerSignature("rnn", 3, name="out")], dtype="float32")
-
-
-def states_for(ids, seed: int, dtype="float32", signature=SIGNATURE) -> StateSet:
-    """Random states for `ids` shaped by `signature`; each stream's values are distinct."""
-    rng = np.random.default_rng(seed)
-    n = len(ids)
-    layers = []
-    for layer in signature.layers:
-        h_units = layer.proj_units or layer.units
-        arrays = {"h": rng.standard_normal((layer.directions, n, h_units)).astype(dtype)}
-        if layer.kind == "lstm":
-            arrays["c"] = rng.standard_normal((layer.directions, n, layer.units)).astype(dtype)
-        layers.append(LayerState(layer.name, layer.kind, **arrays))
-    return StateSet(layers, stream_ids=list(ids))
-
-
-def column(states: StateSet, stream_id: str) -> dict:
-    """One stream's arrays, keyed (layer, state), from a StateSet holding it."""
-    row = states.stream_ids.index(stream_id)
-    return {(i, s): layer[s][:, row] for i, layer in enumerate(states.layers) for s in layer.state_names}
-
-
-def assert_stream(got: StateSet, expected: StateSet, stream_id: str) -> None:
-    want, have = column(expected, stream_id), column(got, stream_id)
-    assert want.keys() == have.keys()
-    for key in want:
-        np.testing.assert_array_equal(have[key], want[key], err_msg=f"{stream_id} {key}")
-
 
 @pytest.fixture
 def fleet(tmp_path):
@@ -323,7 +289,7 @@ GRU_COLUMNS = {"stream_id": pa.array(["a"]),
     (lambda p: _raw_dataset(p, "{not json", GRU_COLUMNS), "not valid JSON"),
     (lambda p: _raw_dataset(p, _document(content="state"), GRU_COLUMNS), "content: expected 'store'"),
     (lambda p: _raw_dataset(p, _document(layers=[{"name": "g", "kind": "tcn", "units": -1}]), GRU_COLUMNS),
-     "layer 0 'g': kind: 'tcn' is not one of ['lstm', 'gru', 'rnn']"),
+     "layer 0 'g': kind 'tcn' is not one this reader knows"),
     (lambda p: _raw_dataset(p, _document(), {"stream_id": pa.array(["a"]), "layer0_h": pa.array([1.0])}),
      "column 'layer0_h' should be fixed_size_list<item: float>[2], found double"),
     (lambda p: _raw_dataset(p, json.dumps([1] * 10)), "must be a JSON object"),
@@ -394,32 +360,23 @@ def test_import_statefmt_the_store_and_validate_load_no_lance_or_arrow(tmp_path)
 # ---- real processes: concurrent puts, SIGKILL ----------------------------------------------------------------------
 
 WRITER = textwrap.dedent("""
-    import sys, numpy as np
-    from statefmt import store, StateSet, LayerState
+    import sys
+    sys.path.insert(0, sys.argv[6])
+    from fleet_rows import constant
+    from statefmt import store
     url, marker = sys.argv[1], float(sys.argv[2])
     first, count, rounds = map(int, sys.argv[3:6])
     fleet = store.open(url)
     ids = [f"s{i}" for i in range(first, first + count)]
     for round in range(rounds):
-        value = marker + round
-        layers = [LayerState(l.name, l.kind, **{s: np.full((l.directions, count,
-                  (l.proj_units or l.units) if s == "h" else l.units), value, "float32")
-                  for s in (("h", "c") if l.kind == "lstm" else ("h",))}) for l in fleet.signature.layers]
-        print(fleet.put(StateSet(layers, stream_ids=ids)), flush=True)
+        print(fleet.put(constant(ids, marker + round, fleet.signature)), flush=True)
 """)
 
 
 def _writer(url, marker, first, count, rounds=1):
-    return subprocess.Popen([sys.executable, "-c", WRITER, url, str(marker), str(first), str(count), str(rounds)],
+    return subprocess.Popen([sys.executable, "-c", WRITER, url, str(marker), str(first), str(count), str(rounds),
+                             str(Path(__file__).parents[1])],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _row_values(states: StateSet) -> np.ndarray:
-    """Per stream, the set of values its arrays hold (one value each when the row came from one put)."""
-    flat = np.concatenate([np.swapaxes(layer[s], 0, 1).reshape(states.batch_size, -1)
-                           for layer in states.layers for s in layer.state_names], axis=1)
-    assert (flat == flat[:, :1]).all(), "a stream's row mixes values of two puts"
-    return flat[:, 0]
 
 
 def test_concurrent_puts_from_processes_lose_no_update(tmp_path):
@@ -434,7 +391,7 @@ def test_concurrent_puts_from_processes_lose_no_update(tmp_path):
     fleet = store.open(url)
     snapshot = fleet.snapshot()
     assert snapshot.stream_ids == tuple(sorted(f"s{i}" for i in range(80))) and len(fleet) == 80
-    values = dict(zip(snapshot.stream_ids, _row_values(snapshot)))
+    values = dict(zip(snapshot.stream_ids, row_values(snapshot)))
     # every stream holds the last round of a writer that wrote it: last writer wins, nothing lost or duplicated
     for i in range(80):
         allowed = {101.0} if i < 20 else {201.0} if i >= 60 else {301.0, 401.0} | ({101.0} if i < 40 else {201.0})
@@ -443,12 +400,10 @@ def test_concurrent_puts_from_processes_lose_no_update(tmp_path):
     assert len(ids) == len(set(ids)) == 80
 
 
-BIG = StateSignature([LayerSignature("lstm", 256, name="l0"), LayerSignature("lstm", 256, name="l1")])  # 4 KiB a row
-
 VICTIM = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[3])
-    from test_store import BIG, _constant
+    from fleet_rows import BIG, constant
     from statefmt import store
     fleet, count = store.open(sys.argv[1]), 6_000
     ids = [f"s{i}" for i in range(count)]
@@ -456,7 +411,7 @@ VICTIM = textwrap.dedent("""
         print("compacting", flush=True)
         fleet.compact()
     for value in range(7, 1000):
-        fleet.put(_constant(ids, float(value), BIG))
+        fleet.put(constant(ids, float(value), BIG))
         print(value, flush=True)
 """)
 
@@ -467,29 +422,22 @@ def test_sigkill_during_put_or_compact_leaves_the_previous_version_intact(tmp_pa
     fleet = store.create(url, BIG)
     ids = [f"s{i}" for i in range(count)]
     for part in range(6):  # six fragments, so compact has work to do
-        fleet.put(_constant(ids[part * 1000:(part + 1) * 1000], 1.0, BIG))
+        fleet.put(constant(ids[part * 1000:(part + 1) * 1000], 1.0, BIG))
     before = fleet.version
-    victim = subprocess.Popen([sys.executable, "-c", VICTIM, url, operation, str(Path(__file__).parent)],
+    victim = subprocess.Popen([sys.executable, "-c", VICTIM, url, operation, str(Path(__file__).parents[1])],
                               stdout=subprocess.PIPE, text=True)
     victim.stdout.readline()  # it is in its loop (or has begun to compact)
     time.sleep(np.random.default_rng().uniform(0.0, 0.15))
     os.kill(victim.pid, signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL  # killed, not finished
     reopened = store.open(url)
-    values = _row_values(reopened.snapshot())
+    values = row_values(reopened.snapshot())
     assert len(values) == count
     assert len(set(values.tolist())) == 1, "a put was applied to only some streams"  # all or nothing
     assert values[0] == 1.0 or 7.0 <= values[0] < 1000.0
-    np.testing.assert_array_equal(_row_values(store.open(url, version=before).snapshot()), np.ones(count))
-    reopened.put(_constant(ids[:5], 99.0, BIG))  # and it takes writes again
-    assert _row_values(store.open(url).get(ids[:5])).tolist() == [99.0] * 5
-
-
-def _constant(ids, value, signature=SIGNATURE):
-    layers = [LayerState(x.name, x.kind, **{s: np.full((x.directions, len(ids),
-              (x.proj_units or x.units) if s == "h" else x.units), value, "float32")
-              for s in (("h", "c") if x.kind == "lstm" else ("h",))}) for x in signature.layers]
-    return StateSet(layers, stream_ids=ids)
+    np.testing.assert_array_equal(row_values(store.open(url, version=before).snapshot()), np.ones(count))
+    reopened.put(constant(ids[:5], 99.0, BIG))  # and it takes writes again
+    assert row_values(store.open(url).get(ids[:5])).tolist() == [99.0] * 5
 
 
 # ---- the CLI -------------------------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ from statefmt import (
 
 lance = pytest.importorskip("lance")
 pa = pytest.importorskip("pyarrow")
-from test_store import SIGNATURE, assert_stream, cli, states_for  # noqa: E402
+from fleet_rows import SIGNATURE, assert_stream, states_for  # noqa: E402
+from test_store import cli  # noqa: E402
 
 from statefmt import store  # noqa: E402
 from statefmt.store import _store  # noqa: E402

@@ -14,15 +14,15 @@ import pytest
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("lance")
-from test_store import SIGNATURE, _row_values  # noqa: E402
+from fleet_rows import SIGNATURE, constant, row_values  # noqa: E402
 
-from statefmt import LayerState, StateSet, store  # noqa: E402
+from statefmt import StateSet, store  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    tests = str(Path(__file__).resolve().parent)  # the workers import this module's tasks by name
-    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
+    here = Path(__file__).resolve().parent  # the workers import this module's tasks by name, and its helpers
+    path = os.pathsep.join(p for p in (str(here), str(here.parent), os.environ.get("PYTHONPATH")) if p)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {"PYTHONPATH": path}})
     try:
@@ -32,16 +32,7 @@ def cluster():
 
 
 def _partition(first: int, count: int, value: float) -> StateSet:
-    return _states([f"s{i:05d}" for i in range(first, first + count)], value)
-
-
-def _states(ids: list[str], value: float) -> StateSet:
-    count = len(ids)
-    layers = [LayerState(x.name, x.kind, **{s: np.full((x.directions, count, (x.proj_units or x.units)
-                                                        if s == "h" else x.units), value, "float32")
-                                            for s in (("h", "c") if x.kind == "lstm" else ("h",))})
-              for x in SIGNATURE.layers]
-    return StateSet(layers, stream_ids=ids)
+    return constant([f"s{i:05d}" for i in range(first, first + count)], value)
 
 
 @ray.remote
@@ -60,7 +51,7 @@ def test_ray_tasks_put_partitions_and_every_row_lands(cluster, tmp_path):
     fleet = store.open(url)
     snapshot = fleet.snapshot()
     assert len(fleet) == 8000 and snapshot.stream_ids == tuple(f"s{i:05d}" for i in range(8000))
-    values = _row_values(snapshot)
+    values = row_values(snapshot)
     allowed = [{float(i // 2000)} | ({10.0} if 1000 <= i < 3000 else set()) | ({11.0} if 1500 <= i < 2500 else set())
                for i in range(8000)]
     assert all(v in ok for v, ok in zip(values.tolist(), allowed))
@@ -73,7 +64,7 @@ def test_ray_data_batches_put_into_a_store_on_s3(cluster, s3_bucket):
 
     def put_batch(batch: dict) -> dict:
         ids = [f"s{int(i):05d}" for i in batch["id"]]
-        version = store.open(url, storage_options=options).put(_states(ids, 3.0))
+        version = store.open(url, storage_options=options).put(constant(ids, 3.0))
         return {"version": np.array([version]), "streams": np.array([len(ids)])}
 
     import ray.data
@@ -82,4 +73,4 @@ def test_ray_data_batches_put_into_a_store_on_s3(cluster, s3_bucket):
     assert sum(int(row["streams"]) for row in written) == 3000
     assert len({int(row["version"]) for row in written}) == len(written)  # one commit per batch
     fleet = store.open(url, storage_options=options)
-    assert len(fleet) == 3000 and set(_row_values(fleet.snapshot()).tolist()) == {3.0}
+    assert len(fleet) == 3000 and set(row_values(fleet.snapshot()).tolist()) == {3.0}

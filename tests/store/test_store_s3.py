@@ -8,7 +8,7 @@ from statefmt import StateFormatError, StateMismatchError, StoreNotFoundError
 
 pytest.importorskip("lance")
 pytest.importorskip("moto")
-from test_store import SIGNATURE, assert_stream, states_for
+from fleet_rows import SIGNATURE, assert_stream, states_for
 from test_store_fleet import GRU, VALUES, flip_a_byte, gru_rows
 
 from statefmt import store
