@@ -188,8 +188,8 @@ def put(ctx: click.Context, url: str, storage_option: tuple[str, ...], file: str
 @_url_command
 @click.argument("file", type=FILE)
 @click.option("--chunk", type=click.IntRange(min=1), default=IMPORT_CHUNK, show_default=True,
-              help="Streams read and put at a time (each a commit): the import's memory is about 3 KiB a stream "
-                   "of 1 KiB of state, whatever the file's size.")
+              help="Streams read and put at a time (each a commit): the import's memory follows this, not the "
+                   "file's size.")
 @_json_option
 @click.pass_context
 def import_(ctx: click.Context, url: str, storage_option: tuple[str, ...], file: str, chunk: int,
