@@ -548,6 +548,7 @@ def _replace(dataset: Any, table: Any) -> Any:
     one `Update` (one version). Memory: the put's rows and ids, and one batch of the store's id column at a time
     (the scan that finds the rows), never the store."""
     import lance
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     ids = table.column(ID_COLUMN).combine_chunks()
@@ -566,8 +567,6 @@ def _replace(dataset: Any, table: Any) -> Any:
                 removed.append(fragment.fragment_id)
             else:
                 updated.append(metadata)
-    import pyarrow as pa
-
     reader = pa.RecordBatchReader.from_batches(table.schema, table.to_batches(BATCH_ROWS))
     new = lance.fragment.write_fragments(reader, dataset, schema=table.schema)
     return lance.LanceOperation.Update(removed_fragment_ids=removed, updated_fragments=updated, new_fragments=new)
