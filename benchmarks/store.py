@@ -5,9 +5,9 @@ Every statefmt figure has its raw peer on the same Arrow table: `write_dataset`,
 same id filter, `merge_insert`. Redis (Debian's redis-server on loopback, RAM only, no persistence) is
 the in-memory yardstick: it keeps one 1 KiB value per stream and gives no durability, versions or
 object storage. Best of N for bulk operations, p50/p99 over many calls for point gets. The get-one cost
-is also taken at 10^4, 10^5 and 10^6 streams (10^7 with --huge), and on moto's S3 server on loopback,
-with the requests it made counted from the server's own request log. Results go to
-benchmarks/results/store.json as well.
+is also taken at 10^4, 10^5 and 10^6 streams, and on moto's S3 server on loopback, with the requests
+it made counted from the server's own request log, with a put of 10^5 streams there. Results go to
+benchmarks/results/store.json as well. `--huge` adds `benchmarks.store_scale` from 10^4 to 10^7.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 import statefmt
 from benchmarks._timing import best
 from statefmt import LayerSignature, LayerState, StateSet, StateSignature, store
+from statefmt.store._durable import make_durable
 
 LAYERS, UNITS = 2, 64
 COLUMNS = [f"layer{i}_{s}" for i in range(LAYERS) for s in ("h", "c")]
@@ -124,7 +125,7 @@ def fleet_vs_raw(report: Report, work: Path, n: int, repeat: int) -> dict:
     ids, arrays = ids_for(n), arrays_for(n, seed=0)
     states = state_set(ids, arrays)
     url, raw = str(work / "fleet.lance"), str(work / "raw.lance")
-    schema = store._arrow_schema(store.create(str(work / "probe"), SIGNATURE)._layers)  # the same table, by design
+    schema = lance.dataset(store.create(str(work / "probe"), SIGNATURE).url).schema  # the same table, by design
     table = raw_table(ids, arrays, schema)
 
     report.section(f"write the whole fleet: {n:,} streams x 1 KiB, best of {repeat + 2}, taking turns")
@@ -136,7 +137,7 @@ def fleet_vs_raw(report: Report, work: Path, n: int, repeat: int) -> dict:
 
     def theirs() -> None:
         lance.write_dataset(table, raw, schema=schema).create_scalar_index("stream_id", "BTREE", name="stream_id_idx")
-        store._make_durable(raw, 0)  # Lance never fsyncs; statefmt does: the same fsyncs on both sides
+        make_durable(raw, 0)  # Lance never fsyncs; statefmt does: the same fsyncs on both sides
 
     def clear(path: str):
         def clear() -> None:  # and flush the last run's gigabyte, so that no run pays for the one before
@@ -153,7 +154,7 @@ def fleet_vs_raw(report: Report, work: Path, n: int, repeat: int) -> dict:
                note=f"throughput {raw_indexed / write:.2f}x raw (target >= 0.8x)")
     report.row("write_put", "statefmt create + put (an upsert: a join)", write_put, peer=raw_indexed,
                peer_name="raw", note="once")
-    own = best(lambda: store._table(store.open(url)._layers, states, url), repeat=repeat)
+    own = best(lambda: store.open(url).check(states), repeat=repeat)
     report.row("write_own", "  of which statefmt's checks + Arrow conversion", own,
                note=f"{own / write:.0%} of the write; the rest is Lance's, and the disk's noise")
 
@@ -195,7 +196,7 @@ def fleet_vs_raw(report: Report, work: Path, n: int, repeat: int) -> dict:
         dataset.merge_insert("stream_id").when_matched_update_all().when_not_matched_insert_all().execute(
             next(peer_turn)[1])
         if durable:
-            store._make_durable(raw, started)
+            make_durable(raw, started)
 
     versions: list[tuple[int, int]] = []
     put, raw_put = duel(lambda: versions.append((fleet.version, fleet.put(next(mine_turn)[0]))), raw_upsert, repeat)
@@ -262,9 +263,9 @@ def redis_peer(report: Report, work: Path, fleet: dict, repeat: int) -> None:
         server.wait(timeout=10)
 
 
-def scale(report: Report, work: Path, fleet: dict, huge: bool) -> None:
+def scale(report: Report, work: Path, fleet: dict) -> None:
     report.section("get 1 stream by id as the fleet grows (compacted stores; p50, p99 over 200 random ids)")
-    sizes = [10**4, 10**5] + ([10**7] if huge else [])
+    sizes = [10**4, 10**5]
     rng = np.random.default_rng(3)
     results = {}
     for n in sizes:
@@ -354,6 +355,13 @@ def s3(report: Report, n: int = 10_000) -> None:
                    p99=float(np.percentile(timings, 99)), peer=float(np.median(raw_timings)), peer_name="raw",
                    note=f"requests per get: median {int(np.median(counts))}, max {max(counts)} "
                         "(one range read per column)")
+        from benchmarks.store_scale import peak_rss
+
+        for size, first in ((10_000, n // 2), (100_000, n // 2)):  # half updates, half new streams
+            states = state_set(ids_for(size, first), arrays_for(size, seed=size))
+            (took, rss, _), _, made = counted(lambda states=states: peak_rss(lambda: opened.put(states)))
+            report.row(f"s3_put{size}", f"statefmt put {size:,} streams into the S3 store", took,
+                       note=f"peak RSS {rss:.0f} MiB; requests {made}")
     finally:
         server.stop()
 
@@ -362,7 +370,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", type=int, default=10**6)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--huge", action="store_true", help="also 10^7 streams (10 GiB on disk, minutes)")
+    parser.add_argument("--huge", action="store_true", help="also the store at fleet scale, 10^4 to 10^7 streams "
+                        "(benchmarks.store_scale: 10 GiB on disk, an hour)")
     args = parser.parse_args()
     print(f"statefmt store benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(machine())
@@ -371,8 +380,15 @@ def main() -> None:
         started = time.perf_counter()
         fleet = fleet_vs_raw(report, Path(work), args.streams, args.repeat)
         redis_peer(report, Path(work), fleet, args.repeat)
-        scale(report, Path(work), fleet, args.huge)
+        scale(report, Path(work), fleet)
         s3(report)
+        if args.huge:  # the store at fleet scale, 10^4 to 10^7 streams: benchmarks/results/store-scale.json
+            from benchmarks import store_scale
+
+            rows = store_scale.Rows(store_scale.RESULTS)
+            for n in (10**4, 10**5, 10**6, 10**7):
+                store_scale.one_size(rows, Path(work), n, stream_puts=100, raw=n < 10**7)
+            store_scale.writers(rows, Path(work))
         print(f"\n{time.perf_counter() - started:.0f} s in all; a shared, noisy machine: read ratios, not digits")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),

@@ -6,7 +6,16 @@ live in `statefmt.adapters.<framework>` and import their framework when first us
 """
 
 from .api import FORMAT_VERSION, load, load_weights, read, save, upgrade, validate
-from .errors import StateError, StateFormatError, StateMismatchError, StateUnreadableError
+from .errors import (
+    StateError,
+    StateFormatError,
+    StateMismatchError,
+    StateUnreadableError,
+    StoreConflictError,
+    StoreError,
+    StoreMemoryError,
+    StoreNotFoundError,
+)
 from .signature import LayerSignature, LayerWeightSignature, StateSignature, WeightSignature
 from .states import LayerState, StateSet
 from .weights import LayerWeights, WeightSet
@@ -39,6 +48,10 @@ __all__ = [
     "StateSet",
     "StateSignature",
     "StateUnreadableError",
+    "StoreConflictError",
+    "StoreError",
+    "StoreMemoryError",
+    "StoreNotFoundError",
     "WeightSet",
     "WeightSignature",
     "load",

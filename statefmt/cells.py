@@ -59,7 +59,6 @@ ACTIVATIONS: dict[str, str] = {
     "hard_sigmoid": "clip(x / 6 + 1 / 2, 0, 1)",  # Keras 3, jax.nn.hard_sigmoid, ONNX HardSigmoid(alpha=1/6)
     "linear": "x",  # Keras "linear"; ONNX Affine(alpha=1, beta=0)
 }
-DEFAULT_ACTIVATIONS: dict[str, str] = {"activation": "tanh", "recurrent_activation": "sigmoid"}
 
 # Frameworks whose gate blocks come in another order (same letters as the neutral gates;
 # Keras' and ONNX's LSTM "c" and GRU "h" are the neutral "g" and "n").

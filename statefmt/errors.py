@@ -70,3 +70,25 @@ class StateUnreadableError(StateFormatError):
     """
 
     code = "unreadable"
+
+
+class StoreError(StateError):
+    """A store could not do what was asked, for a reason other than its data: each subclass names the cause
+    and the fix."""
+
+
+class StoreNotFoundError(StoreError, StateUnreadableError):
+    """No store at the URL (or not the version asked): create it, or check the URL and its storage options.
+    An input that cannot be read, as a missing file is (exit 3 on the command line)."""
+
+
+class StoreConflictError(StoreError):
+    """Other writers' commits kept preempting this one, past every retry: try again, or write less often."""
+
+    code = "conflict"
+
+
+class StoreMemoryError(StoreError):
+    """Lance ran out of the memory it may use for an operation."""
+
+    code = "too-large"

@@ -8,8 +8,9 @@ The contract a pipeline branches on (docs/reference/cli.md shows the same table)
           (diff: the files differ)                       "mismatch", "too-large", "different"
     2     usage error (options, arguments, a package     "usage", "dependency"
           the command needs is not installed)
-    3     the input cannot be read (missing, a           "unreadable"
-          directory, permissions, network)
+    3     the input cannot be read (missing, a           "unreadable"; "conflict": other writers
+          directory, permissions, network), or a         kept winning a store's commit, retry
+          store's commit lost to other writers
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import click
 
 from .. import _files
-from ..errors import StateError, StateUnreadableError, printable
+from ..errors import StateError, StateUnreadableError, StoreConflictError, printable
 from ..limits import MAX_SIGNATURE_BYTES
 from ..signature import StateSignature
 
@@ -51,6 +52,8 @@ def outcome(error: BaseException) -> tuple[int, str]:
     """The exit code and JSON code of an error, by its type (never by its text)."""
     if isinstance(error, (StateUnreadableError, OSError)):
         return UNREADABLE, "unreadable"
+    if isinstance(error, StoreConflictError):
+        return UNREADABLE, error.code
     if isinstance(error, ImportError):
         return USAGE, "dependency"
     if isinstance(error, MemoryError):

@@ -123,37 +123,46 @@ def info(ctx: click.Context, url: str, storage_option: tuple[str, ...], version:
 @_json_option
 @click.pass_context
 def versions(ctx: click.Context, url: str, storage_option: tuple[str, ...], as_json: bool) -> None:
-    """List the versions kept: number, commit time (UTC), stream count."""
+    """List the versions kept: number, commit time (UTC), stream count, and what made each.
+
+    A new store shows two: its rows, then its id index (Lance commits an index as a version of its own).
+    """
     with reporting(ctx, as_json, {"url": url}):
         kept = _open(url, storage_option).versions()
         if as_json:
-            _emit(True, {"url": url, "versions": [{"version": v, "timestamp": t.isoformat(), "streams": n}
-                                                   for v, t, n in kept]}, "")
+            _emit(True, {"url": url, "versions": [{"version": v.version, "timestamp": v.timestamp.isoformat(),
+                                                    "streams": v.streams, "what": v.what} for v in kept]}, "")
             return
-        for version, timestamp, streams in kept:
-            click.echo(f"{version:>8}  {timestamp.isoformat(sep=' ', timespec='seconds')}  {streams} stream(s)")
+        for v in kept:
+            click.echo(f"{v.version:>8}  {v.timestamp.isoformat(sep=' ', timespec='seconds')}  "
+                       f"{v.streams:>10} stream(s)  {v.what}")
 
 
 @store.command()
 @_url_command
-@click.argument("ids", nargs=-1, required=True)
+@click.argument("ids", nargs=-1)
+@click.option("--ids-from", "ids_from", type=click.File("r", encoding="utf-8"), metavar="FILE|-",
+              help="Read the stream ids from FILE (or stdin for -), one a line, after any given as arguments.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The statefmt file to write.")
 @click.option("--missing", type=click.Choice(["error", "zeros"]), default="error", show_default=True,
               help="What an unknown stream id gets.")
 @click.option("--version", "version", type=click.IntRange(min=1), help="Read this older version.")
 @_json_option
 @click.pass_context
-def get(ctx: click.Context, url: str, storage_option: tuple[str, ...], ids: tuple[str, ...], output: str,
-        missing: str, version: int | None, as_json: bool) -> None:
+def get(ctx: click.Context, url: str, storage_option: tuple[str, ...], ids: tuple[str, ...], ids_from: Any,
+        output: str, missing: str, version: int | None, as_json: bool) -> None:
     """Write the states of stream IDS (in that order) to a statefmt file."""
+    wanted = list(ids) + ([line.rstrip("\r\n") for line in ids_from if line.strip()] if ids_from else [])
+    if not wanted:
+        raise click.UsageError("no stream ids: give them as arguments or with --ids-from FILE|-")
     with reporting(ctx, as_json, {"url": url}):
         import statefmt
 
         opened = _open(url, storage_option, version)
-        states = opened.get(list(ids), missing="zeros" if missing == "zeros" else "error")
+        states = opened.get(wanted, missing="zeros" if missing == "zeros" else "error")
         statefmt.save(states, output, metadata={"source": {"model": f"{url} (store version {opened.version})"}})
-        _emit(as_json, {"url": url, "version": opened.version, "output": output, "streams": len(ids)},
-              f"{output}: {len(ids)} stream(s) from {url} version {opened.version}")
+        _emit(as_json, {"url": url, "version": opened.version, "output": output, "streams": len(wanted)},
+              f"{output}: {len(wanted)} stream(s) from {url} version {opened.version}")
 
 
 @store.command()
@@ -179,44 +188,57 @@ def put(ctx: click.Context, url: str, storage_option: tuple[str, ...], file: str
 @_url_command
 @click.argument("file", type=FILE)
 @click.option("--chunk", type=click.IntRange(min=1), default=IMPORT_CHUNK, show_default=True,
-              help="Streams per commit.")
+              help="Streams read and put at a time (each a commit): the import's memory follows this, not the "
+                   "file's size.")
 @_json_option
 @click.pass_context
 def import_(ctx: click.Context, url: str, storage_option: tuple[str, ...], file: str, chunk: int,
             as_json: bool) -> None:
-    """Load FILE's streams into the store at URL, creating it from FILE's layers if there is none.
+    """Load FILE's streams into the store at URL, creating it from FILE's layers (and their dtypes) if there is none.
 
-    A new store is written in one commit. Into an existing store, a bulk upsert: one commit per
-    --chunk streams, with a progress bar; a rerun after a failure upserts the same rows again.
+    FILE is read twice, --chunk streams at a time, so that memory stays bounded whatever its size: first
+    to check every stream (checksums, values, ids, and against the store), then to put them, each chunk
+    a commit, with a progress bar. A reader may see the first chunks before the last; a rerun after a
+    failure upserts the same rows again.
     """
     with reporting(ctx, as_json, {"url": url}):
         import statefmt
 
+        from .. import _reader
         from .. import store as store_api
 
-        states = statefmt.load(file)
-        if states.stream_ids is None:
-            raise statefmt.StateMismatchError("has no stream_ids: a store keeps streams by id "
-                                              "(StateSet.with_stream_ids names them)", source=file)
+        with _reader.opened(file, None) as (_, _, document):
+            count = document.batch_size or 0
+        chunks = [range(start, min(start + chunk, count)) for start in range(0, count, chunk)] or [range(0)]
         options = _storage_options(storage_option)
-        created = False
-        ids = list(states.stream_ids)
         try:
-            target = store_api.open(url, storage_options=options)
-        except statefmt.StateFormatError as error:
-            if not any("no store here" in problem for problem in error.problems):
-                raise
-            signature = statefmt.StateSignature.of(states, batch_size=None, dtype=states.layers[0].dtype)
-            target = store_api.create(url, signature, storage_options=options, states=states)
-            created = True
-        if not created:
-            store_api._table(target._layers, states, url)  # every stream checked before the first commit
-            with _progress(len(ids), "import") as advance:
-                for start in range(0, len(ids), chunk):
-                    target.put(states.rows(ids[start:start + chunk]))
-                    advance(min(chunk, len(ids) - start))
-        _emit(as_json, {"url": url, "version": target.version, "streams": len(ids), "created": created},
-              f"{url}: {len(ids)} stream(s) imported{' into a new store' if created else ''}, "
+            target: Any = store_api.open(url, storage_options=options)
+        except statefmt.StoreNotFoundError:
+            target = None
+        first: Any = None  # the first chunk: it makes a new store
+        with _progress(count, "check") as advance:
+            for rows in chunks:
+                part = statefmt.load(file, streams=rows)
+                if part.stream_ids is None:
+                    raise statefmt.StateMismatchError("has no stream_ids: a store keeps streams by id "
+                                                      "(StateSet.with_stream_ids names them)", source=file)
+                if target is not None:
+                    target.check(part)
+                else:
+                    store_api.check_ids(part.stream_ids)
+                first = part if first is None else first
+                advance(part.batch_size)
+        created = target is None
+        if target is None:
+            signature = statefmt.StateSignature.of(first, batch_size=None)
+            target = store_api.create(url, signature, storage_options=options, states=first)
+        with _progress(count, "import") as advance:
+            for rows in chunks[1:] if created else chunks:
+                part = statefmt.load(file, streams=rows)
+                target.put(part)
+                advance(part.batch_size)
+        _emit(as_json, {"url": url, "version": target.version, "streams": count, "created": created},
+              f"{url}: {count} stream(s) imported{' into a new store' if created else ''}, "
               f"version {target.version}")
 
 
@@ -234,7 +256,7 @@ def export(ctx: click.Context, url: str, storage_option: tuple[str, ...], output
 
         opened = _open(url, storage_option, version)
         with _progress(len(opened), "export") as advance:
-            states = opened._snapshot(progress=advance)
+            states = opened.snapshot(progress=advance)
         statefmt.save(states, output, metadata={"source": {"model": f"{url} (store version {opened.version})"}})
         _emit(as_json, {"url": url, "version": opened.version, "output": output, "streams": states.batch_size},
               f"{output}: {states.batch_size} stream(s) from {url} version {opened.version}")

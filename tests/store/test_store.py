@@ -25,6 +25,7 @@ from statefmt import (
     StateFormatError,
     StateMismatchError,
     StateSignature,
+    StoreNotFoundError,
 )
 
 lance = pytest.importorskip("lance")
@@ -113,7 +114,7 @@ def test_missing_streams_error_zeros_or_a_learned_start(fleet):
 def test_create_with_states_writes_them_in_the_first_commit(tmp_path):
     states = states_for([f"s{i}" for i in range(40)], seed=8)
     fleet = store.create(str(tmp_path / "fleet"), SIGNATURE, states=states)
-    assert len(fleet) == 40 and fleet.versions()[0][2] == 40
+    assert len(fleet) == 40 and fleet.versions()[0].streams == 40
     assert_stream(fleet.get(["s39", "s1"]), states, "s39")
     assert "ScalarIndexQuery" in lance.dataset(fleet.url).scanner(filter="stream_id = 's5'").explain_plan()
     fleet.put(states_for(["s1", "s40"], seed=9))
@@ -182,8 +183,11 @@ def test_versions_time_travel_delete_snapshot_compact_cleanup(tmp_path):
     v1, v2 = fleet.put(first), fleet.put(second)
     v3 = fleet.delete(["a", "never-there"])
     assert v1 < v2 < v3 == fleet.version
-    counts = {version: count for version, _, count in fleet.versions()}
+    counts = {v.version: v.streams for v in fleet.versions()}
     assert (counts[v1], counts[v2], counts[v3]) == (3, 4, 3)
+    what = [v.what for v in fleet.versions()]  # a new store is two versions: its rows, then its id index
+    assert what == ["created, 0 stream(s)", "the id index built or updated (no row changed)", "put", "put",
+                    "delete"]
     old = store.open(url, version=v1)
     assert old.version == v1 and len(old) == 3
     assert_stream(old.snapshot(), first, "b")
@@ -199,7 +203,7 @@ def test_versions_time_travel_delete_snapshot_compact_cleanup(tmp_path):
     assert_stream(fleet.snapshot(), second, "d")
     removed = fleet.cleanup(older_than=timedelta(0))
     assert removed["old_versions"] >= 3
-    with pytest.raises(StateFormatError, match=f"no version {v1} here"):
+    with pytest.raises(StoreNotFoundError, match=f"no version {v1} here"):
         store.open(url, version=v1)
     assert_stream(store.open(url).snapshot(), first, "c")
 
@@ -294,7 +298,7 @@ GRU_COLUMNS = {"stream_id": pa.array(["a"]),
 def test_opening_what_is_not_a_store_names_the_url_and_the_reason(tmp_path, make, reason):
     path = tmp_path / "thing"
     make(path)
-    with pytest.raises(StateFormatError) as caught:
+    with pytest.raises(StoreNotFoundError if reason == "no store here" else StateFormatError) as caught:
         store.open(str(path))
     assert reason in str(caught.value) and str(caught.value).startswith(str(path))
     assert "\n" not in str(caught.value) and ".rs:" not in str(caught.value)
@@ -485,14 +489,14 @@ def test_cli_import_creates_a_store_or_upserts_in_chunks(tmp_path):
     result = cli("store", "import", tmp_path / "fleet", tmp_path / "seven.statefmt", "--json")
     assert result.exit_code == 0 and json.loads(result.output)["created"] is True
     fleet = store.open(str(tmp_path / "fleet"))
-    assert len(fleet) == 7 and fleet.versions()[0][2] == 7  # one commit
+    assert len(fleet) == 7 and fleet.versions()[0].streams == 7  # one commit
     newer = states_for([f"s{i}" for i in range(3, 10)], seed=6)
     statefmt.save(newer, tmp_path / "newer.statefmt")
     before = fleet.version
     result = cli("store", "import", tmp_path / "fleet", tmp_path / "newer.statefmt", "--chunk", 3)
     assert result.exit_code == 0, result.output
     fleet = store.open(str(tmp_path / "fleet"))
-    counts = [count for version, _, count in fleet.versions() if version > before]
+    counts = [v.streams for v in fleet.versions() if v.version > before]
     assert len(fleet) == 10 and counts[:3] == [7, 9, 10]  # s3-s5 were there; then s6-s8; then s9
     assert_stream(fleet.get(["s2"]), states, "s2")
     assert_stream(fleet.get(["s9"]), newer, "s9")

@@ -1,0 +1,222 @@
+"""The store at fleet scale, beside raw Lance: `python -m benchmarks.store_scale [--sizes 10000,100000] [--writers]`.
+
+`python -m benchmarks.store --huge` runs it for 10^4 to 10^7 streams. Each size gets a fresh store
+(2-layer LSTM, 64 units, float32: 1 KiB a stream) written by puts of at most 10^6 streams, then:
+get 1 (p50, p99 over 200 random ids), get 10,000, puts of 10,000, 100,000 and 10^6 (as many as the
+store holds), get 1 again (no compact), a stream of puts of 10,000 with get 1 after it, compact, get 1.
+Every operation's time and the process's peak resident memory while it ran (VmHWM, reset before it:
+the inputs it was handed included). The raw-Lance peer writes the same batches with `write_dataset`
+(append) and a BTREE index, gets with `to_table(filter=)`, and puts with `merge_insert` as the store did
+before it streamed its input. Figures go to benchmarks/results/store-scale.json after every row, so
+a run stopped early keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.store import COLUMNS, SIGNATURE, arrays_for, ids_for, machine, raw_table, state_set
+from statefmt import store
+
+RESULTS = Path(__file__).resolve().parent / "results" / "store-scale.json"
+CHUNK = 10**6  # streams a put while the store is written
+PUTS = (10_000, 100_000, 10**6)
+
+
+def peak_rss(action):
+    """(seconds, peak resident MiB while `action()` ran, its result); the peak is reset before it starts."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # VmHWM := VmRSS
+    started = time.perf_counter()
+    result = action()
+    seconds = time.perf_counter() - started
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    return seconds, peak / 1024, result
+
+
+class Rows:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.document = json.loads(path.read_text()) if path.exists() else {"rows": []}
+        self.document.update(machine=machine(), date=datetime.datetime.now(datetime.timezone.utc).isoformat())
+
+    def add(self, streams: int, key: str, seconds: float, rss_mib: float | None = None, **extra) -> None:
+        self.document["rows"] = [r for r in self.document["rows"] if (r["streams"], r["key"]) != (streams, key)]
+        self.document["rows"].append({"streams": streams, "key": key, "seconds": seconds, "rss_mib": rss_mib,
+                                      **extra})
+        rss = f"  peak RSS {rss_mib:7.0f} MiB" if rss_mib is not None else ""
+        more = "".join(f"  {k} {v * 1e3:.2f} ms" if k in ("p99", "p90", "max") else f"  {k} {v:.2f}"
+                       if isinstance(v, float) else f"  {k} {v}" for k, v in extra.items())
+        print(f"  {streams:>10,}  {key:<28} {seconds * 1e3:11.2f} ms{rss}{more}", flush=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.document, indent=1) + "\n")
+
+
+def chosen_ids(n: int, count: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [f"stream-{i:08d}" for i in np.sort(rng.choice(n, count, replace=False))]
+
+
+def get_one(get, n: int, seed: int, count: int = 200) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    keys = [f"stream-{i:08d}" for i in rng.integers(0, n, count)]
+    get(keys[0])
+    times = []
+    for key in keys:
+        started = time.perf_counter()
+        get(key)
+        times.append(time.perf_counter() - started)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def one_size(rows: Rows, work: Path, n: int, stream_puts: int, raw: bool) -> None:
+    import lance
+    import pyarrow.compute as pc
+
+    url, raw_url = str(work / f"fleet-{n}.lance"), str(work / f"raw-{n}.lance")
+    for path in (url, raw_url):
+        shutil.rmtree(path, ignore_errors=True)
+
+    def create():
+        fleet = store.create(url, SIGNATURE)
+        for first in range(0, n, CHUNK):
+            count = min(CHUNK, n - first)
+            fleet.put(state_set(ids_for(count, first), arrays_for(count, seed=first)))
+        return fleet
+
+    seconds, rss, fleet = peak_rss(create)
+    rows.add(n, "create", seconds, rss, note=f"create + puts of {min(n, CHUNK):,}")
+    schema = lance.dataset(url).schema.remove(lance.dataset(url).schema.get_field_index("row_checksum"))
+    dataset = None
+    if raw:
+        def raw_create():
+            for first in range(0, n, CHUNK):
+                count = min(CHUNK, n - first)
+                lance.write_dataset(raw_table(ids_for(count, first), arrays_for(count, seed=first), schema), raw_url,
+                                    schema=schema, mode="append" if first else "create")
+            written = lance.dataset(raw_url)
+            written.create_scalar_index("stream_id", "BTREE", name="stream_id_idx")
+            return lance.dataset(raw_url)
+
+        seconds, rss, dataset = peak_rss(raw_create)
+        rows.add(n, "raw_create", seconds, rss)
+    columns = ["stream_id", *COLUMNS]
+    p50, p99 = get_one(lambda key: fleet.get([key]), n, seed=1)
+    rows.add(n, "get1", p50, p99=p99)
+    fresh = p50
+    if dataset is not None:
+        p50, p99 = get_one(lambda key: dataset.to_table(columns=columns, filter=pc.field("stream_id") == key), n, 1)
+        rows.add(n, "raw_get1", p50, p99=p99)
+    if n >= 10_000:
+        keys = chosen_ids(n, 10_000, seed=2)
+        seconds, rss, _ = peak_rss(lambda: fleet.get(keys))
+        rows.add(n, "get10k", seconds, rss)
+        if dataset is not None:
+            seconds, rss, _ = peak_rss(lambda: dataset.to_table(columns=columns,
+                                                                filter=pc.field("stream_id").isin(keys)))
+            rows.add(n, "raw_get10k", seconds, rss)
+    for size in PUTS:
+        if size > n:
+            continue
+        ids = chosen_ids(n, size, seed=size)
+        states = state_set(ids, arrays_for(size, seed=size + 1))
+        version = fleet.version
+        seconds, rss, _ = peak_rss(lambda states=states: fleet.put(states))
+        rows.add(n, f"put{size}", seconds, rss, versions=fleet.version - version)
+        if dataset is not None:
+            table = raw_table(ids, arrays_for(size, seed=size + 1), schema)
+            try:
+                seconds, rss, _ = peak_rss(lambda dataset=dataset, table=table: dataset.merge_insert("stream_id")
+                                           .when_matched_update_all().when_not_matched_insert_all().execute(table))
+                rows.add(n, f"raw_put{size}", seconds, rss)
+            except OSError as error:
+                rows.add(n, f"raw_put{size}", float("nan"), None, failed=" ".join(str(error).split())[:160])
+            dataset = lance.dataset(raw_url)
+        del states
+    p50, p99 = get_one(lambda key: fleet.get([key]), n, seed=3)
+    rows.add(n, "get1_after_puts", p50, p99=p99, vs_fresh=p50 / fresh)
+    if stream_puts:
+        times, rss_peak = [], 0.0
+        for turn in range(stream_puts):
+            states = state_set(chosen_ids(n, min(10_000, n), seed=1000 + turn), arrays_for(min(10_000, n), seed=turn))
+            seconds, rss, _ = peak_rss(lambda states=states: fleet.put(states))
+            times.append(seconds)
+            rss_peak = max(rss_peak, rss)
+        p50, p99 = get_one(lambda key: fleet.get([key]), n, seed=4)
+        rows.add(n, f"get1_after_{stream_puts}_puts", p50, p99=p99, vs_fresh=p50 / fresh)
+        rows.add(n, f"put10k_in_a_stream_of_{stream_puts}", float(np.median(times)), rss_peak,
+                 p90=float(np.percentile(times, 90)), max=float(max(times)))
+    seconds, rss, _ = peak_rss(fleet.compact)
+    rows.add(n, "compact", seconds, rss)
+    p50, p99 = get_one(lambda key: fleet.get([key]), n, seed=5)
+    rows.add(n, "get1_compacted", p50, p99=p99)
+    size_gib = sum(f.stat().st_size for f in Path(url).rglob("*") if f.is_file()) / 2**30
+    rows.add(n, "disk_gib", size_gib)
+    for path in (url, raw_url):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+WRITER = """
+import sys, time
+from benchmarks.store import arrays_for, state_set
+from statefmt import store
+fleet, me, puts = store.open(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+states = [state_set([f"w{me}-{turn}-{i}" for i in range(100)], arrays_for(100, seed=turn)) for turn in range(puts)]
+print(time.time(), flush=True)
+for s in states:
+    fleet.put(s)
+print(time.time(), flush=True)
+"""
+
+
+def writers(rows: Rows, work: Path, counts=(1, 2, 4, 8), puts: int = 20) -> None:
+    """Commits per second of N processes each putting 100 new streams `puts` times into one local store."""
+    print("\nconcurrent writers: N processes, each 20 puts of 100 new streams, one local store")
+    for count in counts:
+        url = str(work / f"writers-{count}.lance")
+        store.create(url, SIGNATURE, states=state_set(ids_for(10_000), arrays_for(10_000, seed=0)))
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        procs = [subprocess.Popen([sys.executable, "-c", WRITER, url, str(i), str(puts)], stdout=subprocess.PIPE,
+                                  text=True, env=env) for i in range(count)]
+        outputs = [p.communicate(timeout=900)[0].split() for p in procs]
+        started, ended = min(float(o[0]) for o in outputs), max(float(o[1]) for o in outputs)
+        commits = count * puts
+        assert len(store.open(url)) == 10_000 + commits * 100
+        rows.add(10_000, f"writers_{count}", ended - started, None, commits_per_s=commits / (ended - started))
+        shutil.rmtree(url, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--stream-puts", type=int, default=100, help="puts of 10,000 in the stream (0: none)")
+    parser.add_argument("--no-raw", action="store_true", help="skip the raw Lance peer")
+    parser.add_argument("--writers", action="store_true", help="also the concurrent writers' commit throughput")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON file the figures are added to")
+    args = parser.parse_args()
+    rows = Rows(args.results)
+    print(f"statefmt store at fleet scale, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(rows.document["machine"])
+    with tempfile.TemporaryDirectory(prefix="statefmt-store-scale-", dir=os.environ.get("BENCH_DIR")) as work:
+        for n in (int(size) for size in args.sizes.split(",")):
+            print(f"\n{n:,} streams", flush=True)
+            one_size(rows, Path(work), n, args.stream_puts, not args.no_raw)
+        if args.writers:
+            writers(rows, Path(work))
+    print(f"results: {args.results}")
+
+
+if __name__ == "__main__":
+    main()
