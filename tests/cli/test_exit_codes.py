@@ -130,3 +130,16 @@ def test_a_file_of_another_format_is_named_as_such(world, kind, name):
     result = CliRunner().invoke(main, ["validate", str(world["root"] / f"x.{kind}")])
     assert result.exit_code == 1 and f"{name}, not a statefmt file" in result.stderr, result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("error, exit_code, code", [
+    (statefmt.StoreNotFoundError("no store here"), 3, "unreadable"),
+    (statefmt.StoreConflictError("other writers kept winning"), 3, "conflict"),
+    (statefmt.StoreMemoryError("Lance ran out of memory"), 1, "too-large"),
+])
+def test_the_store_errors_have_their_place_in_the_table(error, exit_code, code):
+    """A store error is told by its type: a conflict cannot be provoked here without a mock, so its row is
+    checked where the table is applied."""
+    from statefmt.cli._common import outcome
+
+    assert outcome(error) == (exit_code, code)

@@ -511,7 +511,7 @@ def test_cli_errors_are_one_line_with_exit_codes(tmp_path):
     cases = [(("store", "get", url, "ghost", "-o", tmp_path / "o.statefmt"), 1, "no stream with id 'ghost'"),
              (("store", "put", url, tmp_path / "anonymous.statefmt"), 1, "has no stream_ids"),
              (("store", "info", tmp_path / "nothing"), 3, "no store here"),  # the input cannot be read
-             (("store", "export", url, tmp_path / "o.statefmt", "--version", 99), 1, "no version 99 here"),
+             (("store", "export", url, tmp_path / "o.statefmt", "--version", 99), 3, "no version 99 here"),
              (("store", "info", url, "-s", "no-equals-sign"), 2, "expected KEY=VALUE")]
     for args, code, message in cases:
         result = cli(*args)
