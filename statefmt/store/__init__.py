@@ -11,9 +11,9 @@ checks of a put), `_lance` (Lance's errors turned into ours, URLs), `_durable` (
 (the `Store` class). Lance and pyarrow are imported inside functions: `from statefmt import store`
 stays cheap.
 
->>> s = store.create("fleet.lance", StateSignature([LayerSignature("lstm", 64)] * 2))  # doctest: +SKIP
->>> s.put(states)                                    # states.stream_ids name the rows  # doctest: +SKIP
->>> st.initial_state(s.get(["pump-7", "pump-2"], missing="zeros"), lstm)               # doctest: +SKIP
+>>> s = store.create("plant-b.lance", StateSignature([LayerSignature("lstm", 64)] * 2))
+>>> version = s.put(states)                          # states.stream_ids name the rows
+>>> h0, c0 = st.initial_state(s.get(["pump-7", "pump-2"], missing="zeros"), lstm)
 """
 
 from .._document import METADATA_KEY
