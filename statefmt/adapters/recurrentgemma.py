@@ -33,7 +33,7 @@ def signature(target: Any, *, name: str | None = None) -> StateSignature:
     """What a `Griffin` takes: an `rglru` layer per recurrent block, an `attention` layer per local-attention block,
     each tensor in the dtype Griffin holds it in (the RG-LRU state float32, the rest the model's dtype).
 
-    >>> signature(griffin).layers[0].kind  # doctest: +SKIP
+    >>> signature(griffin).layers[0].kind
     'rglru'
     """
     model = _griffin(target)
@@ -57,8 +57,8 @@ def signature(target: Any, *, name: str | None = None) -> StateSignature:
 def export(source: Any, state: Any = None, *, name: str | None = None) -> StateSet:
     """The cache a run of `source` returned, as a StateSet.
 
-    >>> logits, cache = griffin(tokens, segment_pos)  # doctest: +SKIP
-    >>> statefmt.save(export(griffin, cache), "session.statefmt")  # doctest: +SKIP
+    >>> logits, cache = griffin(tokens, segment_pos)
+    >>> statefmt.save(export(griffin, cache), "session.statefmt")
 
     A layer keeps one dtype: a bfloat16 convolution window beside the float32 RG-LRU state is
     widened to float32 (exactly). `tokens` is the attention blocks' `num_tokens`, when every
@@ -95,8 +95,8 @@ def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadc
                   batch_size: int | None = None, device: Any = None) -> dict[str, Any]:
     """The cache `target` continues from: a dict of `RecurrentBlockCache` and `AttentionBlockCache`.
 
-    >>> cache = initial_state(statefmt.load("session.statefmt"), griffin)  # doctest: +SKIP
-    >>> logits, cache = griffin(next_token, torch.tensor([[n]]), cache)  # doctest: +SKIP
+    >>> cache = initial_state(statefmt.load("session.statefmt"), griffin)
+    >>> logits, cache = griffin(next_token, torch.tensor([[n]]), cache)
 
     An attention layer must hold the last min(tokens, window) positions, as Griffin reads them
     all; one from an implementation that keeps fewer (Hugging Face keeps window - 1) continues

@@ -29,8 +29,8 @@ _ORDER = ("att_x", "att_num", "att_den", "att_max", "ffn_x")  # BlinkDL's order 
 def signature(target: Any, *, name: str | None = None) -> StateSignature:
     """What an RWKV-4 `rwkv.model.RWKV` takes: one `rwkv4` layer per block, batch 1, float32.
 
-    >>> signature(model).layers[0].dims  # doctest: +SKIP
-    {'channels': 512}
+    >>> signature(model).layers[0].dims
+    {'channels': 32}
     """
     model = _rwkv4(target)
     return StateSignature([LayerSignature("rwkv4", dims={"channels": model.args.n_embd}, name=_name(name, i))
@@ -41,8 +41,8 @@ def signature(target: Any, *, name: str | None = None) -> StateSignature:
 def export(source: Any, state: Any = None, *, name: str | None = None) -> StateSet:
     """The state `source.forward` returned, as a batch-1 StateSet.
 
-    >>> logits, state = model.forward(tokens, None)  # doctest: +SKIP
-    >>> statefmt.save(export(model, state), "session.statefmt")  # doctest: +SKIP
+    >>> logits, state = model.forward(tokens, None)
+    >>> statefmt.save(export(model, state), "session.statefmt")
     """
     model = _rwkv4(source)
     expected = 5 * model.args.n_layer
@@ -63,8 +63,8 @@ def initial_state(states: StateSet, target: Any, *, strict: bool = False, broadc
                   batch_size: int | None = None, device: Any = None) -> list[Any]:
     """The state `target.forward(tokens, state)` continues from: five tensors per layer, on each layer's device.
 
-    >>> state = initial_state(statefmt.load("session.statefmt"), model)  # doctest: +SKIP
-    >>> logits, state = model.forward(next_tokens, state)  # doctest: +SKIP
+    >>> state = initial_state(statefmt.load("session.statefmt"), model)
+    >>> logits, state = model.forward(next_tokens, state)
 
     One stream: pick it from a batch with `states.rows([row])` (or `load(path, streams=[id])`).
     """
