@@ -124,11 +124,7 @@ class FsspecSource:
         return list(out)
 
     def read_into(self, start: int, buffer: np.ndarray) -> None:
-        view = buffer.reshape(-1).view(np.uint8)
-        for first in range(0, view.size, READ_BYTES):
-            stop = min(view.size, first + READ_BYTES)
-            (data,) = self.read_ranges([(start + first, start + stop)])
-            view[first:stop] = np.frombuffer(data, np.uint8)
+        _read_into_by_ranges(self, start, buffer)
 
     def changed(self) -> bool:
         """Whether the object is another one now (its ETag changed) than when it was opened."""
@@ -197,11 +193,7 @@ class HttpSource:
         return out
 
     def read_into(self, start: int, buffer: np.ndarray) -> None:
-        view = buffer.reshape(-1).view(np.uint8)
-        for first in range(0, view.size, READ_BYTES):
-            stop = min(view.size, first + READ_BYTES)
-            (data,) = self.read_ranges([(start + first, start + stop)])
-            view[first:stop] = np.frombuffer(data, np.uint8)
+        _read_into_by_ranges(self, start, buffer)
 
     def changed(self) -> bool:
         """Whether the object is another one now (its ETag changed) than when it was opened."""
@@ -305,6 +297,15 @@ def open_source(target: str | os.PathLike[str] | bytes, storage_options: Mapping
     if storage_options:
         raise StateFormatError("storage_options apply to URLs only", source=display(target))
     return LocalSource(target)
+
+
+def _read_into_by_ranges(source: Source, start: int, buffer: np.ndarray) -> None:
+    """A remote source's `read_into`: range reads of at most READ_BYTES each, copied into `buffer`."""
+    view = buffer.reshape(-1).view(np.uint8)
+    for first in range(0, view.size, READ_BYTES):
+        stop = min(view.size, first + READ_BYTES)
+        (data,) = source.read_ranges([(start + first, start + stop)])
+        view[first:stop] = np.frombuffer(data, np.uint8)
 
 
 def _truncated(name: str, expected: int, found: int) -> StateFormatError:

@@ -10,8 +10,9 @@ Every module offers the same verbs, with the same arguments in the same order an
     import_weights(weights, target) -> the target holding the weights
     weight_signature(target) -> WeightSignature
 
-`name=` prefixes every layer name with "name/". `broadcast=True` starts every stream from a
-batch-1 state, at the target's batch size or at `batch_size=N`. Flax linen, whose modules hold
+`name=` prefixes every layer name with "name/" (two models' states in one file stay apart).
+`broadcast=True` starts every stream from a batch-1 state, at the batch size the target fixes
+or at `batch_size=N` where it fixes none; `batch_size=N` alone expects N streams. Flax linen, whose modules hold
 no params, also takes `variables=` by keyword in the weight verbs.
 
 The implementations of modern recurrent language models (transformers, recurrentgemma, rwkv,

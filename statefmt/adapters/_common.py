@@ -1,17 +1,7 @@
 """What every adapter shares: importing its framework lazily, and checking a state or weights before they go in.
 
-Every adapter module offers the same verbs, with the same arguments in the same order:
-
-    signature(target, *, name=None) -> StateSignature
-    export(source, state=None, *, name=None) -> StateSet
-    initial_state(states, target, *, strict=False, broadcast=False, batch_size=None, device=None)
-    export_weights(source, *, name=None) -> WeightSet
-    import_weights(weights, target) -> the target holding the weights
-    weight_signature(target) -> WeightSignature
-
-`name=` prefixes every layer name with "name/" (two models' states in one file stay apart).
-`broadcast=True` starts every stream from a batch-1 state, at the batch size the target fixes
-or at `batch_size=N` where it fixes none; `batch_size=N` alone expects N streams.
+The verbs every adapter module offers, and what `name=`, `broadcast=` and `batch_size=` mean, are
+listed once, in the docstring of `statefmt.adapters`.
 """
 
 from __future__ import annotations
