@@ -10,6 +10,7 @@ import os
 import pickle
 import random
 import re
+import resource
 import signal
 import struct
 import subprocess
@@ -127,7 +128,11 @@ def test_fuzz_command_runs_and_reports():
 
 def test_coverage_guided_fuzzing_runs(tmp_path):
     pytest.importorskip("atheris")  # in the dev install on Linux x86-64
-    result = subprocess.run([sys.executable, "-m", "fuzz.coverage", "-runs=1000", "-seed=1"], cwd=ROOT,
+    # libFuzzer's RSS is the process's high-water mark, which Linux carries over fork and exec from this
+    # process (gigabytes, late in a run of the whole suite): the fuzzer's own 2 GiB budget goes on top of it.
+    inherited_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    result = subprocess.run([sys.executable, "-m", "fuzz.coverage", "-runs=1000", "-seed=1",
+                             f"-rss_limit_mb={inherited_mb + 2048}"], cwd=ROOT,
                             env={**os.environ, "TMPDIR": str(tmp_path)},  # its scratch corpus lands here
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
