@@ -2,6 +2,6 @@
 
 `python -m fuzz --inputs N` is the seeded structure-aware run (`fuzz.mutations`: re-sealed
 documents, block checksums and stream index among its mutations); `python -m fuzz.coverage` the
-coverage-guided one (atheris). tests/test_reliability.py runs the same mutations under hypothesis
-in the normal suite, and tests/test_fuzz_2.py checks that they reach the checks behind the checksums.
+coverage-guided one (atheris). tests/core/test_reliability.py runs the same mutations under
+hypothesis in the normal suite, and checks that they reach the checks behind the checksums.
 """
