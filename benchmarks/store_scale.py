@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.store import COLUMNS, SIGNATURE, arrays_for, ids_for, machine, raw_table, state_set
+from benchmarks.store import COLUMNS, SIGNATURE, arrays_for, ids_for, machine, percentiles, raw_table, state_set
 from statefmt import store
 
 RESULTS = Path(__file__).resolve().parent / "results" / "store-scale.json"
@@ -70,15 +70,11 @@ def chosen_ids(n: int, count: int, seed: int) -> list[str]:
 
 
 def get_one(get, n: int, seed: int, count: int = 200) -> tuple[float, float]:
+    """p50 and p99 of `get` over `count` random ids, after one warm-up call."""
     rng = np.random.default_rng(seed)
     keys = [f"stream-{i:08d}" for i in rng.integers(0, n, count)]
     get(keys[0])
-    times = []
-    for key in keys:
-        started = time.perf_counter()
-        get(key)
-        times.append(time.perf_counter() - started)
-    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+    return percentiles(get, keys)
 
 
 def one_size(rows: Rows, work: Path, n: int, stream_puts: int, raw: bool) -> None:
