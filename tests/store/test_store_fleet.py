@@ -168,6 +168,48 @@ def test_puts_merge_their_small_fragments_without_a_compact(tmp_path):
     assert_stream(fleet.snapshot(), expected, "s119")
 
 
+def index_segments(url: str) -> int:
+    return sum(len(index.segments) for index in lance.dataset(url).describe_indices())
+
+
+def test_the_id_index_grows_by_segments_and_merges_them_past_the_limit(tmp_path, monkeypatch):
+    """A fold indexes only the new rows (a segment of its own), so its cost follows the put; past
+    INDEX_SEGMENTS segments one fold merges them all, so a get never searches more than that many."""
+    monkeypatch.setattr(_store, "INDEX_FOLD_ROWS", 10)
+    fleet = store.create(str(tmp_path / "fleet"), SIGNATURE)
+    expected = states_for([f"s{i}" for i in range(200)], seed=1)
+    seen = []
+    for start in range(0, 200, 10):
+        fleet.put(expected.rows([f"s{i}" for i in range(start, start + 10)]))
+        seen.append(index_segments(fleet.url))
+    assert max(seen) == _store.INDEX_SEGMENTS and 1 in seen[_store.INDEX_SEGMENTS:], seen
+    assert seen[2:5] == [3, 4, 5], seen  # a fold adds a segment: the rows indexed before are left alone
+    got = fleet.get(["s0", "s105", "s199"])
+    for stream in got.stream_ids:
+        assert_stream(got, expected, stream)
+
+
+def test_fragments_stay_small_and_upkeep_never_rewrites_a_full_one(tmp_path, monkeypatch):
+    """A get pays for the deleted rows of the fragment it reads: no fragment holds more than FRAGMENT_ROWS
+    rows, whether written by create, a large put or upkeep's merges, and a merge leaves full ones alone."""
+    monkeypatch.setattr(_store, "FRAGMENT_ROWS", 40)
+    monkeypatch.setattr(_store, "MERGE_ROWS", 50)
+    expected = states_for([f"s{i}" for i in range(400)], seed=1)
+    fleet = store.create(str(tmp_path / "fleet"), SIGNATURE, states=expected.rows([f"s{i}" for i in range(100)]))
+    fleet.put(expected.rows([f"s{i}" for i in range(100, 300)]))  # a large put: delete and append
+    full = {fragment.fragment_id for fragment in lance.dataset(fleet.url).get_fragments()}
+    for start in range(300, 400, 5):  # small puts: merged once SMALL_FRAGMENTS pile up
+        fleet.put(expected.rows([f"s{i}" for i in range(start, start + 5)]))
+    fragments = lance.dataset(fleet.url).get_fragments()
+    assert max(fragment.physical_rows for fragment in fragments) <= 2 * 40  # Lance's merge counts live rows
+    assert full <= {fragment.fragment_id for fragment in fragments}  # not one rewritten
+    assert "compaction (no row changed)" in [version.what for version in fleet.versions()]
+    got = fleet.snapshot()
+    assert len(got.stream_ids) == 400
+    for stream in ("s0", "s150", "s399"):
+        assert_stream(got, expected, stream)
+
+
 # ---- verified rows ------------------------------------------------------------------------------------------------
 
 def flip_a_byte(data: bytes, value: float) -> bytes:
