@@ -187,6 +187,10 @@ def test_the_id_index_grows_by_segments_and_merges_them_past_the_limit(tmp_path,
     got = fleet.get(["s0", "s105", "s199"])
     for stream in got.stream_ids:
         assert_stream(got, expected, stream)
+    fleet.put(expected.rows(["s3"]))
+    fleet.compact()
+    assert index_segments(fleet.url) == 1  # Lance's own default would merge only the newest segment
+    assert_stream(fleet.get(["s3"]), expected, "s3")
 
 
 def test_fragments_stay_small_and_upkeep_never_rewrites_a_full_one(tmp_path, monkeypatch):
