@@ -389,6 +389,7 @@ def main() -> None:
             for n in (10**4, 10**5, 10**6, 10**7):
                 store_scale.one_size(rows, Path(work), n, stream_puts=100, raw=n < 10**7)
             store_scale.writers(rows, Path(work))
+            store_scale.checksum_cost(rows, Path(work))
         print(f"\n{time.perf_counter() - started:.0f} s in all; a shared, noisy machine: read ratios, not digits")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),

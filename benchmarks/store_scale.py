@@ -8,7 +8,7 @@ Every operation's time and the process's peak resident memory while it ran (VmHW
 the inputs it was handed included). The raw-Lance peer writes the same batches with `write_dataset`
 (append) and a BTREE index, gets with `to_table(filter=)`, and puts with `merge_insert` as the store did
 before it streamed its input. Figures go to benchmarks/results/store-scale.json after every row, so
-a run stopped early keeps what it measured.
+a run stopped early keeps what it measured. `--checksum`: what verified rows cost, at 10^6 streams.
 """
 
 from __future__ import annotations
@@ -164,6 +164,41 @@ def one_size(rows: Rows, work: Path, n: int, stream_puts: int, raw: bool) -> Non
         shutil.rmtree(path, ignore_errors=True)
 
 
+def checksum_cost(rows: Rows, work: Path, n: int = 10**6, rounds: int = 9) -> None:
+    """What verified rows cost (the issue's target: at most 10 % on create, put and get 10,000): the same
+    create(states=) of `n` streams, put of 10,000 and get of 10,000, with the row checksum and with it
+    replaced by zeros (writing) or unchecked (reading), taking turns; medians of `rounds`."""
+    from statefmt.store import _arrow
+
+    real = _arrow.row_checksums
+    states = state_set(ids_for(n), arrays_for(n, seed=0))
+    puts = [state_set(chosen_ids(n, 10_000, seed=50 + turn), arrays_for(10_000, seed=turn)) for turn in range(rounds)]
+    times: dict[tuple[str, bool], list[float]] = {}
+    fleets = {}
+    try:
+        for verified in (True, False):
+            _arrow.row_checksums = real if verified else (lambda columns: np.zeros(len(columns[0]), np.uint64))
+            url = str(work / f"checksum-{verified}.lance")
+            started = time.perf_counter()
+            fleets[verified] = store.create(url, SIGNATURE, states=states)
+            times[("create", verified)] = [time.perf_counter() - started]
+        for turn in range(rounds):
+            keys = chosen_ids(n, 10_000, seed=20 + turn)
+            for verified in (True, False):
+                _arrow.row_checksums = real if verified else (lambda columns: np.zeros(len(columns[0]), np.uint64))
+                fleet = fleets[verified]
+                fleet._verified = verified
+                for action, call, argument in (("put", fleet.put, puts[turn]), ("get", fleet.get, keys)):
+                    started = time.perf_counter()
+                    call(argument)
+                    times.setdefault((action, verified), []).append(time.perf_counter() - started)
+    finally:
+        _arrow.row_checksums = real
+    for action, label in (("create", f"create{n}"), ("put", "put10000"), ("get", "get10k")):
+        on, off = float(np.median(times[(action, True)])), float(np.median(times[(action, False)]))
+        rows.add(n, f"checksum_cost_{label}", on, unverified=off, cost_pct=(on / off - 1) * 100)
+
+
 WRITER = """
 import sys, time
 from benchmarks.store import arrays_for, state_set
@@ -200,6 +235,7 @@ def main() -> None:
     parser.add_argument("--stream-puts", type=int, default=100, help="puts of 10,000 in the stream (0: none)")
     parser.add_argument("--no-raw", action="store_true", help="skip the raw Lance peer")
     parser.add_argument("--writers", action="store_true", help="also the concurrent writers' commit throughput")
+    parser.add_argument("--checksum", action="store_true", help="also what the row checksum costs, at 10^6 streams")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON file the figures are added to")
     args = parser.parse_args()
     rows = Rows(args.results)
@@ -211,6 +247,8 @@ def main() -> None:
             one_size(rows, Path(work), n, args.stream_puts, not args.no_raw)
         if args.writers:
             writers(rows, Path(work))
+        if args.checksum:
+            checksum_cost(rows, Path(work))
     print(f"results: {args.results}")
 
 

@@ -333,6 +333,46 @@ def test_running_out_of_lance_memory_is_its_own_error_with_the_fix(tmp_path):
     assert issubclass(StoreMemoryError, statefmt.StoreError) and not issubclass(StoreMemoryError, StateFormatError)
 
 
+CONTENDER = """
+    import sys, time
+    from fleet_rows import constant
+    from statefmt import store, StoreConflictError
+    from statefmt.store import _store
+    _store.COMMIT_ATTEMPTS = 1  # no retry: the first commit another writer preempts fails
+    fleet, ids = store.open(sys.argv[1]), [f"s{i}" for i in range(50)]
+    time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all start together
+    for _ in range(40):
+        try:
+            fleet.put(constant(ids, float(sys.argv[3]), fleet.signature))
+        except StoreConflictError as error:
+            print("StoreConflictError", error)
+            break
+"""
+
+
+def test_a_commit_that_other_writers_keep_preempting_is_a_conflict_error(tmp_path):
+    """Real writers racing on the same rows, each allowed one attempt: the loser gets StoreConflictError
+    naming the cause and the fix (not a format error), and the store keeps every stream, once."""
+    from fleet_rows import constant
+
+    url = str(tmp_path / "fleet")
+    store.create(url, SIGNATURE, states=constant([f"s{i}" for i in range(50)], 1.0))
+    start = f"{__import__('time').time() + 3}"
+    writers = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(CONTENDER), url, start, str(k)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"})
+               for k in range(4)]
+    outputs = [writer.communicate(timeout=120) for writer in writers]
+    assert all(writer.returncode == 0 for writer in writers), [err for _, err in outputs]
+    conflicts = [out for out, _ in outputs if out.startswith("StoreConflictError")]
+    assert conflicts, "no writer was preempted in 40 puts"
+    assert f"{url}: cannot put: " in conflicts[0] and "write less often, or split the fleet" in conflicts[0]
+    ids = lance.dataset(url).to_table(columns=["stream_id"]).column("stream_id").to_pylist()
+    assert sorted(ids) == sorted(f"s{i}" for i in range(50))
+    assert issubclass(statefmt.StoreConflictError, statefmt.StoreError)
+    assert not issubclass(statefmt.StoreConflictError, StateFormatError)
+
+
 # ---- the CLI ------------------------------------------------------------------------------------------------------
 
 def test_cli_get_takes_ids_from_a_file_or_stdin(tmp_path):
