@@ -26,7 +26,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks
 	$(PY) -m benchmarks.files
-	$(PY) -m benchmarks.store
+	$(PY) -m benchmarks.store $(if $(HUGE),--huge)  # make bench HUGE=1: the store from 10^4 to 10^7 streams too
 	$(PY) -m benchmarks.onnx_adapter
 	$(PY) -m benchmarks.sessions
 	$(PY) -m benchmarks.plots

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -34,16 +35,32 @@ CHUNK = 10**6  # streams a put while the store is written
 PUTS = (10_000, 100_000, 10**6)
 
 
+class Memory(NamedTuple):
+    """Resident memory while an operation ran: its peak, and what the process held just before (Lance's caches,
+    the benchmark's inputs); the difference is the operation's own."""
+
+    peak_mib: float
+    before_mib: float
+
+    @property
+    def extra_mib(self) -> float:
+        return self.peak_mib - self.before_mib
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field)) / 1024
+
+
 def peak_rss(action):
-    """(seconds, peak resident MiB while `action()` ran, its result); the peak is reset before it starts."""
+    """(seconds, `Memory` while `action()` ran, its result); the peak is reset before it starts."""
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # VmHWM := VmRSS
+    before = _status_mib("VmRSS:")
     started = time.perf_counter()
     result = action()
     seconds = time.perf_counter() - started
-    with open("/proc/self/status") as status:
-        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    return seconds, peak / 1024, result
+    return seconds, Memory(_status_mib("VmHWM:"), before), result
 
 
 class Rows:
@@ -52,11 +69,13 @@ class Rows:
         self.document = json.loads(path.read_text()) if path.exists() else {"rows": []}
         self.document.update(machine=machine(), date=datetime.datetime.now(datetime.timezone.utc).isoformat())
 
-    def add(self, streams: int, key: str, seconds: float, rss_mib: float | None = None, **extra) -> None:
+    def add(self, streams: int, key: str, seconds: float, memory: Memory | None = None, **extra) -> None:
         self.document["rows"] = [r for r in self.document["rows"] if (r["streams"], r["key"]) != (streams, key)]
-        self.document["rows"].append({"streams": streams, "key": key, "seconds": seconds, "rss_mib": rss_mib,
-                                      **extra})
-        rss = f"  peak RSS {rss_mib:7.0f} MiB" if rss_mib is not None else ""
+        if memory is not None:
+            extra = {"rss_extra_mib": memory.extra_mib, **extra}
+        self.document["rows"].append({"streams": streams, "key": key, "seconds": seconds,
+                                      "rss_mib": None if memory is None else memory.peak_mib, **extra})
+        rss = f"  peak RSS {memory.peak_mib:7.0f} MiB" if memory is not None else ""
         more = "".join(f"  {k} {v * 1e3:.2f} ms" if k in ("p99", "p90", "max") else f"  {k} {v:.2f}"
                        if isinstance(v, float) else f"  {k} {v}" for k, v in extra.items())
         print(f"  {streams:>10,}  {key:<28} {seconds * 1e3:11.2f} ms{rss}{more}", flush=True)
@@ -144,12 +163,14 @@ def one_size(rows: Rows, work: Path, n: int, stream_puts: int, raw: bool) -> Non
     p50, p99 = get_one(lambda key: fleet.get([key]), n, seed=3)
     rows.add(n, "get1_after_puts", p50, p99=p99, vs_fresh=p50 / fresh)
     if stream_puts:
-        times, rss_peak = [], 0.0
+        times, peaks, extras = [], [], []
         for turn in range(stream_puts):
             states = state_set(chosen_ids(n, min(10_000, n), seed=1000 + turn), arrays_for(min(10_000, n), seed=turn))
             seconds, rss, _ = peak_rss(lambda states=states: fleet.put(states))
             times.append(seconds)
-            rss_peak = max(rss_peak, rss)
+            peaks.append(rss.peak_mib)
+            extras.append(rss.extra_mib)
+        rss_peak = Memory(max(peaks), max(peaks) - max(extras))  # the highest peak, and the largest put's own
         p50, p99 = get_one(lambda key: fleet.get([key]), n, seed=4)
         rows.add(n, f"get1_after_{stream_puts}_puts", p50, p99=p99, vs_fresh=p50 / fresh)
         rows.add(n, f"put10k_in_a_stream_of_{stream_puts}", float(np.median(times)), rss_peak,
@@ -165,33 +186,33 @@ def one_size(rows: Rows, work: Path, n: int, stream_puts: int, raw: bool) -> Non
 
 
 def checksum_cost(rows: Rows, work: Path, n: int = 10**6, rounds: int = 9) -> None:
-    """What verified rows cost (the issue's target: at most 10 % on create, put and get 10,000): the same
-    create(states=) of `n` streams, put of 10,000 and get of 10,000, with the row checksum and with it
-    replaced by zeros (writing) or unchecked (reading), taking turns; medians of `rounds`."""
+    """What verified rows cost (the issue's target: at most 10 % on create, put and get 10,000): a create(states=)
+    of `n` streams, then three puts of 10,000 and gets of 10,000, with the row checksum and with it replaced by
+    zeros (writing) or unchecked (reading), taking turns, each round on fresh stores; medians over the rounds."""
     from statefmt.store import _arrow
 
     real = _arrow.row_checksums
     states = state_set(ids_for(n), arrays_for(n, seed=0))
-    puts = [state_set(chosen_ids(n, 10_000, seed=50 + turn), arrays_for(10_000, seed=turn)) for turn in range(rounds)]
     times: dict[tuple[str, bool], list[float]] = {}
-    fleets = {}
     try:
-        for verified in (True, False):
-            _arrow.row_checksums = real if verified else (lambda columns: np.zeros(len(columns[0]), np.uint64))
-            url = str(work / f"checksum-{verified}.lance")
-            started = time.perf_counter()
-            fleets[verified] = store.create(url, SIGNATURE, states=states)
-            times[("create", verified)] = [time.perf_counter() - started]
         for turn in range(rounds):
-            keys = chosen_ids(n, 10_000, seed=20 + turn)
-            for verified in (True, False):
+            puts = [state_set(chosen_ids(n, 10_000, seed=50 + 3 * turn + k), arrays_for(10_000, seed=k))
+                    for k in range(3)]
+            gets = [chosen_ids(n, 10_000, seed=20 + 3 * turn + k) for k in range(3)]
+            for verified in (True, False) if turn % 2 else (False, True):
                 _arrow.row_checksums = real if verified else (lambda columns: np.zeros(len(columns[0]), np.uint64))
-                fleet = fleets[verified]
+                url = work / f"checksum-{verified}.lance"
+                shutil.rmtree(url, ignore_errors=True)
+                started = time.perf_counter()
+                fleet = store.create(str(url), SIGNATURE, states=states)
+                times.setdefault(("create", verified), []).append(time.perf_counter() - started)
                 fleet._verified = verified
-                for action, call, argument in (("put", fleet.put, puts[turn]), ("get", fleet.get, keys)):
-                    started = time.perf_counter()
-                    call(argument)
-                    times.setdefault((action, verified), []).append(time.perf_counter() - started)
+                for put, keys in zip(puts, gets):  # three of each: these vary more than a create
+                    for action, call, argument in (("put", fleet.put, put), ("get", fleet.get, keys)):
+                        started = time.perf_counter()
+                        call(argument)
+                        times.setdefault((action, verified), []).append(time.perf_counter() - started)
+                shutil.rmtree(url, ignore_errors=True)
     finally:
         _arrow.row_checksums = real
     for action, label in (("create", f"create{n}"), ("put", "put10000"), ("get", "get10k")):
@@ -229,6 +250,58 @@ def writers(rows: Rows, work: Path, counts=(1, 2, 4, 8), puts: int = 20) -> None
         shutil.rmtree(url, ignore_errors=True)
 
 
+TABLE = [("create (puts of ≤ 10⁶)", "create"), ("raw Lance: write_dataset + index", "raw_create"),
+         ("get 1, p50 / p99", "get1"), ("raw Lance: get 1, p50 / p99", "raw_get1"),
+         ("get 10,000", "get10k"), ("raw Lance: get 10,000", "raw_get10k"),
+         ("put 10,000", "put10000"), ("raw Lance: merge_insert 10,000", "raw_put10000"),
+         ("put 100,000", "put100000"), ("raw Lance: merge_insert 100,000", "raw_put100000"),
+         ("put 10⁶", "put1000000"), ("raw Lance: merge_insert 10⁶", "raw_put1000000"),
+         ("get 1 after those puts, no compact, p50 / p99", "get1_after_puts"),
+         ("put 10,000 in a stream of 100: median (p90, max)", "put10k_in_a_stream_of_100"),
+         ("get 1 after that stream, no compact, p50 / p99", "get1_after_100_puts"),
+         ("compact", "compact"), ("get 1 once compacted, p50 / p99", "get1_compacted")]
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def _cell(row: dict | None) -> str:
+    if row is None:
+        return "\u2013"
+    if "failed" in row:
+        return "fails: out of memory" if "Resources exhausted" in row["failed"] else "fails"
+    text = _duration(row["seconds"])
+    if "p99" in row:
+        text += f" / {_duration(row['p99'])}"
+    if "p90" in row:
+        text += f" ({_duration(row['p90'])}, {_duration(row['max'])})"
+    if "vs_compacted" in row:
+        text += f" ({row['vs_fresh']:.2f}\u00d7 fresh, {row['vs_compacted']:.2f}\u00d7 compacted)"
+    elif "vs_fresh" in row:
+        text += f" ({row['vs_fresh']:.2f}\u00d7)"
+    if row.get("rss_mib") is not None:
+        text += f", {row['rss_mib'] / 1024:.1f} GiB"
+    if row.get("rss_extra_mib") is not None:
+        text += f" (+{row['rss_extra_mib'] / 1024:.2f})"
+    return text
+
+
+def table(path: Path = RESULTS) -> str:
+    """The figures of `path` as the Markdown table in docs/performance.md: time (and peak RSS) by size."""
+    found = {(row["streams"], row["key"]): row for row in json.loads(path.read_text())["rows"]}
+    sizes = sorted({streams for streams, key in found if key == "create"})
+    lines = ["| operation (time; peak RSS in GiB, and above what the process held before) | "
+             + " | ".join(f"{n:,} streams" for n in sizes) + " |",
+             "|---" * (len(sizes) + 1) + "|"]
+    for n in sizes:  # the issue's yardstick: the same store freshly compacted
+        after, compacted = found.get((n, "get1_after_100_puts")), found.get((n, "get1_compacted"))
+        if after and compacted:
+            after["vs_compacted"] = after["seconds"] / compacted["seconds"]
+    lines += [f"| {label} | " + " | ".join(_cell(found.get((n, key))) for n in sizes) + " |" for label, key in TABLE]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
@@ -237,7 +310,11 @@ def main() -> None:
     parser.add_argument("--writers", action="store_true", help="also the concurrent writers' commit throughput")
     parser.add_argument("--checksum", action="store_true", help="also what the row checksum costs, at 10^6 streams")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON file the figures are added to")
+    parser.add_argument("--table", action="store_true", help="print the results as docs/performance.md's table")
     args = parser.parse_args()
+    if args.table:
+        print(table(args.results))
+        return
     rows = Rows(args.results)
     print(f"statefmt store at fleet scale, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(rows.document["machine"])

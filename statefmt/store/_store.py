@@ -49,8 +49,12 @@ BATCH_ROWS = 8_192  # rows per Arrow batch handed to Lance
 # 131,072-row fragments nothing measurable; and 80 fragments of this size serve a get of 10^7 streams in 2 ms.
 FRAGMENT_ROWS = 131_072
 INDEX_FOLD_ROWS = 8_192  # rows outside the id index that make a put fold them in
-INDEX_SEGMENTS = 8  # a fold adds a segment to the id index (~0.05 ms a get each); past this many, one merges all
+INDEX_SEGMENTS = 8  # a fold adds a segment to the id index (~0.05 ms a get each); at this many, the next merges all
 SMALL_FRAGMENTS = 8  # so many fragments of under FRAGMENT_ROWS / 2 rows make a put merge them
+# Lance's caches, per open store: every fold and merge leaves index pages and deletion vectors of a new version
+# in them, so with Lance's defaults a process's memory grew by ~12 MiB a put (10^6 streams, puts of 10,000).
+# Bounded, it levels off; the id index of 10^7 streams (~170 MB) still fits.
+INDEX_CACHE_BYTES, METADATA_CACHE_BYTES = 512 * 2**20, 256 * 2**20
 WHAT = "statefmt"  # the transaction property that says what a version did, for versions()
 _NO_STORE = ("no store here (no Lance dataset at this URL): create one (store.create, `statefmt store create`), "
              "or check the URL and its storage options")
@@ -122,7 +126,7 @@ def create(url: str, signature: StateSignature, *, storage_options: dict[str, st
         dataset.create_scalar_index(ID_COLUMN, "BTREE", name=INDEX_NAME)  # Lance commits an index as its own version
     make_durable(url, 0)
     with lance_errors(url, "cannot open the store just created"):
-        dataset = lance.dataset(url, storage_options=storage_options)
+        dataset = _dataset(url, storage_options=storage_options)
     return Store(url, dataset, layers, storage_options, read_only=False)
 
 
@@ -150,7 +154,7 @@ def open(url: str, *, version: int | None = None,  # the issue's name: store.ope
         refuse_special_files(local, url)
     with lance_errors(url, "not a readable statefmt store"):
         try:
-            dataset = lance.dataset(url, version=version, storage_options=storage_options)
+            dataset = _dataset(url, version=version, storage_options=storage_options)
         except ValueError as error:
             if "not found" not in str(error).lower():
                 raise
@@ -447,9 +451,9 @@ class Store:
         fragments under `FRAGMENT_ROWS` / 2 rows have piled up, they are merged (Lance's `compact_files`; larger
         fragments and deletions left alone, so it rewrites recent rows only, whatever the store's size); and
         once `INDEX_FOLD_ROWS` rows are outside the id index, they are indexed as a new segment (Lance's
-        `optimize_indices` with no merge: its cost follows those rows), and the segments are merged into one
-        when there are more than `INDEX_SEGMENTS` (a cost that follows the store: ~3 s at 10^7 streams, once
-        in `INDEX_SEGMENTS` folds). Each is a commit that changes no row. Best effort: one that another
+        `optimize_indices` with no merge: its cost follows those rows); once the index has `INDEX_SEGMENTS`
+        segments, the next fold merges them all into one (a cost that follows the store: ~3 s at 10^7 streams,
+        once in `INDEX_SEGMENTS` folds). Each is a commit that changes no row. Best effort: one that another
         writer's commit preempted is left to the next put."""
         fragments = self._dataset.get_fragments()
         segments = _segments(self._dataset)
@@ -555,6 +559,13 @@ class Store:
             make_durable(self.url, started)
             return self.version
         raise AssertionError("unreachable")
+
+
+def _dataset(url: str, **options: Any) -> Any:
+    import lance
+
+    return lance.dataset(url, index_cache_size_bytes=INDEX_CACHE_BYTES,
+                         metadata_cache_size_bytes=METADATA_CACHE_BYTES, **options)
 
 
 def _segments(dataset: Any) -> list[Any]:
