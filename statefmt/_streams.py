@@ -122,10 +122,22 @@ def decode(data: np.ndarray, offsets: np.ndarray) -> list[str]:
         if count < 2 or separator is None:  # none to split, or every candidate occurs: one by one
             raw = data.tobytes()
             return [raw[start:stop].decode() for start, stop in itertools.pairwise(offsets.tolist())]
-        text = np.insert(data, offsets[1:-1].astype(np.intp), separator).tobytes().decode()
+        text = _joined(data, offsets, separator).tobytes().decode()
     except UnicodeDecodeError:  # the separator is ASCII: the whole decodes if and only if every id does
         raise StateFormatError("stream_ids.bytes: a stream id is not valid UTF-8") from None
     return text.split(chr(separator))
+
+
+def _joined(data: np.ndarray, offsets: np.ndarray, separator: int) -> np.ndarray:
+    """`data` with `separator` between consecutive ids: one masked copy (np.insert took 9x as long: it sorts
+    the places)."""
+    places = offsets[1:-1].astype(np.intp) + np.arange(offsets.size - 2)
+    joined = np.empty(data.size + places.size, np.uint8)
+    kept = np.ones(joined.size, bool)
+    kept[places] = False
+    joined[kept] = data
+    joined[places] = separator
+    return joined
 
 
 def checked_ids(tensors: dict[str, np.ndarray], batch_size: int) -> list[str]:
