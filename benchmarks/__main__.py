@@ -182,7 +182,7 @@ def bulk_ids(directory: str, count: int, layers, ids: list[str], path: str, save
     """Whole save and load of `count` named streams against the safetensors-plus-ids peer: the id index's
     cost in bulk (hashing, sorting, decoding, checking), which per-id Python once made 11x the peer's."""
     peer_path = os.path.join(directory, "scale-peer.safetensors")
-    repeat = 3 if count == BULK[0] else 2
+    repeat = 3
 
     def peer_save() -> None:
         tensors = {f"layers.{i}.{name}": layer[name] for i, layer in enumerate(layers) for name in ("h", "c")}

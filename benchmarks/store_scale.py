@@ -283,7 +283,7 @@ def _cell(row: dict | None) -> str:
     if row.get("rss_mib") is not None:
         text += f", {row['rss_mib'] / 1024:.1f} GiB"
     if row.get("rss_extra_mib") is not None:
-        text += f" (+{row['rss_extra_mib'] / 1024:.2f})"
+        text += f" (+{max(0.0, row['rss_extra_mib']) / 1024:.2f})"
     return text
 
 
