@@ -448,7 +448,7 @@ class Store:
     def _upkeep(self) -> None:
         """Keep gets fast under a stream of puts, without a manual `compact`: a get opens every fragment, scans
         the rows outside the id index, and looks in every segment of the index. So once `SMALL_FRAGMENTS`
-        fragments under `FRAGMENT_ROWS` / 2 rows have piled up, they are merged (Lance's `compact_files`; larger
+        fragments under `FRAGMENT_ROWS` / 2 rows have piled up, they are merged (Lance's `compact_files`; full
         fragments and deletions left alone, so it rewrites recent rows only, whatever the store's size); and
         once `INDEX_FOLD_ROWS` rows are outside the id index, they are indexed as a new segment (Lance's
         `optimize_indices` with no merge: its cost follows those rows); once the index has `INDEX_SEGMENTS`
@@ -562,6 +562,8 @@ class Store:
 
 
 def _dataset(url: str, **options: Any) -> Any:
+    """The Lance dataset at `url`, its caches bounded (`INDEX_CACHE_BYTES`, `METADATA_CACHE_BYTES`); the versions
+    a store's commits check out share them."""
     import lance
 
     return lance.dataset(url, index_cache_size_bytes=INDEX_CACHE_BYTES,
