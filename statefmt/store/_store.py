@@ -562,8 +562,7 @@ class Store:
 
 
 def _dataset(url: str, **options: Any) -> Any:
-    """The Lance dataset at `url`, its caches bounded (`INDEX_CACHE_BYTES`, `METADATA_CACHE_BYTES`); the versions
-    a store's commits check out share them."""
+    """The Lance dataset at `url`, its caches bounded (`INDEX_CACHE_BYTES`, `METADATA_CACHE_BYTES`)."""
     import lance
 
     return lance.dataset(url, index_cache_size_bytes=INDEX_CACHE_BYTES,
