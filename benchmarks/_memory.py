@@ -34,19 +34,25 @@ def state_set(arrays: dict[str, np.ndarray], stream_ids=None):
     return StateSet(layers, stream_ids=stream_ids)
 
 
-def _status(field: str) -> int:
+def status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (`VmRSS`, `VmHWM`), in bytes."""
     with open("/proc/self/status") as status:
         line = next(line for line in status if line.startswith(field + ":"))
     return int(line.split()[1]) * 1024
 
 
+def reset_peak() -> None:
+    """Start a new peak: VmHWM := VmRSS."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+
+
 def peak_extra(action) -> int:
     """Bytes by which the peak resident set during `action()` exceeds the resident set before it."""
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # VmHWM := VmRSS
-    before = _status("VmRSS")
+    reset_peak()
+    before = status_bytes("VmRSS")
     result = action()  # kept alive until the peak is read
-    peak = _status("VmHWM")
+    peak = status_bytes("VmHWM")
     del result
     return peak - before
 

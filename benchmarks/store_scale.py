@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from benchmarks._memory import reset_peak, status_bytes
 from benchmarks.store import COLUMNS, SIGNATURE, arrays_for, ids_for, machine, percentiles, raw_table, state_set
 from statefmt import store
 
@@ -47,20 +48,14 @@ class Memory(NamedTuple):
         return self.peak_mib - self.before_mib
 
 
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(field)) / 1024
-
-
 def peak_rss(action):
     """(seconds, `Memory` while `action()` ran, its result); the peak is reset before it starts."""
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # VmHWM := VmRSS
-    before = _status_mib("VmRSS:")
+    reset_peak()
+    before = status_bytes("VmRSS") / 2**20
     started = time.perf_counter()
     result = action()
     seconds = time.perf_counter() - started
-    return seconds, Memory(_status_mib("VmHWM:"), before), result
+    return seconds, Memory(status_bytes("VmHWM") / 2**20, before), result
 
 
 class Rows:
